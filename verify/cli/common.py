@@ -1,0 +1,173 @@
+"""Options and helpers shared by the ``verify`` commands.
+
+Every command that runs on data uses :func:`data_options` and :func:`load_examples`;
+every command that takes a perturbation uses :func:`spec_options` and :func:`make_ball`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+import torch
+from torch import Tensor
+
+from ..errors import DataError, SpecError
+from ..network import Network
+from ..spec import LpBall, check_eps, parse_p
+
+
+def model_option(f: Callable) -> Callable:
+    f = click.option("--arch", default=None, help="Architecture name when a state dict is ambiguous (e.g. cnn_lenet_small).")(f)
+    f = click.option("--format", "model_format", default=None,
+                     type=click.Choice(["mat", "mat-mmr", "mat-mipverify", "h5", "pt", "onnx"]),
+                     help="Model format; default: from the file name and its contents.")(f)
+    f = click.option("--model", "-m", "model_path", required=True, type=click.Path(dir_okay=False),
+                     help="Model file: .mat (MMR or MIPVerify layout), .h5, .pt/.pth or .onnx.")(f)
+    return f
+
+
+def data_options(f: Callable) -> Callable:
+    f = click.option("--inputs", "inputs_path", default=None, type=click.Path(dir_okay=False),
+                     help="An .npz with arrays x (in the model's input range) and y, instead of --dataset.")(f)
+    f = click.option("--indices", default=None, help="Comma-separated test-set indices, e.g. 0,5,9 (overrides -n).")(f)
+    f = click.option("-n", "n", default=None, type=click.IntRange(min=1),
+                     help="Use the first N test points (the MMR protocol uses 1000). Default: all.")(f)
+    f = click.option("--data-dir", default=None, type=click.Path(file_okay=False),
+                     help="Folder holding the dataset files (else $RELU_VERIFY_DATA, ./datasets, /usr/share/datasets, cache).")(f)
+    f = click.option("--dataset", default=None, help="mnist, fmnist (fashion-mnist), cifar10, or a MMR-style .mat dataset file.")(f)
+    return f
+
+
+def spec_options(f: Callable) -> Callable:
+    f = click.option("--eps", required=True, type=float, help="Radius of the perturbation ball (in input units, e.g. 0.1 on [0,1] pixels).")(f)
+    f = click.option("--p", "p", required=True, help="Norm of the ball: 1, 2 or inf.")(f)
+    return f
+
+
+def output_option(f: Callable) -> Callable:
+    return click.option("--output", "-o", default=None, type=click.Path(dir_okay=False),
+                        help="Write per-example results: .json or .csv.")(f)
+
+
+@dataclass(frozen=True)
+class Examples:
+    x: Tensor  # (N, *input_shape) float32 in the model's input range
+    y: Tensor  # (N,) long
+    indices: list[int]  # positions in the source data set
+    source: str
+
+
+def parse_indices(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        out = [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise DataError(f"--indices must be comma-separated integers, got {text!r}") from None
+    if not out or min(out) < 0:
+        raise DataError(f"--indices must be non-negative integers, got {text!r}")
+    return out
+
+
+def load_model(path: str, model_format: str | None = None, arch: str | None = None) -> Network:
+    from ..formats import load_model as _load
+
+    return _load(path, format=model_format, arch=arch)
+
+
+def load_examples(
+    net: Network,
+    dataset: str | None,
+    data_dir: str | None,
+    n: int | None,
+    indices: str | None,
+    inputs_path: str | None,
+) -> Examples:
+    """The test points a command runs on, checked against the model's input shape and range."""
+    from .. import data
+
+    idx = parse_indices(indices)
+    if inputs_path is not None:
+        if dataset is not None:
+            raise DataError("give either --dataset or --inputs, not both")
+        ds = data.load_inputs_npz(inputs_path)
+        source = inputs_path
+    elif dataset is not None:
+        ds = data.load_dataset(dataset, split="test", data_dir=data_dir)
+        source = dataset
+    else:
+        raise DataError("no data: give --dataset NAME (e.g. mnist) or --inputs points.npz")
+    total = len(ds.y)
+    if idx is None:
+        idx = list(range(total if n is None else min(n, total)))
+    bad = [i for i in idx if i >= total]
+    if bad:
+        raise DataError(f"index {bad[0]} is out of range: {source} has {total} points")
+    x = ds.x[idx]
+    y = ds.y[idx]
+    x = data.fit_to_model(x, net, source)
+    return Examples(x, y, idx, source)
+
+
+def make_ball(net: Network, ex: Examples, p: str, eps: float) -> LpBall:
+    parse_p(p)
+    check_eps(eps)
+    return LpBall.make(ex.x, eps, p, net.input_range)
+
+
+def p_label(p: str) -> str:
+    v = parse_p(p)
+    return "inf" if math.isinf(v) else str(int(v))
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a whole file or nothing: a temporary file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_rows(path: str, header: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """Per-example rows as JSON ({**header, "examples": rows}) or CSV (rows only), atomically."""
+    if path.endswith(".csv"):
+        import csv
+        import io
+
+        buf = io.StringIO()
+        keys = list(rows[0].keys()) if rows else ["index"]
+        w = csv.DictWriter(buf, fieldnames=keys)
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
+        write_atomic(path, buf.getvalue())
+    elif path.endswith(".json"):
+        write_atomic(path, json.dumps({**header, "examples": rows}, indent=1, default=_jsonable) + "\n")
+    else:
+        raise SpecError(f"--output must end in .json or .csv, got {path!r}")
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, Tensor):
+        return v.tolist()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if hasattr(v, "item"):
+        return v.item()
+    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
