@@ -57,10 +57,15 @@ class Layer:
 
     def param(self, name: str, like: Tensor) -> Tensor:
         """The float64 parameter ``name`` cast to ``like``'s dtype and device (cached)."""
+        src = getattr(self, name)
+        if src.requires_grad:
+            # live nn.Parameters shared with a training module (Network.from_torch(share_parameters=True)):
+            # no cache, so autograd reaches the parameter and optimizer updates are seen at once
+            return src.to(dtype=like.dtype, device=like.device)
         key = (name, like.dtype, like.device)
         t = self._cast.get(key)
         if t is None:
-            t = getattr(self, name).to(dtype=like.dtype, device=like.device)
+            t = src.to(dtype=like.dtype, device=like.device)
             self._cast[key] = t
         return t
 
@@ -180,7 +185,7 @@ class Linear(AffineLayer):
         return (self.out_features,)
 
     def matrix(self, in_shape: Shape) -> sp.csr_matrix:
-        return sp.csr_matrix(self.weight.numpy())
+        return sp.csr_matrix(self.weight.detach().to(torch.float64).numpy())
 
     def num_params(self) -> int:
         return self.weight.numel() + self.bias.numel()
@@ -717,7 +722,14 @@ class Network:
         input_shape: Sequence[int],
         input_range: tuple[float, float] = (0.0, 1.0),
         name: str = "network",
+        share_parameters: bool = False,
     ) -> "Network":
+        """Layers from an ``nn.Sequential``: detached float64 copies of its parameters by default.
+
+        ``share_parameters=True`` (training) makes Linear/Conv2d layers hold the module's own
+        ``nn.Parameter`` objects, uncast and uncached, so bounds computed on this Network are
+        differentiable w.r.t. the weights and follow every optimizer step.
+        """
         from .torch_modules import torch_to_layers
 
-        return cls(torch_to_layers(module), tuple(input_shape), input_range, name)
+        return cls(torch_to_layers(module, share_parameters=share_parameters), tuple(input_shape), input_range, name)

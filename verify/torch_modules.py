@@ -110,8 +110,19 @@ def _modules(module: nn.Module) -> list[nn.Module]:
     return [module]
 
 
-def torch_to_layers(module: nn.Module) -> list[Layer]:
-    """Layers of an ``nn.Sequential`` (nested Sequentials are flattened)."""
+def _share(layer: Linear | Conv2d, m: nn.Linear | nn.Conv2d) -> None:
+    """Point the layer at the module's live parameters (after the constructor validated a copy)."""
+    layer.weight = m.weight  # type: ignore[assignment]
+    if m.bias is not None:
+        layer.bias = m.bias  # type: ignore[assignment]
+
+
+def torch_to_layers(module: nn.Module, share_parameters: bool = False) -> list[Layer]:
+    """Layers of an ``nn.Sequential`` (nested Sequentials are flattened).
+
+    ``share_parameters``: Linear/Conv2d layers hold the module's nn.Parameters themselves
+    (see :meth:`verify.network.Network.from_torch`).
+    """
     mods = _modules(module)
     layers: list[Layer] = []
     pending_pad: tuple[int, int, int, int] | None = None  # (top, bottom, left, right)
@@ -123,6 +134,8 @@ def torch_to_layers(module: nn.Module) -> list[Layer]:
             pending_pad = (t, b, l, r)
         elif isinstance(m, nn.Linear):
             layers.append(Linear(m.weight.detach(), None if m.bias is None else m.bias.detach()))
+            if share_parameters:
+                _share(layers[-1], m)  # type: ignore[arg-type]
         elif isinstance(m, nn.Conv2d):
             if m.groups != 1 or tuple(m.dilation) != (1, 1) or m.padding_mode != "zeros":
                 raise ModelError("only plain Conv2d (groups=1, dilation=1, zero padding) is supported")
@@ -134,6 +147,8 @@ def torch_to_layers(module: nn.Module) -> list[Layer]:
                 pad = tuple(a + b for a, b in zip(pad, pending_pad))  # type: ignore[assignment]
                 pending_pad = None
             layers.append(Conv2d(m.weight.detach(), None if m.bias is None else m.bias.detach(), m.stride, pad))
+            if share_parameters:
+                _share(layers[-1], m)  # type: ignore[arg-type]
         elif isinstance(m, nn.AvgPool2d):
             if not m.count_include_pad or m.ceil_mode or m.divisor_override is not None:
                 raise ModelError("AvgPool2d needs count_include_pad=True, ceil_mode=False, no divisor_override")
@@ -158,14 +173,16 @@ def torch_to_layers(module: nn.Module) -> list[Layer]:
         elif isinstance(m, ChannelAffineModule):
             layers.append(ChannelAffine(m.scale, m.shift))
         elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            if share_parameters:
+                raise ModelError("share_parameters does not support BatchNorm (it is folded into a copy)")
             if m.running_mean is None or m.running_var is None:
                 raise ModelError("BatchNorm without running statistics cannot be folded")
             w = m.weight.detach() if m.weight is not None else None
             b = m.bias.detach() if m.bias is not None else None
             layers.append(ChannelAffine.batchnorm(m.running_mean, m.running_var, w, b, m.eps))
         elif isinstance(m, ResidualModule):
-            sc = [] if isinstance(m.shortcut, nn.Identity) else torch_to_layers(m.shortcut)
-            layers.append(Residual(torch_to_layers(m.body), sc))
+            sc = [] if isinstance(m.shortcut, nn.Identity) else torch_to_layers(m.shortcut, share_parameters)
+            layers.append(Residual(torch_to_layers(m.body, share_parameters), sc))
         elif isinstance(m, (nn.Identity, nn.Dropout)):
             continue
         else:
