@@ -428,7 +428,9 @@ class ChannelAffine(AffineLayer):
         return x * self._view("scale", x) + self._view("shift", x)
 
     def offset(self, in_shape: Shape, like: Tensor) -> Tensor:
-        return self._view("shift", like).expand((1, *in_shape))[0]
+        # shaped from in_shape, not like.ndim: callers pass any tensor as a dtype/device template
+        p = self.param("shift", like)
+        return p.reshape((-1,) + (1,) * (len(in_shape) - 1)).expand(in_shape)
 
     def out_shape(self, in_shape: Shape) -> Shape:
         c = self.scale.numel()
