@@ -88,14 +88,16 @@ def _torch_load(p: Path) -> Any:
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = e
+        if "Weights only load failed" not in str(e):
+            raise cannot_read(p, e) from None
     except Exception as e:
         raise cannot_read(p, e) from None
-    # A pickled nn.Module needs the full unpickler; only reached when the safe loader refused.
+    # A valid pickle that needs classes (a whole nn.Module): only then use the full unpickler,
+    # which runs code from the file; load models from sources you trust.
     try:
         return torch.load(p, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise cannot_read(p, e if str(e) else first) from None
+        raise cannot_read(p, e) from None
 
 
 def from_object(obj: Any, path: PathLike, *, arch: str | None = None) -> Network:
