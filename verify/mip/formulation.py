@@ -155,16 +155,14 @@ class Formulation:
         kind = np.concatenate(self.col_kind)
         node = np.concatenate(self.col_node)
         pos = np.concatenate(self.col_pos)
-        out = np.zeros(self.n_cols)
         center = self.pset.center[self.example_index].reshape(-1).to(torch.float64).numpy()
-        for i in range(self.n_cols):
-            v = flat[node[i]][pos[i]]
-            k = kind[i]
-            if k == KIND_ABS:
-                v = abs(flat[0][pos[i]] - center[pos[i]])
-            elif k == KIND_BINARY:
-                v = 1.0 if flat[self.net.graph[node[i]].inputs[0]][pos[i]] > 0 else 0.0
-            out[i] = v
+        offsets = np.cumsum([0] + [len(v) for v in flat])
+        out = np.concatenate(flat)[offsets[node] + pos]
+        m = kind == KIND_ABS
+        out[m] = np.abs(flat[0][pos[m]] - center[pos[m]])
+        m = np.flatnonzero(kind == KIND_BINARY)
+        for i in m:
+            out[i] = 1.0 if flat[self.net.graph[node[i]].inputs[0]][pos[i]] > 0 else 0.0
         return out
 
     def input_value(self, col_values: np.ndarray) -> Tensor:
