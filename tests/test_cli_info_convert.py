@@ -106,3 +106,22 @@ def test_bad_inputs_through_the_cli(tmp_path, capsys):
     _one_line_error(*run(["convert", str(good), str(tmp_path / "out.txt")], capsys), "cannot tell the output format")
     _one_line_error(*run(["convert", str(tmp_path / "nope.pt"), str(tmp_path / "x.onnx")], capsys), "not found")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_unsupported_onnx_operator_and_unwritable_layout_through_the_cli(tmp_path, capsys):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["x"], ["f"], axis=1), helper.make_node("Gemm", ["f", "w", "b"], ["h"], transB=1),
+         helper.make_node("Softsign", ["h"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 28, 28])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+        [numpy_helper.from_array(np.zeros((10, 784), np.float32), "w"), numpy_helper.from_array(np.zeros(10, np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, tmp_path / "op.onnx")
+    _one_line_error(*run(["info", str(tmp_path / "op.onnx")], capsys), "unsupported ONNX operator Softsign")
+    save_model(fancy(), tmp_path / "fancy.pt")
+    _one_line_error(*run(["convert", str(tmp_path / "fancy.pt"), str(tmp_path / "f.mat"), "--format", "mat-mmr"], capsys),
+                    "MMR .mat layout")
+    assert not (tmp_path / "f.mat").exists()
