@@ -61,6 +61,12 @@ def test_cascade_checkpoint_takes_the_first_model(tmp_path, mnist100):
     torch.save({"state_dict": [m0.state_dict(), m1.state_dict()], "epoch": 20}, path)
     np.testing.assert_allclose(_net_out(path, mnist100), _out(m0, mnist100), atol=TOL, rtol=0)
     assert np.abs(_out(m0, mnist100) - _out(m1, mnist100)).max() > 1e-2  # the two differ: [0] was taken
+    # convex_adversarial's files predate PyTorch's zip format: the legacy pickle layout, read without code
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"state_dict": [m0.state_dict(), m1.state_dict()], "err": 0.1}, legacy, _use_new_zipfile_serialization=False)
+    assert legacy.read_bytes()[:2] == b"\x80\x02"
+    torch.load(legacy, weights_only=True)
+    np.testing.assert_allclose(_net_out(legacy, mnist100), _out(m0, mnist100), atol=TOL, rtol=0)
 
 
 def test_kw_large_state_dict_with_and_without_arch(tmp_path, mnist100):
