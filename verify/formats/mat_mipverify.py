@@ -35,7 +35,6 @@ from ..network import ChannelAffine, Network
 from ._common import (
     PathLike,
     as_array,
-    build_conv_fc_net,
     compact,
     fail,
     mat_floats,
@@ -43,10 +42,10 @@ from ._common import (
     mat_string,
     numbered,
     read_mat,
-    split_chain,
     vector,
     write_atomic_with,
 )
+from ._tfnet import build_conv_fc_net, split_chain
 
 _KEY = re.compile(r"^(conv\d+/(weight|bias|stride|padding)|fc\d+/(weight|bias)|(logits|softmax)/(weight|bias)|normalize/(mean|std))$")
 EXTRA_KEYS = ("input_shape", "input_range", "flatten_order")

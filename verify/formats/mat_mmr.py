@@ -31,7 +31,6 @@ from ..network import Network, same_padding
 from ._common import (
     PathLike,
     as_array,
-    build_conv_fc_net,
     compact,
     fail,
     mat_floats,
@@ -40,10 +39,10 @@ from ._common import (
     numbered,
     read_mat,
     reorder_flat_rows,
-    split_chain,
     vector,
     write_atomic_with,
 )
+from ._tfnet import build_conv_fc_net, split_chain
 
 EXTRA_KEYS = ("strides", "input_shape", "input_range", "flatten_order")
 _KEY = re.compile(r"^(weights_conv\d+|biases_conv\d+|weights_fc\d+|biases_fc\d+|U|bU|W|bW|weight_\d+|bias_\d+)$")
