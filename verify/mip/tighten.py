@@ -35,7 +35,7 @@ class TightenConfig:
     """
 
     levels: tuple[Level, ...] = ("lp",)
-    lp_budget_s: float = 10.0
+    lp_budget_s: float = 2.0
     mip_budget_s: float = 10.0
     mip_neuron_time_s: float = 0.5
     skip_first_linf: bool = True
