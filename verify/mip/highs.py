@@ -75,6 +75,9 @@ def _single_ball(pset: LpBall, i: int) -> LpBall:
 
 def _recheck(net: Network, ball: LpBall, label: int, x: Tensor) -> Tensor | None:
     x = ball.project(x.to(torch.float64).reshape(ball.center.shape))
+    # pull a hair towards the centre: solutions on the sphere would otherwise fail the
+    # float64 membership test by an ulp (a convex combination stays in the input box)
+    x = ball.center + (x - ball.center) * (1 - 1e-9)
     ok = bool(check_counterexample(net, ball, torch.tensor([label]), x)[0])
     return x if ok else None
 
@@ -121,20 +124,23 @@ def _solve_target(
             return _TargetOutcome("proven", bound=opts.tol, solver_status=name, gap=0.0)
         if st in (_S.kOptimal, _S.kObjectiveBound) and dual is not None and dual >= opts.tol:
             return _TargetOutcome("proven", objective=obj, bound=dual, solver_status=name, gap=gap)
-        if has_sol and obj is not None and obj < 0:
+        if has_sol and obj is not None and obj < opts.tol:
             col = np.asarray(h.getSolution().col_value)
             x = form.input_value(col)
-            if not math.isinf(ball.p) and ball.p == 2.0:
+            if ball.p == 2.0:
                 d = (x - ball.center).reshape(-1)
                 norm = float(d.norm())
-                eps = float(ball.eps[0])
-                if norm > eps * (1 + 1e-9):
+                if norm > float(ball.eps[0]) * (1 + 1e-9):
+                    if obj < 0 and _recheck(form.net, ball, label, x) is not None:
+                        # the projection onto the ball is already a counterexample
+                        return _TargetOutcome("violated", objective=obj, bound=dual, solver_status=name, gap=gap, x=x)
                     if rounds >= opts.l2_max_rounds:
                         return _TargetOutcome("l2", objective=obj, bound=dual, solver_status=name, gap=gap)
                     _add_l2_cut(form, ball, d / norm)
                     rounds += 1
                     continue
-            return _TargetOutcome("violated", objective=obj, bound=dual, solver_status=name, gap=gap, x=x)
+            if obj < 0:
+                return _TargetOutcome("violated", objective=obj, bound=dual, solver_status=name, gap=gap, x=x)
         if st == _S.kTimeLimit:
             return _TargetOutcome("timeout", objective=obj, bound=dual, solver_status=name, gap=gap)
         if st == _S.kOptimal:
