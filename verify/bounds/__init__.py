@@ -1,0 +1,27 @@
+"""Bound propagation: interval (IBP), kw (Wong & Kolter's dual = Fast-Lin), crown,
+alpha-crown (optimised slopes) and lp (the triangle relaxation solved exactly by HiGHS).
+
+* :func:`interval_bounds` -- interval bounds on every node of ``net.graph``;
+* :func:`compute_bounds` -- lower bounds on every margin f_y - f_j, with the intermediate
+  bounds used (:class:`BoundResult`);
+* :func:`certify_with_bounds` -- the certification decision, rechecked in float64
+  (:class:`CertifiedBounds`);
+* :func:`backward_bound` -- the generic backward linear-relaxation engine.
+
+Intermediate bounds are ``NodeBounds = {node index: (lower, upper)}`` over ``net.graph``,
+each of shape (N, *node.shape).
+"""
+
+from .backward import backward_bound, margin_spec
+from .certify import SAFETY_REL, certify_with_bounds
+from .compute import compute_bounds
+from .final import alpha_margins, interval_margins, linear_margins
+from .intermediate import linear_intermediate
+from .interval import interval_bounds
+from .types import METHODS, BoundResult, CertifiedBounds, Method, NodeBounds
+
+__all__ = [
+    "BoundResult", "CertifiedBounds", "METHODS", "Method", "NodeBounds", "SAFETY_REL", "alpha_margins",
+    "backward_bound", "certify_with_bounds", "compute_bounds", "interval_bounds", "interval_margins",
+    "linear_intermediate", "linear_margins", "margin_spec",
+]

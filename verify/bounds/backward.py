@@ -1,0 +1,107 @@
+"""The backward (linear relaxation) engine on ``net.graph``.
+
+Given a linear specification ``A`` on node k (shape (B, S, *shape_k)), it returns lower
+bounds on <A[b, s], value_k> over the perturbation set, for every b and s. The spec is
+pulled back through affine layers with ``linear_t`` (no dense matrices), through ReLUs
+with a linear relaxation built from the bounds of their inputs, and through Add nodes by
+sending the same coefficients to every input. Coefficients reaching a node from several
+consumers are summed; nodes are visited in reverse topological order, so a node's
+coefficients are complete when it is visited. At the input node the bound is finished
+exactly over the Lp ball intersected with the box (:meth:`LpBall.min_linear`).
+Upper bounds are lower bounds of the negated spec.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..errors import UnsupportedLayerError
+from ..network import Add, MaxPool2d, Network, ReLU
+from ..spec import LpBall
+from .relax import ReluRelaxation, Rule, relu_relaxation
+from .types import NodeBounds
+
+
+def _flat_sum(t: Tensor) -> Tensor:
+    return t.reshape(t.shape[0], t.shape[1], -1).sum(-1)
+
+
+def backward_bound(
+    net: Network,
+    pset: LpBall,
+    start: int,
+    A: Tensor,
+    bounds: NodeBounds,
+    *,
+    rule: Rule,
+    const: Tensor | None = None,
+    alpha: dict[int, Tensor] | None = None,
+) -> Tensor:
+    """min over the set of <A[b, s], value of node ``start``> + const[b, s]; returns (B, S).
+
+    ``bounds`` must hold, for the same B rows, the bounds of every ReLU input between the
+    input and ``start``. ``alpha`` (rule "alpha") maps a ReLU node to lower slopes of
+    shape (B, S, *shape), used on its unstable neurons.
+    """
+    graph = net.graph
+    b, s = A.shape[:2]
+    total = torch.zeros((b, s), dtype=A.dtype, device=A.device) if const is None else const.clone()
+    acc: dict[int, Tensor] = {start: A}
+    for idx in range(start, 0, -1):
+        a = acc.pop(idx, None)
+        if a is None:
+            continue
+        node = graph[idx]
+        op = node.op
+        if isinstance(op, Add):
+            for j in node.inputs:
+                acc[j] = acc[j] + a if j in acc else a
+            continue
+        src = node.inputs[0]
+        if isinstance(op, ReLU):
+            lo, hi = bounds[src]
+            rel = relu_relaxation(lo.to(a.dtype), hi.to(a.dtype), "crown" if rule == "alpha" else rule)
+            a_in, c = _through_relu(a, rel, None if alpha is None else alpha.get(idx))
+            total = total + c
+        elif isinstance(op, MaxPool2d):
+            raise UnsupportedLayerError(f"{op.describe()} is not supported by linear bounds (use method ibp)")
+        else:
+            in_shape = graph[src].shape
+            # offset() wants a batch-shaped tensor as its dtype/device template
+            like = a.new_zeros((1,) * (len(in_shape) + 1))
+            total = total + _flat_sum(a * op.offset(in_shape, like))  # type: ignore[union-attr]
+            a_in = op.linear_t(a.reshape(b * s, *node.shape), in_shape).reshape(b, s, *in_shape)  # type: ignore[union-attr]
+        acc[src] = acc[src] + a_in if src in acc else a_in
+    a0 = acc.pop(0)
+    return total + pset.min_linear(a0)
+
+
+def _through_relu(a: Tensor, rel: ReluRelaxation, alpha: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Coefficients on the ReLU's input, and the constant, for a lower bound of <a, z>."""
+    lam_lo = rel.lam_lo.unsqueeze(1)
+    if alpha is not None:
+        lam_lo = torch.where(rel.unstable.unsqueeze(1), alpha.clamp(0.0, 1.0), lam_lo)
+    pos, neg = a.clamp(min=0), a.clamp(max=0)
+    a_in = pos * lam_lo + neg * rel.lam_up.unsqueeze(1)
+    return a_in, _flat_sum(neg * rel.mu_up.unsqueeze(1))
+
+
+def margin_spec(labels: Tensor, n_classes: int, dtype: torch.dtype) -> Tensor:
+    """(N, K, K): row j is e_y - e_j (row y is zero)."""
+    n = labels.shape[0]
+    y = labels.to(torch.long).reshape(-1)
+    spec = -torch.eye(n_classes, dtype=dtype).expand(n, n_classes, n_classes).clone()
+    spec[torch.arange(n), :, y] += 1.0
+    return spec
+
+
+def relu_inputs(net: Network) -> list[int]:
+    """Indices of nodes that feed a ReLU, in topological order."""
+    return sorted({n.inputs[0] for n in net.relu_nodes})
+
+
+def check_supported(net: Network, method: str) -> None:
+    for node in net.graph:
+        if isinstance(node.op, MaxPool2d):
+            raise UnsupportedLayerError(f"method {method} does not support {node.op.describe()} (node {node.index}); use ibp")

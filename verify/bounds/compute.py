@@ -1,0 +1,81 @@
+"""compute_bounds: one entry point for every bound method."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..errors import DataError, SpecError
+from ..network import Network
+from ..spec import LpBall
+from .backward import check_supported
+from .final import alpha_margins, interval_margins, linear_margins
+from .intermediate import linear_intermediate
+from .interval import interval_bounds
+from .types import METHODS, BoundResult, Method, NodeBounds
+
+
+def check_labels(net: Network, pset: LpBall, labels: Tensor) -> Tensor:
+    y = torch.as_tensor(labels).reshape(-1)
+    if y.numel() != pset.n:
+        raise DataError(f"{y.numel()} labels for {pset.n} examples")
+    if y.is_floating_point() and not torch.equal(y, y.round()):
+        raise DataError("labels must be integers")
+    y = y.to(torch.long)
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= net.n_classes):
+        raise DataError(f"labels must lie in [0, {net.n_classes - 1}], got {int(y.min())}..{int(y.max())}")
+    return y
+
+
+def compute_bounds(
+    net: Network,
+    pset: LpBall,
+    labels: Tensor,
+    *,
+    method: Method,
+    dtype: torch.dtype = torch.float32,
+    intermediate: NodeBounds | None = None,
+    alpha_steps: int = 20,
+    alpha_lr: float = 0.25,
+) -> BoundResult:
+    """Lower bounds on every margin f_y - f_j over the set (N, K), +inf in column y.
+
+    Intermediate bounds: ``ibp`` interval; ``kw`` and ``crown`` layer-by-layer backward
+    bounds with their own relaxation; ``alpha-crown`` and ``lp`` CROWN's (only the final
+    bound is optimised / solved exactly). If ``intermediate`` is given it is used instead
+    (intersected with interval bounds, which also fill in any missing node).
+
+    The kw / crown / alpha-crown / lp margins are the maximum of the method's bound and the
+    interval bound with the same intermediate bounds: both are sound, so the maximum is,
+    and a linear bound can be looser than the interval one on some networks.
+    ``lp`` always runs in float64 and rejects p = 2. Everything except ``lp`` is
+    differentiable with respect to the network's parameters (for training regularisers).
+    """
+    if method not in METHODS:
+        raise SpecError(f"unknown bound method {method!r}: use one of {', '.join(METHODS)}")
+    y = check_labels(net, pset, labels)
+    if method == "lp":
+        dtype = torch.float64
+    if method != "ibp":
+        check_supported(net, method)
+    if method == "lp" and pset.p == 2.0:
+        raise SpecError("method lp needs a polyhedral set: the L2 ball is not one (use crown or alpha-crown for p=2)")
+    pset = pset.to(dtype)
+    if intermediate is not None:
+        bounds = interval_bounds(net, pset, dtype=dtype, start=intermediate)
+    elif method == "ibp":
+        bounds = interval_bounds(net, pset, dtype=dtype)
+    else:
+        bounds = linear_intermediate(net, pset, rule="kw" if method == "kw" else "crown", dtype=dtype)
+    ibp = interval_margins(net, bounds, y)
+    if method == "ibp":
+        return BoundResult(ibp, bounds, method)
+    if method in ("kw", "crown"):
+        lin = linear_margins(net, pset, y, bounds, rule=method)  # type: ignore[arg-type]
+    elif method == "alpha-crown":
+        lin, _ = alpha_margins(net, pset, y, bounds, steps=alpha_steps, lr=alpha_lr)
+    else:
+        from .lp import lp_margins
+
+        lin = lp_margins(net, pset, y, bounds)
+    return BoundResult(torch.maximum(lin, ibp), bounds, method)

@@ -1,0 +1,113 @@
+"""Intermediate bounds for the linear methods, layer by layer.
+
+One forward sweep over the graph: every node first gets interval bounds from the
+(already tightened) bounds of its inputs; a node that feeds a ReLU is then tightened
+with the backward engine, but only on the neurons the interval bounds leave unstable
+(stable neurons need no better bound: their relaxation is already exact). Each such
+neuron is one row of a batch of (example, neuron) pairs, processed in chunks so that
+memory stays bounded. New bounds are intersected with the interval ones.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..network import Flatten, Linear, Network
+from ..spec import LpBall
+from .backward import backward_bound, relu_inputs
+from .interval import node_interval
+from .relax import Rule
+from .types import NodeBounds
+
+# elements of the largest coefficient tensor per chunk (float64: 8 bytes each)
+CHUNK_ELEMENTS = 1 << 23
+
+
+def _ancestors(net: Network, k: int) -> set[int]:
+    seen: set[int] = set()
+    todo = [k]
+    while todo:
+        i = todo.pop()
+        if i in seen:
+            continue
+        seen.add(i)
+        todo.extend(net.graph[i].inputs)
+    return seen
+
+
+def _interval_is_exact(net: Network, pset: LpBall, k: int) -> bool:
+    """Linf ball and one mixing affine map from the input: the interval is the exact range."""
+    if not math.isinf(pset.p):
+        return False
+    anc = _ancestors(net, k) - {0}
+    ops = [net.graph[i].op for i in anc]
+    if any(not getattr(op, "affine", False) for op in ops):
+        return False
+    return sum(not isinstance(op, Flatten) for op in ops) <= 1 and all(len(net.graph[i].inputs) == 1 for i in anc)
+
+
+def linear_intermediate(
+    net: Network,
+    pset: LpBall,
+    *,
+    rule: Rule,
+    dtype: torch.dtype = torch.float32,
+    start: NodeBounds | None = None,
+) -> NodeBounds:
+    """Bounds on every node; those feeding a ReLU tightened by backward bounds with ``rule``.
+
+    ``start`` optionally gives known bounds (e.g. from a cheaper method) to intersect with.
+    """
+    pset = pset.to(dtype)
+    feeds = set(relu_inputs(net))
+    lo0, hi0 = pset.box()
+    bounds: NodeBounds = {0: (lo0, hi0)}
+    for node in net.graph[1:]:  # differentiable: training uses these bounds
+        lo, hi = node_interval(node, bounds)
+        if start is not None and node.index in start:
+            lo = torch.maximum(lo, start[node.index][0].to(dtype))
+            hi = torch.minimum(hi, start[node.index][1].to(dtype))
+        if node.index in feeds and not _interval_is_exact(net, pset, node.index):
+            lo, hi = _tighten(net, pset, node.index, lo, hi, bounds, rule)
+        bounds[node.index] = (lo, hi)
+    return bounds
+
+
+def _tighten(net: Network, pset: LpBall, k: int, lo: Tensor, hi: Tensor, bounds: NodeBounds,
+             rule: Rule) -> tuple[Tensor, Tensor]:
+    n = lo.shape[0]
+    shape = net.graph[k].shape
+    lo_f, hi_f = lo.reshape(n, -1).clone(), hi.reshape(n, -1).clone()
+    pairs = ((lo_f < 0) & (hi_f > 0)).nonzero().detach()
+    if pairs.numel() == 0:
+        return lo, hi
+    anc = _ancestors(net, k)
+    need = [j for j in relu_inputs(net) if j in anc and j != k]
+    op = net.graph[k].op
+    # Start one layer down when node k is a Linear layer: its rows are the spec (no one-hot pass).
+    begin = net.graph[k].inputs[0] if isinstance(op, Linear) else k
+    widest = max(math.prod(net.graph[i].shape) for i in anc)
+    chunk = max(1, CHUNK_ELEMENTS // (2 * widest))
+    for c0 in range(0, pairs.shape[0], chunk):
+        ex, nb = pairs[c0 : c0 + chunk, 0], pairs[c0 : c0 + chunk, 1]
+        p = ex.shape[0]
+        sub = pset.select(ex)
+        sub_bounds = {j: (bounds[j][0][ex], bounds[j][1][ex]) for j in need}
+        if isinstance(op, Linear):
+            w = op.param("weight", lo)[nb]
+            bias = op.param("bias", lo)[nb]
+            a = torch.stack([w, -w], 1).reshape(p, 2, *net.graph[begin].shape)
+            const = torch.stack([bias, -bias], 1)
+        else:
+            a = torch.zeros((p, 2, lo_f.shape[1]), dtype=lo.dtype)
+            a[torch.arange(p), 0, nb] = 1.0
+            a[torch.arange(p), 1, nb] = -1.0
+            a = a.reshape(p, 2, *shape)
+            const = None
+        val = backward_bound(net, sub, begin, a, sub_bounds, rule=rule, const=const)
+        lo_f[ex, nb] = torch.maximum(lo_f[ex, nb], val[:, 0])
+        hi_f[ex, nb] = torch.minimum(hi_f[ex, nb], -val[:, 1])
+    return lo_f.reshape(n, *shape), hi_f.reshape(n, *shape)

@@ -1,0 +1,43 @@
+"""Linear relaxations of ReLU from bounds on its input.
+
+For z = relu(x) with l <= x <= u the relaxation is  lam_lo * x <= z <= lam_up * x + mu_up.
+Stable neurons are exact (identity or zero). For an unstable neuron (l < 0 < u) the upper
+line is the chord u / (u - l) * (x - l); the lower slope is the rule's:
+
+* ``kw``    u / (u - l), parallel to the chord: Wong & Kolter's dual bound (= Fast-Lin);
+* ``crown`` 1 if u > -l else 0 (the adaptive choice of CROWN);
+* ``alpha`` an optimisable slope in [0, 1] (alpha-CROWN); any value there is valid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Rule = Literal["kw", "crown", "alpha"]
+
+
+@dataclass(frozen=True)
+class ReluRelaxation:
+    lam_lo: Tensor  # (B, *shape) lower slope (the rule's default for unstable neurons)
+    lam_up: Tensor  # (B, *shape)
+    mu_up: Tensor  # (B, *shape) upper intercept
+    unstable: Tensor  # bool (B, *shape)
+
+
+def relu_relaxation(lo: Tensor, hi: Tensor, rule: Rule) -> ReluRelaxation:
+    unstable = (lo < 0) & (hi > 0)
+    active = lo >= 0
+    # the chord; denominators only matter where unstable (u - l > 0 there)
+    width = torch.where(unstable, hi - lo, torch.ones_like(hi))
+    chord = torch.where(unstable, hi / width, active.to(hi.dtype))
+    mu_up = torch.where(unstable, -chord * lo, torch.zeros_like(lo))
+    if rule == "kw":
+        lam_lo = chord
+    else:  # crown, and the starting point of alpha
+        adaptive = (hi > -lo).to(hi.dtype)
+        lam_lo = torch.where(unstable, adaptive, active.to(hi.dtype))
+    return ReluRelaxation(lam_lo, chord, mu_up, unstable)

@@ -1,0 +1,32 @@
+"""Result types shared by the bound methods."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import Tensor
+
+# {graph node index: (lower, upper)}, each of shape (N, *node.shape): bounds on the node's value.
+NodeBounds = dict[int, tuple[Tensor, Tensor]]
+
+Method = Literal["ibp", "kw", "crown", "alpha-crown", "lp"]
+METHODS: tuple[str, ...] = ("ibp", "kw", "crown", "alpha-crown", "lp")
+
+
+@dataclass(frozen=True)
+class BoundResult:
+    """Lower bounds on the margins f_y - f_j of every example (N, K); +inf in column y."""
+
+    margin_lb: Tensor
+    intermediate: NodeBounds
+    method: str
+
+
+@dataclass(frozen=True)
+class CertifiedBounds:
+    """The certification decision: ``certified[n]`` only from a float64-rechecked bound."""
+
+    certified: Tensor  # bool (N,)
+    margin_lb: Tensor  # float64 (N,): min over j != y of the margin lower bound
+    method: str
