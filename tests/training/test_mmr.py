@@ -1,0 +1,117 @@
+"""MMR distances against an independent oracle: the region's affine map from autograd, and an LP."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linprog
+from torch import nn
+
+from training.architectures import to_network
+from training.regularizers.mmr import mmr_terms, region_distances
+from verify.torch_modules import FlattenNHWC
+
+
+def _small_cnn() -> nn.Sequential:
+    torch.manual_seed(3)
+    m = nn.Sequential(nn.Conv2d(1, 3, 3, stride=2, padding=1), nn.ReLU(), FlattenNHWC(),
+                      nn.Linear(3 * 3 * 3, 8), nn.ReLU(), nn.Linear(8, 4)).double()
+    with torch.no_grad():  # positive biases: most ReLUs active, so every region has live hyperplanes
+        m[0].bias.fill_(0.2)
+        m[3].bias.fill_(0.2)
+    return m
+
+
+def _oracle(module: nn.Sequential, x: torch.Tensor, y: int, q: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per point: distances from torch.autograd.functional.jacobian of every pre-activation."""
+    pre_idx = [i for i, m in enumerate(module) if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+    def pres(inp: torch.Tensor) -> torch.Tensor:
+        h, out = inp[None], []
+        for i, m in enumerate(module):
+            h = m(h)
+            if i in pre_idx:
+                out.append(h.reshape(-1))
+        return torch.cat(out)
+
+    z = pres(x).detach()
+    jac = torch.autograd.functional.jacobian(pres, x).reshape(z.numel(), -1)
+    k = module[-1].out_features
+    zr, jr = z[:-k], jac[:-k]
+    relu = (zr.abs() / jr.norm(p=q, dim=1)).numpy()
+    f, jf = z[-k:], jac[-k:]
+    dec = np.full(k, math.inf)
+    for j in range(k):
+        if j != y:
+            dec[j] = float((f[y] - f[j]) / (jf[y] - jf[j]).norm(p=q))
+    return relu, dec
+
+
+@pytest.mark.parametrize("p", [math.inf, 2.0, 1.0])
+def test_distances_match_autograd_jacobian(p: float) -> None:
+    module = _small_cnn()
+    net = to_network(module, (1, 5, 5))
+    x = torch.rand(6, 1, 5, 5, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    d = region_distances(net, x, y, p=p)
+    q = {math.inf: 1.0, 2.0: 2.0, 1.0: math.inf}[p]
+    for n in range(6):
+        relu, dec = _oracle(module, x[n], int(y[n]), q)
+        fin = np.isfinite(relu)  # a ReLU dead w.r.t. x in this region (zero gradient) has no hyperplane
+        assert fin.sum() > 0.5 * fin.size
+        np.testing.assert_allclose(d.relu[n].numpy()[fin], relu[fin], rtol=1e-10)
+        assert (d.relu[n].numpy()[~fin] > 1e6).all()
+        np.testing.assert_allclose(d.decision[n].numpy(), dec, rtol=1e-10)
+        assert np.isinf(dec[int(y[n])]) and np.isfinite(np.delete(dec, int(y[n]))).all()
+
+
+@pytest.mark.parametrize("p", [math.inf, 1.0])
+def test_distance_is_the_lp_distance_to_the_hyperplane(p: float) -> None:
+    """An LP (HiGHS via scipy) finds the Lp-closest point of a first-layer ReLU hyperplane."""
+    torch.manual_seed(5)
+    module = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3)).double()
+    net = to_network(module, (5,))
+    x = torch.rand(3, 5, dtype=torch.float64)
+    d = region_distances(net, x, torch.zeros(3, dtype=torch.long), p=p)
+    w, b = module[0].weight.detach().numpy(), module[0].bias.detach().numpy()
+    for n in range(3):
+        for i in range(4):
+            # min ||delta||_p  s.t.  w_i . (x + delta) + b_i = 0, with delta = u - v, u, v >= 0
+            c0 = float(w[i] @ x[n].numpy() + b[i])
+            dim = 5
+            if p == 1.0:
+                cost = np.ones(2 * dim)
+                res = linprog(cost, A_eq=np.concatenate([w[i], -w[i]])[None], b_eq=[-c0], bounds=(0, None))
+            else:  # variables u, v, t: min t with u_k + v_k <= t
+                cost = np.zeros(2 * dim + 1)
+                cost[-1] = 1
+                a_ub = np.hstack([np.eye(dim), np.eye(dim), -np.ones((dim, 1))])
+                res = linprog(cost, A_ub=a_ub, b_ub=np.zeros(dim), A_eq=np.concatenate([w[i], -w[i], [0]])[None],
+                              b_eq=[-c0], bounds=(0, None))
+            assert res.status == 0
+            assert float(d.relu[n, i]) == pytest.approx(res.fun, rel=1e-7, abs=1e-10)
+
+
+@pytest.mark.parametrize("p", [math.inf, 2.0, 1.0])
+def test_regulariser_gradient_is_finite_and_descends(p: float) -> None:
+    module = _small_cnn().float()
+    net = to_network(module, (1, 5, 5), share_parameters=True)
+    x = torch.rand(16, 1, 5, 5)
+    y = torch.randint(0, 4, (16,))
+
+    def value() -> torch.Tensor:
+        v = mmr_terms(net, x, y, p=p, k_relu=10, k_decision=4, gamma_relu=0.5, gamma_decision=0.5)
+        return v.relu_term + v.decision_term
+
+    r0 = value()
+    r0.backward()
+    grads = [m.grad for m in module.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+    with torch.no_grad():
+        for prm in module.parameters():
+            prm -= 1e-3 * prm.grad
+    assert value().item() < r0.item()
