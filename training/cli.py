@@ -43,7 +43,7 @@ def _opt(*names: str, **kw):  # type: ignore[no-untyped-def]
 @_opt("--warmup-epochs", type=int, default=-1, help="eps ramp (kw/ibp/crown-ibp) or lambda ramp (mmr); default: epochs/2, MMR 10.")
 @_opt("--pgd-steps", type=int, default=40, show_default=True, help="PGD iterations for at / mmr+at (step 2 eps / steps).")
 @_opt("--attack", type=click.Choice(["pgd", "fgsm"]), default="pgd", show_default=True)
-@_opt("--train-subset", type=int, default=None, help="Train on the first N training points only.")
+@_opt("--train-subset", type=int, default=None, help="Train on N training points only (a random subset, fixed by --seed).")
 @_opt("--seed", type=int, default=0, show_default=True)
 @click.option("--deterministic/--no-deterministic", default=True, show_default=True)
 @_opt("--resume", is_flag=True, help="Continue from the run directory's last epoch checkpoint.")

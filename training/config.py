@@ -52,7 +52,7 @@ class TrainConfig:
     attack: str = "pgd"
     pgd_steps: int = 40
     max_batches: int | None = None  # per epoch (benchmarks, tests)
-    train_subset: int | None = None  # use only the first N training points
+    train_subset: int | None = None  # use only N training points (a seeded random subset)
     eval_test: bool = True
     data_dir: str | None = None
 

@@ -60,7 +60,9 @@ def load_data(config: TrainConfig) -> TrainData:
     test = load_dataset(config.dataset, split="test", data_dir=config.data_dir) if config.eval_test else None
     x, y = train.x, train.y
     if config.train_subset is not None:
-        x, y = x[: config.train_subset], y[: config.train_subset]
+        # a seeded random subset: the MNIST 10k subset is stored grouped by class
+        keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(config.seed))[: config.train_subset]
+        x, y = x[keep], y[keep]
     return TrainData(x, y, None if test is None else test.x, None if test is None else test.y, train.name)
 
 
