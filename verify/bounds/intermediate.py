@@ -56,10 +56,13 @@ def linear_intermediate(
     rule: Rule,
     dtype: torch.dtype = torch.float32,
     start: NodeBounds | None = None,
+    intersect_interval: bool = True,
 ) -> NodeBounds:
     """Bounds on every node; those feeding a ReLU tightened by backward bounds with ``rule``.
 
     ``start`` optionally gives known bounds (e.g. from a cheaper method) to intersect with.
+    ``intersect_interval=False`` gives the pure method (every neuron bounded by the backward
+    pass alone, as in Wong & Kolter's and CROWN's papers), for comparisons with their code.
     """
     pset = pset.to(dtype)
     feeds = set(relu_inputs(net))
@@ -71,6 +74,8 @@ def linear_intermediate(
             lo = torch.maximum(lo, start[node.index][0].to(dtype))
             hi = torch.minimum(hi, start[node.index][1].to(dtype))
         if node.index in feeds and not _interval_is_exact(net, pset, node.index):
+            if not intersect_interval:
+                lo, hi = torch.full_like(lo, -torch.inf), torch.full_like(hi, torch.inf)
             lo, hi = _tighten(net, pset, node.index, lo, hi, bounds, rule)
         bounds[node.index] = (lo, hi)
     return bounds
