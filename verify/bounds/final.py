@@ -94,8 +94,9 @@ def alpha_margins(
     opt = torch.optim.Adam(params, lr=lr) if steps > 0 and params else None
     best: Tensor | None = None
     for it in range(steps + 1):
-        with torch.set_grad_enabled(opt is not None and it < steps):
+        with torch.set_grad_enabled(opt is not None and it < steps):  # also under an outer no_grad
             val = backward_bound(net, pset, root, spec, bounds, rule="alpha", alpha=alpha)
+            loss = -val.sum()
         with torch.no_grad():
             # val belongs to the current (already projected) slopes: keep the best per entry
             cur = val.detach()
@@ -108,7 +109,7 @@ def alpha_margins(
             break
         opt.zero_grad()
         # gradients for the slopes only: never touch the network's parameter .grad
-        grads = torch.autograd.grad(-val.sum(), params)
+        grads = torch.autograd.grad(loss, params)
         for t, g in zip(params, grads):
             t.grad = g
         opt.step()
