@@ -72,13 +72,13 @@ def _pgd(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, eps: float, ste
     return (x + d).clamp(0, 1).detach()
 
 
-def train(shared: Path, kind: str, *, eps: float = 0.1, epochs: int = 4, seed: int = 0) -> Network:
-    """kind: 'robust' (interval-bound loss, eps ramped over the first half) or 'pgd'."""
+def train(shared: Path, kind: str, *, eps: float = 0.1, epochs: int = 3, seed: int = 0) -> Network:
+    """kind: 'robust' (interval-bound loss, eps ramped over 80% of the steps) or 'pgd'."""
     torch.manual_seed(seed)
     x, y = mnist(shared, "train")
     model = small_cnn()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    n, bs = len(x), 100
+    n, bs = len(x), 50
     steps = epochs * (n // bs)
     t = 0
     for _ in range(epochs):
@@ -86,9 +86,10 @@ def train(shared: Path, kind: str, *, eps: float = 0.1, epochs: int = 4, seed: i
         for s in range(0, n, bs):
             b = perm[s : s + bs]
             xb, yb = x[b], y[b]
-            ramp = min(1.0, t / (steps / 2))
+            ramp = min(1.0, t / (0.8 * steps))
             if kind == "robust":
-                loss = 0.5 * nn.functional.cross_entropy(model(xb), yb) + 0.5 * _robust_ce(model, xb, yb, 1.1 * eps * ramp)
+                kappa = 1.0 - 0.5 * ramp  # weight of the clean loss, as in IBP training
+                loss = kappa * nn.functional.cross_entropy(model(xb), yb) + (1 - kappa) * _robust_ce(model, xb, yb, eps * ramp)
             else:
                 loss = nn.functional.cross_entropy(model(_pgd(model, xb, yb, eps * ramp)), yb)
             opt.zero_grad()

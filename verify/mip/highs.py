@@ -234,6 +234,8 @@ def solve_example(
     dual = max(viol_bounds) if viol_bounds else -math.inf
     # every target was proven: by its propagated margin (> 0, re-checked in float64 upstream),
     # by its LP relaxation (>= tol) or by the MIP (INFEASIBLE under objective_bound = tol)
+    if not reasons and time.perf_counter() > deadline:
+        reasons.append("timeout")  # a proof that finished past the time limit is not reported as one
     if not reasons and len(viol_bounds) == k - 1:
         return MipResult("verified", None, best_obj, dual, None, last_status or "lp", last_gap, seconds, n_bin)
     if not reasons:

@@ -1,0 +1,132 @@
+"""The certify pipeline on small MNIST CNNs trained in this session.
+
+Oracles: a 100-restart PGD attack must find nothing on verified points; every falsified
+point's counterexample passes an independent float64 check; LB <= UB; and for the
+certifiably trained CNN at Linf 0.1 the MIP decides every point (LB == UB).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from verify.attacks import pgd_attack
+from verify.certify import CertifyConfig, certify, summarize
+from verify.network import Linear, Network, ReLU
+from verify.spec import LpBall, check_counterexample
+
+sys.path.insert(0, str(Path(__file__).parent))
+import _train_small  # noqa: E402
+
+
+def random_mlp(seed: int = 0, d: int = 12) -> Network:
+    g = torch.Generator().manual_seed(seed)
+    return Network((Linear(torch.randn(24, d, generator=g) / 2, 0.1 * torch.randn(24, generator=g)), ReLU(),
+                    Linear(torch.randn(16, 24, generator=g) / 4, 0.1 * torch.randn(16, generator=g)), ReLU(),
+                    Linear(torch.randn(4, 16, generator=g) / 3)), (d,))
+
+
+@pytest.fixture(scope="module")
+def mlp_points() -> tuple[Network, torch.Tensor, torch.Tensor]:
+    net = random_mlp()
+    x = torch.rand(40, 12, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    y = net(x).argmax(1)
+    y[:4] = (y[:4] + 1) % 4  # a few misclassified points
+    return net, x, y
+
+
+@pytest.mark.parametrize("eps", [0.02, 0.08])
+def test_consistency_random_mlp(mlp_points, eps: float) -> None:
+    net, x, y = mlp_points
+    res = check_consistency(net, x, y, eps, timeout=30, restarts=10)
+    s = summarize(res)
+    assert s.clean_error == pytest.approx(4 / 40)
+    assert s.unknown == 0 and s.lb == s.ub  # a small MLP: the MIP decides everything
+    assert any(r.decided_by == "mip" for r in res) or eps == 0.02
+
+
+@pytest.fixture(scope="session")
+def robust_net(shared_data: Path) -> Network:
+    return _train_small.train(shared_data, "robust")
+
+
+@pytest.fixture(scope="session")
+def pgd_net(shared_data: Path) -> Network:
+    return _train_small.train(shared_data, "pgd", epochs=2)
+
+
+@pytest.fixture(scope="session")
+def mnist_test(shared_data: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    return _train_small.mnist(shared_data, "test")
+
+
+def check_consistency(net: Network, x: torch.Tensor, y: torch.Tensor, eps: float, timeout: float,
+                      restarts: int = 100) -> list:
+    ball = LpBall.make(x.to(torch.float64), eps, "inf")
+    res = certify(net, ball, y, list(range(len(y))), CertifyConfig(p=math.inf, eps=eps, timeout=timeout), progress=False)
+    s = summarize(res)
+    assert s.lb <= s.ub
+    assert s.clean_error <= s.pgd_lb <= s.lb
+    assert s.ub <= s.bound_ub
+    ver = [i for i, r in enumerate(res) if r.status == "verified"]
+    if ver:
+        att = pgd_attack(net, ball.select(ver), y[ver], steps=40, restarts=restarts, seed=1)
+        assert not bool(att.success.any()), "PGD found a counterexample on a verified point"
+    for i, r in enumerate(res):
+        if r.status == "falsified":
+            assert r.counterexample is not None
+            assert bool(check_counterexample(net, ball.select([i]), y[i : i + 1], r.counterexample)[0])
+        if r.status == "misclassified":
+            assert int(r.prediction) != int(r.label) or r.margin_lb is None
+    return res
+
+
+@pytest.mark.slow
+def test_robust_cnn_mip_closes_the_gap(robust_net: Network, mnist_test) -> None:
+    x, y = mnist_test
+    res = check_consistency(robust_net, x[:30], y[:30], 0.1, timeout=120)
+    s = summarize(res)
+    assert s.unknown == 0 and s.lb == s.ub
+
+
+def test_timeout_gives_unknown_never_verified(mlp_points) -> None:
+    robust_net, x, y = mlp_points
+    # no attack, only IBP: many points reach the MIP, whose microscopic time limit must not verify them
+    ball = LpBall.make(x[:30].to(torch.float64), 0.1, "inf")
+    res = certify(robust_net, ball, y[:30], list(range(30)),
+                  CertifyConfig(p=math.inf, eps=0.1, timeout=1e-3, methods=("ibp",), attack_steps=0), progress=False)
+    mip = [r for r in res if "mip" in r.seconds]
+    assert mip, "no example reached the MIP"
+    assert all(r.status != "verified" for r in mip)
+    assert all(r.reason for r in mip if r.status == "unknown")
+
+
+def test_interrupt_keeps_rows(mlp_points) -> None:
+    robust_net, x, y = mlp_points
+    ball = LpBall.make(x[:20].to(torch.float64), 0.1, "inf")
+    seen = []
+
+    def stop_after_five(r) -> None:
+        seen.append(r)
+        if len(seen) == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        certify(robust_net, ball, y[:20], list(range(20)), CertifyConfig(p=math.inf, eps=0.1), progress=False,
+                on_result=stop_after_five)
+    assert len(seen) == 5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["robust", "pgd"])
+def test_consistency_200_points(which: str, request, mnist_test) -> None:
+    net = request.getfixturevalue(f"{which}_net")
+    x, y = mnist_test
+    res = check_consistency(net, x[:200], y[:200], 0.1, timeout=120)
+    if which == "robust":
+        s = summarize(res)
+        assert s.unknown == 0 and s.lb == s.ub
