@@ -67,6 +67,7 @@ class CertResult:
     solver_status: str | None = None
     gap: float | None = None
     reason: str | None = None
+    n_binaries: int | None = None  # after tightening, for examples that reached the MIP
 
     def row(self) -> dict:
         """The JSON/CSV row (without the counterexample)."""
@@ -192,7 +193,7 @@ def certify(
         pp.seconds["mip"] = time.perf_counter() - t0
         status: Status = r.status
         finish(pp, status, "mip" if status != "unknown" else None, int(preds[i]), counterexample=r.counterexample,
-               solver_status=r.solver_status, gap=r.gap, reason=r.reason,
+               solver_status=r.solver_status, gap=r.gap, reason=r.reason, n_binaries=r.n_binaries,
                margin_lb=(-r.dual_bound if r.status == "verified" and r.dual_bound is not None else pp.margin_lb))
     bar.close()
     return [results[i] for i in range(n)]
