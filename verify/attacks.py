@@ -1,0 +1,367 @@
+"""Adversarial attacks: PGD for L1, L2 and Linf balls intersected with the input box, and FGSM.
+
+As in Foolbox 3, :class:`Attack.__call__` validates the inputs, calls the subclass's
+``run`` (which searches in float32), moves the points into the set in float64 arithmetic
+and re-checks every claimed success with :func:`verify.spec.check_counterexample`:
+a success in an :class:`AttackResult` is a counterexample a float64 forward pass confirms.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import DataError, SpecError
+from .network import Network
+from .spec import P_VALUES, LpBall, check_counterexample, check_eps, margins_f64
+
+LossName = Literal["margin", "ce"]
+Schedule = Literal["constant", "decay"]
+
+
+@dataclass(frozen=True, eq=False)
+class AttackResult:
+    """Per example: the best point found, whether it is a confirmed counterexample, and its float64 margin."""
+
+    x_adv: Tensor  # (N, *input_shape), the dtype of the ball's centre; always inside the set
+    success: Tensor  # bool (N,): inside the set and misclassified, checked in float64
+    margin: Tensor  # float64 (N,): max_{j != y} f_j - f_y at x_adv (> 0 iff misclassified)
+    steps: int  # gradient steps run (over all restarts)
+
+    @property
+    def success_rate(self) -> float:
+        return float(self.success.float().mean()) if self.success.numel() else 0.0
+
+
+class Attack:
+    """Base class: subclasses implement :meth:`run`, returning candidate points (float32) and a step count."""
+
+    def __call__(self, net: Network, pset: LpBall, labels: Tensor | Sequence[int] | np.ndarray) -> AttackResult:
+        y = validate_attack_inputs(net, pset, labels)
+        n = pset.n
+        if n == 0:
+            empty = torch.zeros(0, dtype=torch.float64)
+            return AttackResult(pset.center.clone(), torch.zeros(0, dtype=torch.bool), empty, 0)
+        center_margin = margins_f64(net, pset.center, y)
+        todo = (center_margin <= 0).nonzero()[:, 0]  # misclassified points need no search
+        x_adv = pset.center.detach().clone()
+        steps = 0
+        if todo.numel():
+            cand, steps = self.run(net, pset.select(todo).to(torch.float32), y[todo])
+            x_adv[todo] = inside_set(pset.select(todo), cand.detach())
+        success = check_counterexample(net, pset, y, x_adv)
+        margin = margins_f64(net, x_adv, y)
+        return AttackResult(x_adv, success, margin, steps)
+
+    def run(self, net: Network, pset: LpBall, labels: Tensor) -> tuple[Tensor, int]:
+        raise NotImplementedError
+
+
+def validate_attack_inputs(net: Network, pset: LpBall, labels: Tensor | Sequence[int] | np.ndarray) -> Tensor:
+    """Labels as a long tensor, after checking the set, the data and the labels against the model."""
+    if not isinstance(pset, LpBall):
+        raise SpecError(f"attacks need a verify.spec.LpBall, got {type(pset).__name__}")
+    if pset.p not in P_VALUES:
+        raise SpecError(f"unknown norm p={pset.p!r}: use 1, 2 or inf")
+    check_eps(pset.eps)
+    c = pset.center
+    if c.ndim < 1 or tuple(c.shape[1:]) != tuple(net.input_shape):
+        raise DataError(f"inputs have shape {tuple(c.shape[1:])}, the model expects {tuple(net.input_shape)}")
+    if pset.eps.numel() != pset.n:
+        raise SpecError(f"{pset.eps.numel()} eps values for {pset.n} examples")
+    if not c.is_floating_point() or not torch.isfinite(c).all():
+        raise DataError("inputs must be finite floating-point values")
+    lo, hi = net.input_range
+    if pset.lo < lo or pset.hi > hi or not pset.lo < pset.hi:
+        raise SpecError(f"the set's box [{pset.lo:g}, {pset.hi:g}] is not inside the model's input range [{lo:g}, {hi:g}]")
+    if c.numel() and (float(c.min()) < pset.lo or float(c.max()) > pset.hi):
+        raise DataError(f"inputs lie in [{float(c.min()):g}, {float(c.max()):g}], outside the input box [{pset.lo:g}, {pset.hi:g}]")
+    y = torch.as_tensor(np.asarray(labels)) if not isinstance(labels, Tensor) else labels
+    if y.ndim != 1 or y.shape[0] != pset.n:
+        raise DataError(f"{tuple(y.shape)} labels for {pset.n} examples: give one label per example")
+    if y.is_floating_point():
+        if not torch.isfinite(y).all() or not torch.equal(y, y.round()):
+            raise DataError("labels must be integers")
+    elif y.dtype == torch.bool or y.is_complex():
+        raise DataError(f"labels must be integers, got {y.dtype}")
+    y = y.to(torch.long)
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= net.n_classes):
+        raise DataError(f"labels must lie in 0..{net.n_classes - 1}, got {int(y.min())}..{int(y.max())}")
+    return y
+
+
+# --------------------------------------------------------------------------- landing inside the set, exactly
+
+
+def inside_set(pset: LpBall, x: Tensor) -> Tensor:
+    """A point near x, in the centre's dtype, that ``pset.contains`` accepts (float64 arithmetic).
+
+    Projecting and then rounding can overshoot the radius or the box by an ulp: offending
+    coordinates are stepped one ulp towards the centre (exact for Linf and the box), L1/L2
+    rows still outside are shrunk towards the centre, and as a last resort the centre is used.
+    """
+    dtype = pset.center.dtype
+    p64 = pset.to(torch.float64) if pset.center.dtype != torch.float64 else pset
+    c = pset.center
+    x = p64.project(x.to(torch.float64)).to(dtype)
+    for _ in range(4):
+        bad = _bad_coordinates(p64, x)
+        if not bad.any():
+            break
+        x = torch.where(bad, torch.nextafter(x, c), x)
+    for shrink in (1e-6, 1e-5, 1e-4, 1e-3, 1e-2):
+        out = ~p64.contains(x)
+        if not out.any():
+            return x
+        d = x.to(torch.float64) - p64.center
+        moved = p64.project(p64.center + d * (1 - shrink)).to(dtype)
+        x = torch.where(out.reshape((-1,) + (1,) * (x.ndim - 1)), moved, x)
+    out = ~p64.contains(x)
+    return torch.where(out.reshape((-1,) + (1,) * (x.ndim - 1)), c, x)
+
+
+def project(ball: LpBall, x: Tensor) -> Tensor:
+    """Euclidean projection onto the set; for p = 1 onto the L1 ball *intersected* with the box.
+
+    ``LpBall.project`` clips after projecting onto the ball, which for L1 wastes the budget
+    that clipping removes; here d_i = sign(z_i) min(max(|z_i| - theta, 0), room_i) with the
+    soft threshold theta found by bisection on that piecewise-linear sum.
+    """
+    if ball.p != 1.0:
+        return ball.project(x)
+    n = ball.n
+    c = ball.center.reshape(n, -1)
+    z = (x - ball.center).reshape(n, -1)
+    room = torch.where(z >= 0, ball.hi - c, c - ball.lo).clamp(min=0)
+    a = z.abs()
+    theta = _l1_box_threshold(a, room, ball.eps.to(x.dtype).reshape(n, 1))
+    d = torch.sign(z) * torch.minimum((a - theta).clamp(min=0), room)
+    return (c + d).reshape(x.shape).clamp(ball.lo, ball.hi)
+
+
+def _l1_box_threshold(a: Tensor, room: Tensor, eps: Tensor, iters: int = 30) -> Tensor:
+    """The theta >= 0 with sum_i min(max(a_i - theta, 0), room_i) = eps (0 if the sum at 0 is within eps).
+
+    The sum falls piecewise linearly in theta; bisection (cheap elementwise passes, where a
+    sort of the 2d breakpoints costs more on CPU) brackets theta, and the linear piece at the
+    bracket's upper end gives it exactly unless a breakpoint lies inside the tiny bracket.
+    """
+
+    buf = torch.empty_like(a)  # reused: fresh allocations dominate the cost of these cheap passes
+
+    def used(theta: Tensor) -> Tensor:
+        torch.sub(a, theta, out=buf).clamp_(min=0)
+        return torch.minimum(buf, room, out=buf).sum(1, keepdim=True)
+
+    lo = torch.zeros_like(eps)
+    hi = a.max(1, keepdim=True).values
+    need = used(lo) > eps
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        over = used(mid) > eps
+        lo = torch.where(over, mid, lo)
+        hi = torch.where(over, hi, mid)
+    moving = ((a > hi) & (a - room < hi)).sum(1, keepdim=True)  # slope of the sum just below hi
+    exact = hi - (eps - used(hi)) / moving.clamp(min=1)
+    theta = torch.where((moving > 0) & (exact >= lo) & (exact <= hi), exact, hi)  # the feasible end otherwise
+    return torch.where(need, theta, torch.zeros_like(theta))
+
+
+def _bad_coordinates(p64: LpBall, x: Tensor) -> Tensor:
+    x64 = x.to(torch.float64)
+    bad = (x64 < p64.lo) | (x64 > p64.hi)
+    if math.isinf(p64.p):
+        eps = p64.eps.reshape((-1,) + (1,) * (x.ndim - 1))
+        bad |= (x64 - p64.center).abs() > eps
+    return bad
+
+
+# --------------------------------------------------------------------------- PGD
+
+
+def _margin(logits: Tensor, y: Tensor) -> Tensor:
+    fy = logits.gather(1, y[:, None])[:, 0]
+    other = logits.scatter(1, y[:, None], -math.inf)
+    return other.max(1).values - fy
+
+
+def _flat_norm(g: Tensor, p: float) -> Tensor:
+    return g.reshape(g.shape[0], -1).norm(p=p, dim=1).reshape((-1,) + (1,) * (g.ndim - 1))
+
+
+def ascent_direction(g: Tensor, x: Tensor, ball: LpBall, l1_coordinates: int = 1) -> Tensor:
+    """The steepest-ascent step of unit p-norm for gradient g at x (Linf: sign; L2: normalised;
+    L1: the signs of the ``l1_coordinates`` largest |g_i| among coordinates the box lets move)."""
+    if math.isinf(ball.p):
+        return g.sign()
+    if ball.p == 2.0:
+        return g / _flat_norm(g, 2.0).clamp(min=1e-12)
+    n = g.shape[0]
+    gf, xf = g.reshape(n, -1), x.reshape(n, -1)
+    # a coordinate pushed against the box cannot move: spending budget on it is wasted
+    stuck = ((xf <= ball.lo) & (gf < 0)) | ((xf >= ball.hi) & (gf > 0))
+    score = gf.abs().masked_fill(stuck, 0.0)
+    k = min(max(1, l1_coordinates), gf.shape[1])
+    top = score.topk(k, dim=1)
+    e = torch.zeros_like(gf)
+    e.scatter_(1, top.indices, torch.sign(gf.gather(1, top.indices)) * (top.values > 0))
+    e = e / e.abs().sum(1, keepdim=True).clamp(min=1.0)
+    return e.reshape(g.shape)
+
+
+@dataclass(frozen=True)
+class PGD(Attack):
+    """Projected gradient ascent on the margin (or cross-entropy) loss.
+
+    Steps: sign of the gradient (Linf), the L2-normalised gradient (L2), or for L1 the
+    signs of the ``l1_sparsity`` fraction of coordinates with the largest |gradient|,
+    ignoring coordinates the box stops from moving, L1-normalised (the sparse steepest
+    ascent of Tramer & Boneh 2019 and Croce & Hein 2021). ``step_size`` defaults to
+    2.5 * eps / steps; ``schedule="decay"`` halves it after 50% and 75% of the steps.
+    Keeps, per example, the point with the largest margin over all steps and restarts;
+    restarts after the first only run on examples not yet misclassified.
+    """
+
+    steps: int = 40
+    restarts: int = 1
+    step_size: float | None = None  # absolute; None: 2.5 * eps / steps (per example)
+    random_start: bool = True  # False: the first restart starts at the centre, later ones at random
+    loss: LossName = "margin"
+    schedule: Schedule = "constant"
+    l1_sparsity: float = 0.01
+    seed: int = 0
+    batch_size: int = 1000
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise SpecError(f"PGD needs steps >= 1, got {self.steps!r}")
+        if not isinstance(self.restarts, int) or self.restarts < 1:
+            raise SpecError(f"PGD needs restarts >= 1, got {self.restarts!r}")
+        if self.step_size is not None and not (math.isfinite(self.step_size) and self.step_size > 0):
+            raise SpecError(f"step size must be a finite number > 0, got {self.step_size!r}")
+        if self.loss not in ("margin", "ce"):
+            raise SpecError(f"unknown attack loss {self.loss!r}: use margin or ce")
+        if self.schedule not in ("constant", "decay"):
+            raise SpecError(f"unknown step schedule {self.schedule!r}: use constant or decay")
+        if not 0.0 < self.l1_sparsity <= 1.0:
+            raise SpecError(f"l1_sparsity must lie in (0, 1], got {self.l1_sparsity!r}")
+        if self.batch_size < 1:
+            raise SpecError(f"batch_size must be >= 1, got {self.batch_size!r}")
+
+    def run(self, net: Network, pset: LpBall, labels: Tensor) -> tuple[Tensor, int]:
+        gen = torch.Generator().manual_seed(self.seed)
+        outs, steps = [], 0
+        for start in range(0, pset.n, self.batch_size):
+            idx = torch.arange(start, min(pset.n, start + self.batch_size))
+            x, s = self._run_batch(net, pset.select(idx), labels[idx], gen)
+            outs.append(x)
+            steps = max(steps, s)
+        return torch.cat(outs), steps
+
+    def _run_batch(self, net: Network, ball: LpBall, y: Tensor, gen: torch.Generator) -> tuple[Tensor, int]:
+        best_x = ball.center.clone()
+        best_m = torch.full((ball.n,), -math.inf, dtype=ball.center.dtype)
+        steps = 0
+        for r in range(self.restarts):
+            idx = torch.arange(ball.n) if r == 0 else (best_m <= 0).nonzero()[:, 0]
+            if idx.numel() == 0:
+                break
+            sub, ys = ball.select(idx), y[idx]
+            x = self._start(sub, gen, random=self.random_start or r > 0)
+            base = self._base_step(sub, x)
+            k_l1 = int(round(self.l1_sparsity * x[0].numel()))
+            for t in range(self.steps + 1):
+                x = x.detach().requires_grad_(True)
+                logits = net.forward(x)
+                m = _margin(logits, ys)
+                better = m.detach() > best_m[idx]
+                best_m[idx[better]] = m.detach()[better]
+                best_x[idx[better]] = x.detach()[better]
+                if t == self.steps:
+                    break
+                loss = m.sum() if self.loss == "margin" else F.cross_entropy(logits, ys, reduction="sum")
+                (g,) = torch.autograd.grad(loss, x)
+                x = project(sub, x.detach() + self._factor(t) * base * ascent_direction(g, x.detach(), sub, k_l1))
+                steps += 1
+        return best_x, steps
+
+    def _factor(self, t: int) -> float:
+        if self.schedule == "constant":
+            return 1.0
+        return 1.0 if t < self.steps // 2 else 0.5 if t < (3 * self.steps) // 4 else 0.25
+
+    def _base_step(self, ball: LpBall, x: Tensor) -> Tensor:
+        view = (-1,) + (1,) * (x.ndim - 1)
+        if self.step_size is not None:
+            return torch.full((ball.n,), self.step_size, dtype=x.dtype).reshape(view)
+        return (2.5 * ball.eps.to(x.dtype) / self.steps).reshape(view)
+
+    def _start(self, ball: LpBall, gen: torch.Generator, random: bool) -> Tensor:
+        c = ball.center
+        if not random:
+            return c.clone()
+        eps = ball.eps.to(c.dtype).reshape((-1,) + (1,) * (c.ndim - 1))
+        radius = torch.rand(eps.shape, generator=gen, dtype=c.dtype) * eps
+        if math.isinf(ball.p):
+            d = (2 * torch.rand(c.shape, generator=gen, dtype=c.dtype) - 1) * eps
+        elif ball.p == 2.0:
+            d = torch.randn(c.shape, generator=gen, dtype=c.dtype)
+            d = d / _flat_norm(d, 2.0).clamp(min=1e-12) * radius
+        else:  # Laplace samples, scaled to a random L1 radius
+            d = -torch.rand(c.shape, generator=gen, dtype=c.dtype).clamp(min=1e-12).log()
+            d = d * torch.sign(torch.rand(c.shape, generator=gen, dtype=c.dtype) - 0.5)
+            d = d / _flat_norm(d, 1.0).clamp(min=1e-12) * radius
+        return project(ball, c + d)
+
+
+@dataclass(frozen=True)
+class FGSM(Attack):
+    """One full step from the centre: eps * sign(grad) for Linf (Goodfellow et al.), the normalised
+    gradient for L2, and for L1 the single coordinate with the largest |gradient| (the L1 steepest ascent)."""
+
+    loss: LossName = "ce"
+
+    def run(self, net: Network, pset: LpBall, labels: Tensor) -> tuple[Tensor, int]:
+        if self.loss not in ("margin", "ce"):
+            raise SpecError(f"unknown attack loss {self.loss!r}: use margin or ce")
+        x = pset.center.detach().clone().requires_grad_(True)
+        logits = net.forward(x)
+        loss = _margin(logits, labels).sum() if self.loss == "margin" else F.cross_entropy(logits, labels, reduction="sum")
+        (g,) = torch.autograd.grad(loss, x)
+        step = ascent_direction(g, pset.center, pset, 1)
+        eps = pset.eps.to(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
+        return project(pset, pset.center + eps * step), 1
+
+
+# --------------------------------------------------------------------------- functions
+
+
+def pgd_attack(
+    net: Network,
+    pset: LpBall,
+    labels: Tensor | Sequence[int] | np.ndarray,
+    *,
+    steps: int = 40,
+    restarts: int = 1,
+    step_size: float | None = None,
+    random_start: bool = True,
+    loss: LossName = "margin",
+    seed: int = 0,
+    schedule: Schedule = "constant",
+    l1_sparsity: float = 0.01,
+) -> AttackResult:
+    """PGD in the set ``pset`` (see :class:`PGD`); successes are float64-confirmed counterexamples."""
+    attack = PGD(steps=steps, restarts=restarts, step_size=step_size, random_start=random_start, loss=loss,
+                 schedule=schedule, l1_sparsity=l1_sparsity, seed=seed)
+    return attack(net, pset, labels)
+
+
+def fgsm(net: Network, pset: LpBall, labels: Tensor | Sequence[int] | np.ndarray, *, loss: LossName = "ce") -> AttackResult:
+    """One-step attack for adversarial training (see :class:`FGSM`)."""
+    return FGSM(loss=loss)(net, pset, labels)
