@@ -7,6 +7,7 @@ import time
 import click
 
 from ..attacks import PGD
+from ..errors import SpecError
 from ..spec import check_eps, parse_p
 from .common import data_options, load_examples, load_model, make_ball, model_option, output_option, p_label, spec_options, write_rows
 
@@ -15,10 +16,10 @@ from .common import data_options, load_examples, load_model, make_ball, model_op
 @model_option
 @data_options
 @spec_options
-@click.option("--steps", type=click.IntRange(min=1), default=40, show_default=True, help="PGD iterations per restart.")
-@click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--steps", type=int, default=40, show_default=True, help="PGD iterations per restart.")
+@click.option("--restarts", type=int, default=1, show_default=True,
               help="Random restarts (later ones only for points not yet broken).")
-@click.option("--step-size", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--step-size", type=float, default=None,
               help="Absolute step size. Default: 2.5 * eps / steps.")
 @click.option("--loss", type=click.Choice(["margin", "ce"]), default="margin", show_default=True,
               help="Loss to ascend: the logit margin or cross-entropy.")
@@ -35,13 +36,15 @@ def attack(model_path: str, model_format: str | None, arch: str | None, dataset:
     A point counts as adversarial when it is misclassified already, or when PGD finds a point
     inside the ball and the input box that a float64 forward pass misclassifies.
     """
-    parse_p(p)  # reject a bad norm or radius before any file is read
+    parse_p(p)  # reject a bad norm, radius or option (one line, exit 2) before any file is read
     check_eps(eps)
+    if output is not None and not output.endswith((".json", ".csv")):
+        raise SpecError(f"--output must end in .json or .csv, got {output!r}")
+    pgd = PGD(steps=steps, restarts=restarts, step_size=step_size, random_start=not zero_start,
+              loss=loss, schedule=schedule, seed=seed)  # type: ignore[arg-type]
     net = load_model(model_path, model_format, arch)
     ex = load_examples(net, dataset, data_dir, n, indices, inputs_path)
     ball = make_ball(net, ex, p, eps)
-    pgd = PGD(steps=steps, restarts=restarts, step_size=step_size, random_start=not zero_start,
-              loss=loss, schedule=schedule, seed=seed)  # type: ignore[arg-type]
     t0 = time.perf_counter()
     pred = net.predict(ex.x)
     res = pgd(net, ball, ex.y)
