@@ -243,8 +243,8 @@ class PGD(Attack):
             raise SpecError(f"PGD needs steps >= 1, got {self.steps!r}")
         if not isinstance(self.restarts, int) or self.restarts < 1:
             raise SpecError(f"PGD needs restarts >= 1, got {self.restarts!r}")
-        if self.step_size is not None and not (math.isfinite(self.step_size) and self.step_size > 0):
-            raise SpecError(f"step size must be a finite number > 0, got {self.step_size!r}")
+        if self.step_size is not None and not (math.isfinite(self.step_size) and self.step_size >= 0):
+            raise SpecError(f"step size must be a finite number >= 0, got {self.step_size!r}")
         if self.loss not in ("margin", "ce"):
             raise SpecError(f"unknown attack loss {self.loss!r}: use margin or ce")
         if self.schedule not in ("constant", "decay"):
