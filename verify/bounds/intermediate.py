@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..network import Flatten, Linear, Network
+from ..network import Flatten, Network
 from ..spec import LpBall
 from .backward import backward_bound, relu_inputs
 from .interval import node_interval
@@ -92,8 +92,11 @@ def _tighten(net: Network, pset: LpBall, k: int, lo: Tensor, hi: Tensor, bounds:
     anc = _ancestors(net, k)
     need = [j for j in relu_inputs(net) if j in anc and j != k]
     op = net.graph[k].op
-    # Start one layer down when node k is a Linear layer: its rows are the spec (no one-hot pass).
-    begin = net.graph[k].inputs[0] if isinstance(op, Linear) else k
+    # Node k's own affine layer is the same for every example: pull each distinct neuron's
+    # row back through it once (not once per (example, neuron) pair) and start one node down.
+    node = net.graph[k]
+    first_affine = getattr(op, "affine", False) and len(node.inputs) == 1
+    begin = node.inputs[0] if first_affine else k
     widest = max(math.prod(net.graph[i].shape) for i in anc)
     chunk = max(1, CHUNK_ELEMENTS // (2 * widest))
     for c0 in range(0, pairs.shape[0], chunk):
@@ -101,11 +104,17 @@ def _tighten(net: Network, pset: LpBall, k: int, lo: Tensor, hi: Tensor, bounds:
         p = ex.shape[0]
         sub = pset.select(ex)
         sub_bounds = {j: (bounds[j][0][ex], bounds[j][1][ex]) for j in need}
-        if isinstance(op, Linear):
-            w = op.param("weight", lo)[nb]
-            bias = op.param("bias", lo)[nb]
-            a = torch.stack([w, -w], 1).reshape(p, 2, *net.graph[begin].shape)
-            const = torch.stack([bias, -bias], 1)
+        if first_affine:
+            uniq, inv = torch.unique(nb, return_inverse=True)
+            onehot = torch.zeros((uniq.numel(), lo_f.shape[1]), dtype=lo.dtype)
+            onehot[torch.arange(uniq.numel()), uniq] = 1.0
+            in_shape = net.graph[begin].shape
+            rows = op.linear_t(onehot.reshape(uniq.numel(), *shape), in_shape)  # type: ignore[union-attr]
+            like = lo.new_zeros((1,) * (len(in_shape) + 1))
+            bias = op.offset(in_shape, like).reshape(-1)[uniq]  # type: ignore[union-attr]
+            w, b = rows[inv], bias[inv]
+            a = torch.stack([w, -w], 1)
+            const = torch.stack([b, -b], 1)
         else:
             a = torch.zeros((p, 2, lo_f.shape[1]), dtype=lo.dtype)
             a[torch.arange(p), 0, nb] = 1.0
