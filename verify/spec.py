@@ -78,7 +78,7 @@ class LpBall:
             raise DataError("inputs must be floating point")
         if not torch.isfinite(c).all():
             raise DataError("inputs contain NaN or infinite values")
-        e = check_eps(eps).to(c.dtype)
+        e = check_eps(eps)  # float64 always: a float32 radius can round up, and a counterexample must lie in the asked ball
         n = c.shape[0]
         if e.numel() == 1:
             e = e.expand(n).clone()
@@ -100,7 +100,7 @@ class LpBall:
         return int(self.center.shape[0])
 
     def to(self, dtype: torch.dtype) -> "LpBall":
-        return LpBall(self.center.to(dtype), self.eps.to(dtype), self.p, self.lo, self.hi)
+        return LpBall(self.center.to(dtype), self.eps, self.p, self.lo, self.hi)  # eps stays float64
 
     def select(self, idx: Tensor | Sequence[int]) -> "LpBall":
         idx = torch.as_tensor(idx, dtype=torch.long)
