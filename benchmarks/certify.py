@@ -89,6 +89,7 @@ def main() -> None:
             continue
         out["models"][name] = bench(net, x, y, args.eps, args.timeout)
         print(name, json.dumps(out["models"][name]["summary"]), flush=True)
+        Path(args.output).write_text(json.dumps(out, indent=1) + "\n")  # after each model: a killed run keeps it
     Path(args.output).write_text(json.dumps(out, indent=1) + "\n")
 
 
