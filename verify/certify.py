@@ -95,6 +95,9 @@ def _mip_solver(name: str) -> Callable:
         from .mip import mipverify
     except ImportError as e:
         raise SolverUnavailableError(f"the mipverify backend is not available: {e}") from None
+    ok, why = mipverify.available()  # fail before any work, not when the first example reaches the MIP
+    if not ok:
+        raise SolverUnavailableError(why)
     return mipverify.solve
 
 

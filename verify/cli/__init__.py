@@ -78,7 +78,11 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.exceptions.ClickException as e:
-        e.show()
+        # one line, like every other input error ('verify COMMAND --help' teaches the options)
+        hint = ""
+        if isinstance(e, click.exceptions.UsageError) and e.ctx is not None:
+            hint = f" (see '{e.ctx.command_path} --help')"
+        click.echo(f"error: {e.format_message()}{hint}".replace("\n", " "), err=True)
         sys.exit(2 if e.exit_code in (1, 2) else e.exit_code)
     except VerifyError as e:
         click.echo(f"error: {e}", err=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from .batch import print_summary, rows_to_results
 from .common import data_options, load_examples, load_model, make_ball, model_option, output_option, p_label, spec_options, write_rows
 
 
@@ -19,18 +20,49 @@ from .common import data_options, load_examples, load_model, make_ball, model_op
 @click.option("--attack-restarts", default=1, type=click.IntRange(min=1), help="PGD restarts.")
 @click.option("--no-mip", is_flag=True, help="Stop after the bounds: undecided examples are unknown.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--shard", default=None, help="Run shard i of n (e.g. 2/3, for SLURM array jobs); merge with 'verify merge'.")
+@click.option("--workers", default=0, type=click.IntRange(min=0), help="Dask LocalCluster with N single-threaded worker processes.")
+@click.option("--scheduler", default=None, help="Join an existing Dask cluster at this address (tcp://HOST:PORT).")
+@click.option("--cluster", default=None, type=click.Choice(["slurm"]), help="Start Dask workers as SLURM jobs (dask-jobqueue).")
+@click.option("--jobs", default=1, type=click.IntRange(min=1), help="With --cluster slurm: number of jobs.")
+@click.option("--queue", default=None, help="With --cluster slurm: partition.")
+@click.option("--account", default=None, help="With --cluster slurm: account.")
+@click.option("--memory", default="4GB", help="With --cluster slurm: memory per job.")
+@click.option("--walltime", default="01:00:00", help="With --cluster slurm: wall time per job.")
+@click.option("--cores", default=1, type=click.IntRange(min=1), help="With --cluster slurm: cores (= workers) per job.")
 @output_option
 def certify(model_path: str, model_format: str | None, arch: str | None, p: str, eps: float, dataset: str | None,
             data_dir: str | None, n: int | None, indices: str | None, inputs_path: str | None, solver: str,
             timeout: float, threads: int, methods: str, attack_steps: int, attack_restarts: int, no_mip: bool,
-            quiet: bool, output: str | None) -> None:
-    """Decide each example: misclassified, falsified (PGD or MIP), verified (bounds or MIP) or unknown."""
+            quiet: bool, shard: str | None, workers: int, scheduler: str | None, cluster: str | None, jobs: int,
+            queue: str | None, account: str | None, memory: str, walltime: str, cores: int,
+            output: str | None) -> None:
+    """Decide each example: misclassified, falsified (PGD or MIP), verified (bounds or MIP) or unknown.
+
+    \b
+    Examples:
+      verify certify --model net.mat --p inf --eps 0.1 --dataset mnist -n 1000 --output res.json
+      verify certify --model net.mat --p 2 --eps 0.3 --dataset fmnist --indices 0,5,9 --timeout 60
+    \b
+    Resumable batch runs (SQLite store; re-run the same command to resume):
+      verify certify ... -n 10000 --output run.sqlite --workers 2
+      verify certify ... --output run.$SLURM_ARRAY_TASK_ID.sqlite --shard $SLURM_ARRAY_TASK_ID/8
+      verify certify ... --output run.sqlite --cluster slurm --jobs 16 --queue short --walltime 04:00:00
+    """
+    from ..batch import parse_shard
+    from ..batch.executor import ClusterOptions
     from ..certify import CertifyConfig, certify as run, summarize
     from ..errors import SpecError
     from ..spec import parse_p
 
-    if output is not None and not (output.endswith(".json") or output.endswith(".csv")):
-        raise SpecError(f"--output must end in .json or .csv, got {output!r}")
+    store = output is not None and output.endswith((".sqlite", ".db"))
+    if output is not None and not (store or output.endswith(".json") or output.endswith(".csv")):
+        raise SpecError(f"--output must end in .json, .csv or .sqlite, got {output!r}")
+    shard_spec = parse_shard(shard)
+    options = ClusterOptions(workers=workers, scheduler=scheduler, cluster=cluster, jobs=jobs, queue=queue,
+                             account=account, memory=memory, walltime=walltime, cores=cores)
+    if (options.distributed or shard_spec is not None) and not store:
+        raise SpecError("--workers, --scheduler, --cluster and --shard need a results store: --output run.sqlite")
     config = CertifyConfig(p=parse_p(p), eps=eps, methods=tuple(m for m in methods.split(",") if m),
                            attack_steps=attack_steps, attack_restarts=attack_restarts, timeout=timeout,
                            solver=solver, threads=threads, no_mip=no_mip)  # type: ignore[arg-type]
@@ -38,6 +70,9 @@ def certify(model_path: str, model_format: str | None, arch: str | None, p: str,
     ex = load_examples(net, dataset, data_dir, n, indices, inputs_path)
     ball = make_ball(net, ex, p, eps)
     header = {"model": model_path, "dataset": ex.source, "config": {**config.__dict__, "p": p_label(p)}}
+    if store:
+        _run_store(net, model_path, ex, config, output, shard_spec, options, quiet, p, eps, solver)
+        return
     rows: list[dict] = []
     done: list = []
 
@@ -50,16 +85,21 @@ def certify(model_path: str, model_format: str | None, arch: str | None, p: str,
 
     results = run(net, ball, ex.y, ex.indices, config, progress=not quiet, on_result=on_result)
     s = summarize(results)
-    click.echo(f"n {s.n}   p {p_label(p)}   eps {eps:g}   solver {solver}")
-    click.echo(f"clean error (TE)        {100 * s.clean_error:6.2f}%")
-    click.echo(f"PGD lower bound         {100 * s.pgd_lb:6.2f}%")
-    click.echo(f"bound-only upper bound  {100 * s.bound_ub:6.2f}%")
-    click.echo(f"PGD+MIP lower bound LB  {100 * s.lb:6.2f}%")
-    click.echo(f"bounds+MIP upper bound UB {100 * s.ub:4.2f}%")
-    click.echo(f"unknown                 {s.unknown}")
-    click.echo(f"seconds per example     median {s.median_seconds:.3f}   total {s.total_seconds:.1f}")
+    print_summary(s, f"p {p_label(p)}   eps {eps:g}   solver {solver}")
     if output is not None:
         write_rows(output, _header(header, s), rows)
+
+
+def _run_store(net, model_path, ex, config, output, shard_spec, options, quiet, p, eps, solver) -> None:
+    from ..batch.run import run_to_store
+    from ..certify import summarize
+
+    rows, skipped = run_to_store(net, model_path, ex.x, ex.y, ex.indices, ex.source, config, output,
+                                 shard=shard_spec, options=options, progress=not quiet)
+    if skipped:
+        click.echo(f"resumed {output}: skipped {skipped} examples already in the store")
+    shard_txt = "" if shard_spec is None else f"   shard {shard_spec[0]}/{shard_spec[1]}"
+    print_summary(summarize(rows_to_results(rows)), f"p {p_label(p)}   eps {eps:g}   solver {solver}{shard_txt}")
 
 
 def _header(header: dict, s) -> dict:
