@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import click
-import torch
 from torch import Tensor
 
+from ..atomic import write_atomic
 from ..errors import DataError, SpecError
 from ..network import Network
 from ..spec import LpBall, check_eps, parse_p
@@ -125,23 +122,6 @@ def make_ball(net: Network, ex: Examples, p: str, eps: float) -> LpBall:
 def p_label(p: str) -> str:
     v = parse_p(p)
     return "inf" if math.isinf(v) else str(int(v))
-
-
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a whole file or nothing: a temporary file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_rows(path: str, header: dict[str, Any], rows: list[dict[str, Any]]) -> None:

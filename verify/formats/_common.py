@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
+from ..atomic import write_atomic_with  # noqa: F401  (re-exported for the format modules)
 from ..errors import ModelError
 
 PathLike = str | os.PathLike
@@ -48,23 +48,6 @@ def layer_errors(path: PathLike) -> Iterator[None]:
         if text.startswith("model file") or text.startswith("cannot read model file"):
             raise
         raise fail(path, text) from None
-
-
-def write_atomic_with(path: PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` on a temporary file in the target folder, then rename it into place."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def read_mat(path: PathLike) -> dict[str, np.ndarray]:
