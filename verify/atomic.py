@@ -14,6 +14,9 @@ def write_atomic_with(path: str | os.PathLike, write: Callable[[str], None]) -> 
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; the result should look like any other file
     try:
         write(tmp)
         with open(tmp, "rb+") as fh:
