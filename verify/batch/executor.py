@@ -40,7 +40,15 @@ class ClusterOptions:
     cores: int = 1
     account: str | None = None
     job_extra: tuple[str, ...] = ()
-    chunk: int = 2
+    chunk: int = 0  # examples per task; 0: about four tasks per worker, 2 to 32 examples each
+
+    def chunk_size(self, n: int) -> int:
+        """Large enough to keep the batched bound stages efficient, small enough to balance and to lose
+        little when a worker dies."""
+        if self.chunk > 0:
+            return self.chunk
+        slots = self.workers or (self.jobs * self.cores) or 4
+        return max(2, min(32, -(-n // (4 * slots))))
 
     @property
     def distributed(self) -> bool:
@@ -156,8 +164,9 @@ def _run_dask(net, x, y, indices, config, sink, options: ClusterOptions, progres
         xs = np.asarray(x.detach().cpu())
         ys = np.asarray(y.detach().cpu())
         futures = []
-        for start in range(0, len(indices), options.chunk):
-            sl = slice(start, start + options.chunk)
+        chunk = options.chunk_size(len(indices))
+        for start in range(0, len(indices), chunk):
+            sl = slice(start, start + chunk)
             futures.append(
                 client.submit(certify_chunk, net_f, xs[sl], ys[sl], list(indices[sl]), config, retries=3, pure=False)
             )
