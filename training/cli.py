@@ -6,13 +6,12 @@ Flag names mirror the MMR repository's train.py (--nn-type, --lmbd, --gamma-rb, 
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import click
 
-from verify.errors import VerifyError
+from verify.cli import run_click
+
 
 from .config import LR_SCHEDULES, METHODS, OPTIMIZERS, TrainConfig
 
@@ -86,27 +85,4 @@ def train_mmr(arch: str, out: str, fmt: str | None, run_dir: str | None, resume:
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
-        train_mmr.main(args=argv, prog_name="train-mmr", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except click.exceptions.ClickException as e:
-        e.show()
-        sys.exit(2 if e.exit_code in (1, 2) else e.exit_code)
-    except VerifyError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        click.echo("interrupted: the last epoch checkpoint is kept (rerun with --resume)", err=True)
-        sys.exit(130)
-    except Exception as e:  # a bug, not bad input
-        if os.environ.get("RELU_VERIFY_DEBUG"):
-            raise
-        click.echo(f"internal error ({type(e).__name__}): {e}  [set RELU_VERIFY_DEBUG=1 for the traceback]", err=True)
-        sys.exit(1)
-    sys.exit(0)
-
-
-if __name__ == "__main__":
-    main()
+    run_click(train_mmr, argv, "train-mmr", "the last epoch checkpoint is kept (rerun with --resume)")

@@ -71,14 +71,15 @@ def cli() -> None:
     """
 
 
-def main(argv: list[str] | None = None) -> None:
+def run_click(command: click.Command, argv: list[str] | None, prog_name: str, interrupted: str) -> None:
+    """Run a click command the relu-verify way: bad input is one line and exit 2, never a traceback."""
     try:
-        cli.main(args=argv, prog_name="verify", standalone_mode=False)
+        command.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.exceptions.ClickException as e:
-        # one line, like every other input error ('verify COMMAND --help' teaches the options)
+        # one line, like every other input error ('COMMAND --help' teaches the options)
         hint = ""
         if isinstance(e, click.exceptions.UsageError) and e.ctx is not None:
             hint = f" (see '{e.ctx.command_path} --help')"
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        click.echo("interrupted: results written so far are kept", err=True)
+        click.echo(f"interrupted: {interrupted}", err=True)
         sys.exit(130)
     except Exception as e:  # a bug, not bad input: say so, keep the traceback available
         if os.environ.get("RELU_VERIFY_DEBUG"):
@@ -96,3 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"internal error ({type(e).__name__}): {e}  [set RELU_VERIFY_DEBUG=1 for the traceback]", err=True)
         sys.exit(1)
     sys.exit(0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_click(cli, argv, "verify", "results written so far are kept")
