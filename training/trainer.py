@@ -1,4 +1,5 @@
-"""The training loop: plain, adversarial (at), certified (kw, ibp, crown-ibp), MMR and MMR+at.
+"""The training loop: plain, adversarial (at), certified (kw, ibp, crown-ibp), MMR and MMR+at, and
+the other seeds' methods (norm-decay, lipschitz, j1 / j2 / jinf, fpd: training/methods.py).
 
 Every epoch ends with an atomic checkpoint (model, optimizer, epoch, log rows, config), the CSV
 log and, at the end, a PNG of the curves. Resuming restarts the interrupted epoch from the last
@@ -23,9 +24,10 @@ from torch import Tensor, nn
 from verify.network import Network
 
 from .adversarial import AdversarialConfig, mix_adversarial
-from .architectures import build, to_network
-from .config import TrainConfig, TrainConfigError
+from .architectures import arch_spec, build, to_network
+from .config import LIVE_NETWORK_METHODS, TrainConfig, TrainConfigError
 from .history import load_checkpoint, plot_curves, save_checkpoint, write_log
+from .methods import EXTRA_METHODS, after_step, extra_loss
 from .regularizers.kw import RobustSchedule, robust_loss
 from .regularizers.mmr import MMRSchedule, mmr_terms
 
@@ -43,11 +45,12 @@ class TrainData:
 
 @dataclass(frozen=True, eq=False)
 class TrainResult:
-    module: nn.Sequential
-    network: Network  # detached float64 copy of the trained module
+    module: nn.Module
+    network: Network | None  # detached float64 copy of the trained module; None for the FPD (not piecewise linear)
     history: tuple[dict[str, Any], ...]
     seconds: float  # wall time of the epochs run in this call
     run_dir: Path
+    input_shape: tuple[int, ...] = ()
 
 
 def load_data(config: TrainConfig) -> TrainData:
@@ -93,14 +96,16 @@ class _Step:
         self.config = config
         self.module = module
         self.input_shape = input_shape
-        self.live = to_network(module, input_shape, share_parameters=True)
+        # a parameter-sharing Network only where bounds are differentiated (no BatchNorm there)
+        self.live = to_network(module, input_shape, share_parameters=True) if config.method in LIVE_NETWORK_METHODS else None
         self.adv = AdversarialConfig(attack=config.attack, eps=config.radius, p=config.p, steps=config.pgd_steps,
                                      ae_frac=config.adversarial_fraction) if config.adversarial_fraction > 0 else None
         g_rb, g_db = config.gammas
         self.mmr = MMRSchedule(config.lmbd, g_rb, g_db, config.epochs, self.live.num_relus(), n_classes,
-                               lambda_warmup_epochs=config.warmup)
+                               lambda_warmup_epochs=config.warmup) if self.live is not None else None
         method = {"kw": "kw", "ibp": "ibp", "crown-ibp": "crown-ibp"}.get(config.method, "kw")
         self.robust = RobustSchedule(config.radius, config.warmup, config.eps_start, config.kappa_end, method)  # type: ignore[arg-type]
+        self.n_batches = 1  # set by train(): batches per epoch, for the per-batch ramps
 
     def __call__(self, x: Tensor, y: Tensor, epoch: int, batch: int) -> tuple[Tensor, Tensor, dict[str, float]]:
         c = self.config
@@ -110,6 +115,8 @@ class _Step:
             logits = self.module(x)
             loss = F.cross_entropy(logits, y)
             return loss, logits, {"ce": loss.item()}
+        if c.method in EXTRA_METHODS:
+            return extra_loss(c, self.module, self.input_shape, x, y, seed=_seed(c, epoch, batch))
         if c.method.startswith("mmr"):
             g_rb, g_db = self.mmr.gammas(epoch)
             v = mmr_terms(self.live, x, y, p=c.p, k_relu=self.mmr.k_relu(epoch), k_decision=self.mmr.k_decision(epoch),
@@ -118,9 +125,10 @@ class _Step:
             w = self.mmr.weight(epoch)
             rb, db = w * v.relu_term, w * v.decision_term
             return ce + rb + db, v.logits, {"ce": ce.item(), "reg_rb": rb.item(), "reg_db": db.item()}
-        eps = self.robust.eps_at(epoch)
+        frac = batch / max(self.n_batches, 1)  # ramps move every batch (see RobustSchedule)
+        eps = self.robust.eps_at(epoch, frac)
         r = robust_loss(self.live, x, y, eps=eps, p=c.p, method=self.robust.method,
-                        kappa=self.robust.kappa_at(epoch), beta=self.robust.beta_at(epoch))
+                        kappa=self.robust.kappa_at(epoch, frac), beta=self.robust.beta_at(epoch, frac))
         return r.loss, r.logits, {"ce": r.clean_ce.item(), "robust_ce": r.robust_ce.item(), "eps": eps}
 
 
@@ -148,7 +156,8 @@ def train(
     data = data if data is not None else load_data(config)
     input_shape = tuple(int(s) for s in data.x_train.shape[1:])
     n_classes = int(max(int(data.y_train.max()), int(data.y_test.max()) if data.y_test is not None else 0)) + 1
-    module = build(config.arch, input_shape=input_shape, n_classes=max(n_classes, 2), seed=config.seed)
+    module = build(config.arch, input_shape=input_shape, n_classes=max(n_classes, 2), seed=config.seed,
+                   **config.arch_options)
     opt = _optimizer(config, module)
     rows: list[dict[str, Any]] = []
     start = 1
@@ -167,6 +176,7 @@ def train(
     n_batches = math.ceil(n / config.batch_size)
     if config.max_batches is not None:
         n_batches = min(n_batches, config.max_batches)
+    step.n_batches = n_batches
     t_all = time.perf_counter()
     for epoch in range(start, config.epochs + 1):
         rows.append(_run_epoch(config, step, module, opt, data, epoch, n_batches, progress, on_batch))
@@ -175,8 +185,9 @@ def train(
         write_log(log_path, rows)
     seconds = time.perf_counter() - t_all
     plot_curves(png_path, rows, f"{config.arch} {config.method} on {data.name}")
-    net = to_network(module, input_shape, name=f"{config.arch}_{config.method}")
-    return TrainResult(module, net, tuple(rows), seconds, run)
+    module.eval()
+    net = to_network(module, input_shape, name=f"{config.arch}_{config.method}") if arch_spec(config.arch).exports_network else None
+    return TrainResult(module, net, tuple(rows), seconds, run, input_shape)
 
 
 def _run_epoch(config: TrainConfig, step: _Step, module: nn.Module, opt: torch.optim.Optimizer, data: TrainData,
@@ -199,6 +210,7 @@ def _run_epoch(config: TrainConfig, step: _Step, module: nn.Module, opt: torch.o
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        after_step(config, module)
         k = len(y)
         correct += int((logits.detach().argmax(1) == y).sum())
         seen += k

@@ -13,6 +13,8 @@ Upper bounds are lower bounds of the negated spec.
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import torch
 from torch import Tensor
 
@@ -37,16 +39,49 @@ def backward_bound(
     rule: Rule,
     const: Tensor | None = None,
     alpha: dict[int, Tensor] | None = None,
+    relaxations: Mapping[int, ReluRelaxation] | None = None,
 ) -> Tensor:
     """min over the set of <A[b, s], value of node ``start``> + const[b, s]; returns (B, S).
 
     ``bounds`` must hold, for the same B rows, the bounds of every ReLU input between the
-    input and ``start``. ``alpha`` (rule "alpha") maps a ReLU node to lower slopes of
-    shape (B, S, *shape), used on its unstable neurons.
+    input and ``start`` -- or ``relaxations`` their precomputed relaxations (keyed by the
+    ReLU's input node), which spares recomputing them per call. ``alpha`` (rule "alpha")
+    maps a ReLU node to lower slopes of shape (B, S, *shape), used on its unstable neurons.
     """
+    lower, _ = _backward(net, pset, start, A, bounds, rule=rule, const=const, alpha=alpha,
+                         relaxations=relaxations, two_sided=False)
+    return lower
+
+
+def backward_range(
+    net: Network,
+    pset: LpBall,
+    start: int,
+    A: Tensor,
+    relaxations: Mapping[int, ReluRelaxation],
+    *,
+    const: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """(min, max) over the set of <A[b, s], node ``start``> + const with one backward pass.
+
+    Only for relaxations whose lower and upper lines are parallel (rule ``kw``): the
+    relaxation is then one linear map plus a one-sided constant, so the coefficients of
+    the negated spec are exactly the negated coefficients and both bounds come from the
+    same pass (as in Wong & Kolter's dual network), at half the cost of two passes.
+    """
+    lower, upper = _backward(net, pset, start, A, {}, rule="kw", const=const, alpha=None,
+                             relaxations=relaxations, two_sided=True)
+    assert upper is not None
+    return lower, upper
+
+
+def _backward(net: Network, pset: LpBall, start: int, A: Tensor, bounds: NodeBounds, *, rule: Rule,
+              const: Tensor | None, alpha: dict[int, Tensor] | None,
+              relaxations: Mapping[int, ReluRelaxation] | None, two_sided: bool) -> tuple[Tensor, Tensor | None]:
     graph = net.graph
     b, s = A.shape[:2]
     total = torch.zeros((b, s), dtype=A.dtype, device=A.device) if const is None else const.clone()
+    total_up = total.clone() if two_sided else None
     acc: dict[int, Tensor] = {start: A}
     for idx in range(start, 0, -1):
         a = acc.pop(idx, None)
@@ -60,21 +95,38 @@ def backward_bound(
             continue
         src = node.inputs[0]
         if isinstance(op, ReLU):
-            lo, hi = bounds[src]
-            rel = relu_relaxation(lo.to(a.dtype), hi.to(a.dtype), "crown" if rule == "alpha" else rule)
-            a_in, c = _through_relu(a, rel, None if alpha is None else alpha.get(idx))
-            total = total + c
+            if relaxations is not None and src in relaxations:
+                rel = relaxations[src]
+            else:
+                lo, hi = bounds[src]
+                rel = relu_relaxation(lo.to(a.dtype), hi.to(a.dtype), "crown" if rule == "alpha" else rule)
+            if two_sided:
+                # parallel lines: z in [lam x, lam x + mu]; the max takes mu where a > 0
+                mu = rel.mu_up.unsqueeze(1)
+                a_in = a * rel.lam_up.unsqueeze(1)
+                c_all = _flat_sum(a * mu)
+                c_neg = _flat_sum(a.clamp(max=0) * mu)
+                total = total + c_neg
+                total_up = total_up + (c_all - c_neg)  # type: ignore[operator]
+            else:
+                a_in, c = _through_relu(a, rel, None if alpha is None else alpha.get(idx))
+                total = total + c
         elif isinstance(op, MaxPool2d):
             raise UnsupportedLayerError(f"{op.describe()} is not supported by linear bounds (use method ibp)")
         else:
             in_shape = graph[src].shape
             # offset() wants a batch-shaped tensor as its dtype/device template
             like = a.new_zeros((1,) * (len(in_shape) + 1))
-            total = total + _flat_sum(a * op.offset(in_shape, like))  # type: ignore[union-attr]
+            off = _flat_sum(a * op.offset(in_shape, like))  # type: ignore[union-attr]
+            total = total + off
+            if two_sided:
+                total_up = total_up + off  # type: ignore[operator]
             a_in = op.linear_t(a.reshape(b * s, *node.shape), in_shape).reshape(b, s, *in_shape)  # type: ignore[union-attr]
         acc[src] = acc[src] + a_in if src in acc else a_in
     a0 = acc.pop(0)
-    return total + pset.min_linear(a0)
+    if not two_sided:
+        return total + pset.min_linear(a0), None
+    return total + pset.min_linear(a0), total_up - pset.min_linear(-a0)  # type: ignore[operator]
 
 
 def _through_relu(a: Tensor, rel: ReluRelaxation, alpha: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -17,9 +17,9 @@ from torch import Tensor
 
 from ..network import Flatten, Network
 from ..spec import LpBall
-from .backward import backward_bound, relu_inputs
+from .backward import backward_bound, backward_range, relu_inputs
 from .interval import node_interval
-from .relax import Rule
+from .relax import ReluRelaxation, Rule, relu_relaxation
 from .types import NodeBounds
 
 # elements of the largest coefficient tensor per chunk (float64: 8 bytes each)
@@ -81,6 +81,14 @@ def linear_intermediate(
     return bounds
 
 
+def _select(rel: ReluRelaxation, ex: Tensor) -> ReluRelaxation:
+    # index_select, not t[ex]: its backward is an index_add, much faster than advanced
+    # indexing's accumulating index_put on CPU
+    lam_lo = rel.lam_lo.index_select(0, ex)
+    lam_up = lam_lo if rel.lam_up is rel.lam_lo else rel.lam_up.index_select(0, ex)
+    return ReluRelaxation(lam_lo, lam_up, rel.mu_up.index_select(0, ex), rel.unstable.index_select(0, ex))
+
+
 def _tighten(net: Network, pset: LpBall, k: int, lo: Tensor, hi: Tensor, bounds: NodeBounds,
              rule: Rule) -> tuple[Tensor, Tensor]:
     n = lo.shape[0]
@@ -91,6 +99,11 @@ def _tighten(net: Network, pset: LpBall, k: int, lo: Tensor, hi: Tensor, bounds:
         return lo, hi
     anc = _ancestors(net, k)
     need = [j for j in relu_inputs(net) if j in anc and j != k]
+    # relaxations once per example, gathered per (example, neuron) pair below
+    rels = {j: relu_relaxation(bounds[j][0], bounds[j][1], rule) for j in need}
+    if rule == "kw":
+        for j, r in rels.items():  # parallel lines: one slope tensor, gathered once
+            rels[j] = ReluRelaxation(r.lam_up, r.lam_up, r.mu_up, r.unstable)
     op = net.graph[k].op
     # Node k's own affine layer is the same for every example: pull each distinct neuron's
     # row back through it once (not once per (example, neuron) pair) and start one node down.
@@ -98,12 +111,14 @@ def _tighten(net: Network, pset: LpBall, k: int, lo: Tensor, hi: Tensor, bounds:
     first_affine = getattr(op, "affine", False) and len(node.inputs) == 1
     begin = node.inputs[0] if first_affine else k
     widest = max(math.prod(net.graph[i].shape) for i in anc)
-    chunk = max(1, CHUNK_ELEMENTS // (2 * widest))
+    # kw: one spec row per pair gives both bounds (backward_range); otherwise +e and -e rows
+    rows_per_pair = 1 if rule == "kw" else 2
+    chunk = max(1, CHUNK_ELEMENTS // (rows_per_pair * widest))
     for c0 in range(0, pairs.shape[0], chunk):
         ex, nb = pairs[c0 : c0 + chunk, 0], pairs[c0 : c0 + chunk, 1]
         p = ex.shape[0]
         sub = pset.select(ex)
-        sub_bounds = {j: (bounds[j][0][ex], bounds[j][1][ex]) for j in need}
+        sub_rels = {j: _select(r, ex) for j, r in rels.items()}
         if first_affine:
             uniq, inv = torch.unique(nb, return_inverse=True)
             onehot = torch.zeros((uniq.numel(), lo_f.shape[1]), dtype=lo.dtype)
@@ -112,16 +127,19 @@ def _tighten(net: Network, pset: LpBall, k: int, lo: Tensor, hi: Tensor, bounds:
             rows = op.linear_t(onehot.reshape(uniq.numel(), *shape), in_shape)  # type: ignore[union-attr]
             like = lo.new_zeros((1,) * (len(in_shape) + 1))
             bias = op.offset(in_shape, like).reshape(-1)[uniq]  # type: ignore[union-attr]
-            w, b = rows[inv], bias[inv]
-            a = torch.stack([w, -w], 1)
-            const = torch.stack([b, -b], 1)
+            w, b = rows.index_select(0, inv).unsqueeze(1), bias.index_select(0, inv).unsqueeze(1)
         else:
-            a = torch.zeros((p, 2, lo_f.shape[1]), dtype=lo.dtype)
-            a[torch.arange(p), 0, nb] = 1.0
-            a[torch.arange(p), 1, nb] = -1.0
-            a = a.reshape(p, 2, *shape)
-            const = None
-        val = backward_bound(net, sub, begin, a, sub_bounds, rule=rule, const=const)
-        lo_f[ex, nb] = torch.maximum(lo_f[ex, nb], val[:, 0])
-        hi_f[ex, nb] = torch.minimum(hi_f[ex, nb], -val[:, 1])
+            w = torch.zeros((p, 1, lo_f.shape[1]), dtype=lo.dtype)
+            w[torch.arange(p), 0, nb] = 1.0
+            w = w.reshape(p, 1, *shape)
+            b = torch.zeros((p, 1), dtype=lo.dtype)
+        if rule == "kw":
+            v_lo, v_hi = backward_range(net, sub, begin, w, sub_rels, const=b)
+            v_lo, v_hi = v_lo[:, 0], v_hi[:, 0]
+        else:
+            val = backward_bound(net, sub, begin, torch.cat([w, -w], 1), {}, rule=rule,
+                                 const=torch.cat([b, -b], 1), relaxations=sub_rels)
+            v_lo, v_hi = val[:, 0], -val[:, 1]
+        lo_f[ex, nb] = torch.maximum(lo_f[ex, nb], v_lo)
+        hi_f[ex, nb] = torch.minimum(hi_f[ex, nb], v_hi)
     return lo_f.reshape(n, *shape), hi_f.reshape(n, *shape)
