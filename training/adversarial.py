@@ -64,7 +64,9 @@ def mix_adversarial(module: nn.Module, input_shape: tuple[int, ...], x: Tensor, 
     n_adv = int(config.ae_frac * x.shape[0])
     if n_adv == 0 or config.eps == 0:
         return x
-    net = Network.from_torch(module, input_shape, input_range)
+    from .architectures import to_network  # SSP networks convert themselves (BatchNorm folded, running stats)
+
+    net = to_network(module, input_shape, input_range=input_range)
     with torch.enable_grad():
         x_adv = adversarial_points(net, x[:n_adv], labels[:n_adv], config=config, seed=seed)
     return torch.cat([x_adv, x[n_adv:]], dim=0)

@@ -8,8 +8,11 @@ std sqrt(2 / fan_in)) weights with zero biases. The Kolter-Wong MNIST CNNs (``kw
 ``kw_large``) follow ``convex_adversarial``'s examples: PyTorch padding and flatten order,
 PyTorch's default initialisation.
 
-Every module built here contains only Linear, Conv2d, ZeroPad2d, ReLU, Flatten and
-FlattenNHWC, which :meth:`verify.network.Network.from_torch` reads exactly.
+Every MMR / KW module built here contains only Linear, Conv2d, ZeroPad2d, ReLU, Flatten and
+FlattenNHWC, which :meth:`verify.network.Network.from_torch` reads exactly. The SSP networks
+(``ssp_mnist``, ``ssp_cifar``; training/ssp.py) convert themselves, BatchNorm folded; the
+feature pyramid decoder (``fpd_small``; training/fpd.py) is not piecewise linear and exports
+an attack-only program instead of a Network.
 """
 
 from __future__ import annotations
@@ -33,9 +36,12 @@ class ArchSpec:
     """One named architecture: how to build it and where it comes from."""
 
     name: str
-    build: Callable[[Shape, int], nn.Sequential]
+    build: Callable[..., nn.Module]  # (input shape, n_classes, **options)
     source: str
     mmr_layout: bool  # NHWC flatten and TF 'SAME' padding (MMR .mat layout)
+    options: tuple[str, ...] = ()  # keyword options build accepts (SSP: block, blocks, width)
+    exports_network: bool = True  # False: not piecewise linear (FPD), exported for attacks only
+    batchnorm: bool = False  # BatchNorm folds into a copy: no parameter-sharing Network (kw, ibp, mmr)
 
 
 def _same_conv(in_shape: Shape, out_ch: int, kernel: int, stride: int) -> tuple[list[nn.Module], Shape]:
@@ -143,6 +149,22 @@ ARCHITECTURES: dict[str, ArchSpec] = {
 }
 
 
+def _register_extra() -> None:
+    """SSP networks (training/ssp.py) and the feature pyramid decoder (training/fpd.py)."""
+    from . import fpd, ssp
+
+    ssp_opts = ("block", "blocks", "width")
+    ARCHITECTURES["ssp_mnist"] = ArchSpec("ssp_mnist", ssp.ssp_mnist, "Kim et al. 2020 (SSP networks)", False,
+                                          ssp_opts, batchnorm=True)
+    ARCHITECTURES["ssp_cifar"] = ArchSpec("ssp_cifar", ssp.ssp_cifar, "Kim et al. 2020 (SSP networks)", False,
+                                          ssp_opts, batchnorm=True)
+    ARCHITECTURES["fpd_small"] = ArchSpec("fpd_small", fpd.fpd_small, "Li et al. 2020 (feature pyramid decoder)",
+                                          False, ("width",), exports_network=False, batchnorm=True)
+
+
+_register_extra()
+
+
 def arch_spec(name: str) -> ArchSpec:
     if name not in ARCHITECTURES:
         raise ModelError(f"unknown architecture {name!r}: use one of {', '.join(ARCHITECTURES)}")
@@ -169,16 +191,25 @@ def _he_init(module: nn.Sequential, generator: torch.Generator) -> None:
                     m.bias.zero_()
 
 
-def build(name: str, *, input_shape: Shape = (1, 28, 28), n_classes: int = 10, seed: int = 0) -> nn.Sequential:
-    """A freshly initialised float32 module; the same seed gives the same weights."""
+def build(name: str, *, input_shape: Shape = (1, 28, 28), n_classes: int = 10, seed: int = 0, **options) -> nn.Module:
+    """A freshly initialised float32 module in eval mode; the same seed gives the same weights.
+
+    ``options`` (None values are dropped) go to architectures that take them, e.g. SSP's
+    ``block``, ``blocks`` and ``width``.
+    """
     spec = arch_spec(name)
+    options = {k: v for k, v in options.items() if v is not None}
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        raise ModelError(f"architecture {name} does not take {', '.join(unknown)}"
+                         + (f" (it takes {', '.join(spec.options)})" if spec.options else ""))
     shape = tuple(int(s) for s in input_shape)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        module = spec.build(shape, n_classes)  # PyTorch's default init draws from the seeded global RNG
+        module = spec.build(shape, n_classes, **options)  # PyTorch's default init draws from the seeded global RNG
         if spec.mmr_layout:
             _he_init(module, torch.Generator().manual_seed(seed))
-    return module.to(torch.float32)
+    return module.to(torch.float32).eval()  # BatchNorm uses running statistics until training starts
 
 
 def to_network(
@@ -189,5 +220,11 @@ def to_network(
     name: str = "network",
     share_parameters: bool = False,
 ) -> Network:
-    """The Network of a module: detached float64 copies, or (share_parameters) its live parameters."""
+    """The Network of a module: detached float64 copies, or (share_parameters) its live parameters.
+
+    Modules that are not an ``nn.Sequential`` (SSP networks) convert themselves (``to_network``).
+    """
+    own = getattr(module, "to_network", None)
+    if own is not None:
+        return own(input_shape, input_range=input_range, name=name, share_parameters=share_parameters)
     return Network.from_torch(module, input_shape, input_range, name, share_parameters=share_parameters)

@@ -1,4 +1,5 @@
-"""``train-mmr``: train a ReLU network (plain, adversarial, KW / IBP / CROWN-IBP, MMR, MMR+at) and export it.
+"""``train-mmr``: train a ReLU network (plain, adversarial, KW / IBP / CROWN-IBP, MMR, MMR+at, norm decay,
+Lipschitz penalty, J1 / J2 / Jinf, SSP architectures, the feature pyramid decoder) and export it.
 
 Flag names mirror the MMR repository's train.py (--nn-type, --lmbd, --gamma-rb, --gamma-db,
 --ae-frac, --p), with dashes for the repository's underscores.
@@ -13,7 +14,7 @@ import click
 from verify.cli import run_click
 
 
-from .config import LR_SCHEDULES, METHODS, OPTIMIZERS, TrainConfig
+from .config import LR_SCHEDULES, METHODS, OPTIMIZERS, TrainConfig, TrainConfigError
 
 FORMATS = ("mat", "mat-mmr", "mat-mipverify", "h5", "pt", "onnx")
 
@@ -25,10 +26,13 @@ def _opt(*names: str, **kw):  # type: ignore[no-untyped-def]
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @_opt("--dataset", default="mnist", show_default=True, help="mnist (the 10k training subset here), fmnist or cifar10.")
 @_opt("--nn-type", "arch", default="cnn_lenet_small", show_default=True,
-      help="fc1, fc10, cnn_lenet_small, cnn_lenet_large, kw_small, kw_large.")
+      help="fc1, fc10, cnn_lenet_small, cnn_lenet_large, kw_small, kw_large; ssp_mnist, ssp_cifar (SSP "
+           "networks: --block, --blocks, --width); fpd_small (with --method fpd).")
 @_opt("--method", default="plain", show_default=True, help=f"One of: {', '.join(METHODS)}.")
 @_opt("--p", "p", default="inf", show_default=True, help="Norm of the threat model: 1, 2 or inf.")
-@_opt("--eps", type=float, default=None, help="Training radius (at, kw, ibp, crown-ibp, mmr+at); default: MMR's (0.1 Linf, 0.3 L2 on MNIST).")
+@_opt("--eps", type=float, default=None,
+      help="Training radius (at, kw, ibp, crown-ibp, mmr+at); the Euclidean step length of j1/j2/jinf; the "
+           "uniform noise radius of fpd. Default: MMR's (0.1 Linf, 0.3 L2 on MNIST).")
 @_opt("--lmbd", type=float, default=0.5, show_default=True, help="MMR weight lambda.")
 @_opt("--gamma-rb", type=float, default=0.2, show_default=True, help="MMR gamma for ReLU (region) boundaries; Linf values >= 1 are /255.")
 @_opt("--gamma-db", type=float, default=0.2, show_default=True, help="MMR gamma for decision boundaries.")
@@ -43,6 +47,18 @@ def _opt(*names: str, **kw):  # type: ignore[no-untyped-def]
 @_opt("--pgd-steps", type=int, default=40, show_default=True, help="PGD iterations for at / mmr+at (step 2 eps / steps).")
 @_opt("--attack", type=click.Choice(["pgd", "fgsm"]), default="pgd", show_default=True)
 @_opt("--train-subset", type=int, default=None, help="Train on N training points only (a random subset, fixed by --seed).")
+@_opt("--block", type=click.Choice(["res", "ssp2", "ssp3", "ark", "midrk2"]), default=None,
+      help="SSP block: res (Euler), ssp2 (Heun), ssp3 (Shu-Osher RK3), ark (learned c2), midrk2 (midpoint). Default res.")
+@_opt("--blocks", type=int, default=None, help="SSP blocks per group (default: ssp_mnist 3, ssp_cifar 6).")
+@_opt("--width", type=int, default=None, help="Channels: SSP first group (default 64 / 16), FPD first stage (16).")
+@_opt("--norm-decay-lambda", type=float, default=1e-3, show_default=True,
+      help="norm-decay: weight of the summed L1 (--p 1) or Linf (--p inf) operator norms.")
+@_opt("--bn-max-norm", type=float, default=None,
+      help="Any method: after each step, project BatchNorm so |gamma / sqrt(var + eps)| <= this.")
+@_opt("--lipschitz-lambda", type=float, default=0.1, show_default=True,
+      help="lipschitz: weight of max over the batch of ||grad_x CE||_2.")
+@_opt("--fpd-threshold", type=float, default=0.02, show_default=True,
+      help="fpd: a batch trains restoration only while its restoration MSE is above this (phase 1).")
 @_opt("--seed", type=int, default=0, show_default=True)
 @click.option("--deterministic/--no-deterministic", default=True, show_default=True)
 @_opt("--resume", is_flag=True, help="Continue from the run directory's last epoch checkpoint.")
@@ -51,7 +67,7 @@ def _opt(*names: str, **kw):  # type: ignore[no-untyped-def]
       help="Checkpoint, log.csv and curves.png; default: runs/<name of --out>.")
 @_opt("--out", "-o", "out", required=True, type=click.Path(dir_okay=False), help="The trained model file.")
 @_opt("--format", "fmt", type=click.Choice(FORMATS), default=None,
-      help="Output format; default from the extension (.mat: MMR layout).")
+      help="Output format; default from the extension (.mat: MMR layout). --method fpd writes a .pt2 program.")
 @_opt("--quiet", is_flag=True, help="No progress bar.")
 def train_mmr(arch: str, out: str, fmt: str | None, run_dir: str | None, resume: bool, quiet: bool, **options) -> None:  # type: ignore[no-untyped-def]
     """Train a ReLU network and export it for `verify`.
@@ -64,11 +80,28 @@ def train_mmr(arch: str, out: str, fmt: str | None, run_dir: str | None, resume:
       train-mmr --method kw --eps 0.1 --warmup-epochs 2 --epochs 4 --batch-size 32 --out kw.mat
       train-mmr --method at --eps 0.3 --p 2 --dataset fmnist --nn-type fc1 --out at.h5
       train-mmr ... --resume          # after an interruption: same flags, continues the last epoch
+      train-mmr --dataset fmnist --nn-type ssp_mnist --block ssp2 --blocks 2 --width 8 \\
+                --method at --eps 0.1 --ae-frac 1 --pgd-steps 10 --out ssp2.h5
+      train-mmr --dataset fmnist --method norm-decay --norm-decay-lambda 1e-3 --p inf --out nd.h5
+      train-mmr --dataset fmnist --method lipschitz --lipschitz-lambda 0.1 --out lip.h5
+      train-mmr --dataset fmnist --method j2 --eps 1.0 --out j2.h5
+      train-mmr --dataset fmnist --nn-type fpd_small --method fpd --eps 0.1 --out fpd.pt2
 
     Methods: plain (cross-entropy), at (PGD adversarial training, Madry et al.), kw (Wong &
     Kolter's robust loss from verify.bounds' kw bounds, eps ramped up), ibp, crown-ibp,
-    mmr (Croce et al.'s Maximum Margin Regulariser), mmr+at. Every epoch writes an atomic
-    checkpoint and a CSV log to --run-dir; the curves go to curves.png at the end.
+    mmr (Croce et al.'s Maximum Margin Regulariser), mmr+at; norm-decay (Liang et al.: CE +
+    lambda * sum of L1/Linf operator norms; with --bn-max-norm, BatchNorm projection), lipschitz
+    (Finlay et al.: CE + lambda * max ||grad_x CE||_2 by double backprop), j1/j2/jinf (train on
+    one input-gradient step of Euclidean length --eps), fpd (Li et al.'s feature pyramid decoder,
+    two-phase training on noisy images). SSP networks (Kim et al.) are architectures: train them
+    with any method without bound terms, e.g. at. Every epoch writes an atomic checkpoint and a
+    CSV log to --run-dir; the curves go to curves.png at the end.
+
+    \b
+    Outputs: SSP networks are written with BatchNorm folded and residual blocks (.h5, .pt, .onnx;
+    the .mat layouts have no residuals), so verify bounds / certify / analyze read them. The FPD
+    is not piecewise linear: it is written as a torch.export program (.pt2) of x -> pre-tanh
+    logits that only `verify attack` evaluates.
     """
     config = TrainConfig(arch=arch, **options)
     from verify.formats import save_model
@@ -76,9 +109,17 @@ def train_mmr(arch: str, out: str, fmt: str | None, run_dir: str | None, resume:
     from .trainer import train
 
     run = Path(run_dir) if run_dir else Path("runs") / Path(out).stem
+    if config.method == "fpd" and (fmt is not None or not out.endswith(".pt2")):
+        raise TrainConfigError(f"--method fpd writes an attack-only .pt2 program, not {fmt or out!r}: use --out NAME.pt2")
     result = train(config, run_dir=run, resume=resume, progress=not quiet)
-    fmt_arg = "mat-mmr" if fmt == "mat" else fmt
-    save_model(result.network, out, format=fmt_arg)
+    if result.network is None:
+        from .fpd import export_classifier
+
+        export_classifier(result.module, out, input_shape=result.input_shape, name=f"{config.arch}_{config.method}",
+                          metadata={"method": config.method, "dataset": config.dataset})
+    else:
+        fmt_arg = "mat-mmr" if fmt == "mat" else fmt
+        save_model(result.network, out, format=fmt_arg)
     last = result.history[-1] if result.history else {}
     err = f", test error {last['test_err']:.2%}" if "test_err" in last else ""
     click.echo(f"wrote {out} ({config.arch}, {config.method}, {len(result.history)} epochs{err}; log in {run})")

@@ -9,8 +9,12 @@ from typing import Any, Literal
 from verify.errors import DataError, SpecError, VerifyError
 from verify.spec import parse_p
 
-Method = Literal["plain", "at", "kw", "ibp", "crown-ibp", "mmr", "mmr+at"]
-METHODS: tuple[str, ...] = ("plain", "at", "kw", "ibp", "crown-ibp", "mmr", "mmr+at")
+Method = Literal["plain", "at", "kw", "ibp", "crown-ibp", "mmr", "mmr+at", "norm-decay", "lipschitz", "j1", "j2",
+                 "jinf", "fpd"]
+METHODS: tuple[str, ...] = ("plain", "at", "kw", "ibp", "crown-ibp", "mmr", "mmr+at", "norm-decay", "lipschitz", "j1",
+                            "j2", "jinf", "fpd")
+# methods whose loss differentiates bounds through a parameter-sharing Network (no BatchNorm)
+LIVE_NETWORK_METHODS: tuple[str, ...] = ("kw", "ibp", "crown-ibp", "mmr", "mmr+at")
 DATASETS: tuple[str, ...] = ("mnist", "fmnist", "cifar10")
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 LR_SCHEDULES: tuple[str, ...] = ("step", "cosine", "constant")
@@ -55,13 +59,22 @@ class TrainConfig:
     train_subset: int | None = None  # use only N training points (a seeded random subset)
     eval_test: bool = True
     data_dir: str | None = None
+    # SSP architectures (ssp_mnist, ssp_cifar) and the FPD; None: the architecture's default
+    block: str | None = None  # res, ssp2, ssp3, ark, midrk2
+    blocks: int | None = None  # SSP blocks per group
+    width: int | None = None  # channels of the first group (SSP) / first stage (FPD)
+    norm_decay_lambda: float = 1e-3  # norm-decay: weight of the summed L1 / Linf operator norms
+    bn_max_norm: float | None = None  # any method: project BatchNorm so |gamma / sqrt(var + eps)| <= this
+    lipschitz_lambda: float = 0.1  # lipschitz: weight of max_batch ||grad_x CE||_2
+    fpd_threshold: float = 0.02  # fpd: phase 2 once a batch's restoration MSE is <= this
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise TrainConfigError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
         from .architectures import arch_spec
 
-        arch_spec(self.arch)
+        spec = arch_spec(self.arch)
+        self._check_arch(spec)
         name = self.dataset.lower().replace("-", "").replace("_", "")
         if name in ("fashionmnist",):
             name = "fmnist"
@@ -70,7 +83,8 @@ class TrainConfig:
         object.__setattr__(self, "dataset", name)
         pv = parse_p(self.p)
         object.__setattr__(self, "p", "inf" if math.isinf(pv) else str(int(pv)))
-        for key in ("lmbd", "gamma_rb", "gamma_db", "lr", "weight_decay", "eps_start", "kappa_end"):
+        for key in ("lmbd", "gamma_rb", "gamma_db", "lr", "weight_decay", "eps_start", "kappa_end", "norm_decay_lambda",
+                    "lipschitz_lambda"):
             v = getattr(self, key)
             if not math.isfinite(v) or v < 0:
                 raise TrainConfigError(f"{key} must be a finite number >= 0, got {v:g}")
@@ -96,11 +110,42 @@ class TrainConfig:
             v = getattr(self, key)
             if v is not None and v < 1:
                 raise TrainConfigError(f"{key} must be >= 1, got {v}")
+        if self.method == "norm-decay" and self.p == "2":
+            raise TrainConfigError("norm decay uses the L1 or Linf operator norm: give --p 1 or --p inf")
+        for key in ("bn_max_norm", "fpd_threshold"):
+            v = getattr(self, key)
+            if v is not None and not (math.isfinite(v) and v > 0):
+                raise TrainConfigError(f"{key} must be a finite number > 0, got {v:g}")
+
+    def _check_arch(self, spec: Any) -> None:
+        """Architecture options and method/architecture pairs that cannot work."""
+        from .ssp import BLOCKS
+
+        for key in ("block", "blocks", "width"):
+            if getattr(self, key) is not None and key not in spec.options:
+                raise TrainConfigError(f"--{key} applies to {'/'.join(_takes(key))} only, not to {self.arch}")
+        if self.block is not None and self.block not in BLOCKS:
+            raise TrainConfigError(f"unknown SSP block {self.block!r}: use one of {', '.join(BLOCKS)}")
+        for key in ("blocks", "width"):
+            v = getattr(self, key)
+            if v is not None and v < 1:
+                raise TrainConfigError(f"{key} must be >= 1, got {v}")
+        if self.method in LIVE_NETWORK_METHODS and spec.batchnorm:
+            raise TrainConfigError(f"method {self.method} differentiates bounds through the network, which needs an "
+                                   f"architecture without BatchNorm; {self.arch} has BatchNorm")
+        if (self.method == "fpd") != (not spec.exports_network):
+            raise TrainConfigError("method fpd trains the feature pyramid decoder: use it with --nn-type fpd_small, "
+                                   "and fpd_small with --method fpd")
 
     # ---- derived values
     @property
     def needs_eps(self) -> bool:
-        return self.method in ("at", "kw", "ibp", "crown-ibp", "mmr+at")
+        return self.method in ("at", "kw", "ibp", "crown-ibp", "mmr+at", "j1", "j2", "jinf", "fpd")
+
+    @property
+    def arch_options(self) -> dict[str, Any]:
+        """Keyword options for ``architectures.build`` (None: the architecture's default)."""
+        return {"block": self.block, "blocks": self.blocks, "width": self.width}
 
     @property
     def radius(self) -> float:
@@ -138,3 +183,9 @@ class TrainConfig:
         """Fields that differ in a way that makes resuming ``other`` from this run wrong."""
         free = {"data_dir", "eval_test"}
         return [f.name for f in fields(self) if f.name not in free and getattr(self, f.name) != getattr(other, f.name)]
+
+
+def _takes(option: str) -> list[str]:
+    from .architectures import ARCHITECTURES
+
+    return [name for name, spec in ARCHITECTURES.items() if option in spec.options]

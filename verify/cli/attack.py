@@ -8,6 +8,7 @@ import click
 
 from ..attacks import PGD
 from ..errors import SpecError
+from ..exported import is_exported, load_exported
 from ..spec import check_eps, parse_p
 from .common import data_options, load_examples, load_model, make_ball, model_option, output_option, p_label, spec_options, write_rows
 
@@ -35,6 +36,10 @@ def attack(model_path: str, model_format: str | None, arch: str | None, dataset:
 
     A point counts as adversarial when it is misclassified already, or when PGD finds a point
     inside the ball and the input box that a float64 forward pass misclassifies.
+
+    Besides the model formats every command reads, `verify attack` takes attack-only .pt2
+    programs (torch.export) of classifiers that are not piecewise linear, such as the
+    feature pyramid decoder that `train-mmr --method fpd` writes (its pre-tanh logits).
     """
     parse_p(p)  # reject a bad norm, radius or option (one line, exit 2) before any file is read
     check_eps(eps)
@@ -42,7 +47,12 @@ def attack(model_path: str, model_format: str | None, arch: str | None, dataset:
         raise SpecError(f"--output must end in .json or .csv, got {output!r}")
     pgd = PGD(steps=steps, restarts=restarts, step_size=step_size, random_start=not zero_start,
               loss=loss, schedule=schedule, seed=seed)  # type: ignore[arg-type]
-    net = load_model(model_path, model_format, arch)
+    if is_exported(model_path):  # attack-only torch.export program (e.g. the FPD): no Network form
+        if model_format is not None or arch is not None:
+            raise SpecError("--format and --arch do not apply to a .pt2 program")
+        net = load_exported(model_path)
+    else:
+        net = load_model(model_path, model_format, arch)
     ex = load_examples(net, dataset, data_dir, n, indices, inputs_path)
     ball = make_ball(net, ex, p, eps)
     t0 = time.perf_counter()

@@ -35,6 +35,9 @@ def detect_format(path: PathLike) -> str:
     ext = Path(path).suffix.lower()
     if ext in _EXT:
         return _EXT[ext]
+    if ext == ".pt2":
+        raise ModelError(f"{os.fspath(path)} is an attack-only torch.export program (not a piecewise-linear Network): "
+                         f"only `verify attack` evaluates it")
     p = check_readable(path)
     with open(p, "rb") as fh:
         head = fh.read(128)
