@@ -182,14 +182,15 @@ def _node_bounds(bounds: NodeBounds | None, i: int, example: int) -> tuple[np.nd
 def _add_input(f: Formulation) -> Expr:
     ps, i = f.pset, f.example_index
     center = ps.center[i].reshape(-1).to(torch.float64).numpy()
-    eps = float(ps.eps[i])
-    lo = np.maximum(center - eps, ps.lo)
-    hi = np.minimum(center + eps, ps.hi)
+    # the set's coordinate-wise bounds in float64: an Lp ball's box, or a per-coordinate Box
+    lo_t, hi_t = ps.select([i]).to(torch.float64).box()
+    lo, hi = lo_t.reshape(-1).numpy(), hi_t.reshape(-1).numpy()
     d = len(center)
     cols = f.add_cols(lo, hi, KIND_INPUT, 0, np.arange(d))
     f.input_cols = cols
     if ps.p == 1.0:
         # t_i >= |x_i - c_i|, sum t <= eps: the L1 ball exactly, with d auxiliary columns.
+        eps = float(ps.eps[i])
         t = f.add_cols(np.zeros(d), np.maximum(hi - center, center - lo), KIND_ABS, 0, np.arange(d))
         eye = sp.identity(d, format="csr")
         sel_x = sp.csr_matrix((np.ones(d), (np.arange(d), cols)), shape=(d, f.n_cols))

@@ -1,0 +1,288 @@
+"""The MIP over a disjunction of linear output constraints (general properties, VNNLIB).
+
+The network is encoded once by :func:`verify.mip.formulation.build_model` (MIPVerify's
+encoding, with the usual LP tightening). A disjunct ``C y <= d`` is empty iff
+
+    min t  s.t.  t >= C_i y - d_i  (every row i)
+
+is above 0. Two ways to ask that for several disjuncts:
+
+* ``per-disjunct``: one such MIP per disjunct, its rows added and removed on the shared model;
+  each stops early at a candidate (t < 0) or a proof (INFEASIBLE under ``objective_bound``
+  = VERIFY_TOL, or dual bound >= VERIFY_TOL);
+* ``indicator``: one MIP with a selection binary b_k per disjunct (sum b_k = 1) and rows
+  ``C_ki y - d_ki - t <= M_ki (1 - b_k)`` with big-M values from interval bounds of the rows.
+
+Both first solve the LP relaxation of every disjunct, which proves many without branching.
+Every candidate goes through :func:`verify.properties.confirm` (inside the box exactly, a
+float64 forward pass satisfies a disjunct); one that fails is ``numerics``, never ``sat``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import highspy
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor
+
+from ..network import Network
+from . import VERIFY_TOL
+from .formulation import INF, KIND_VALUE, Expr, Formulation, NodeBounds, build_model, relu_input_nodes
+from .tighten import TightenConfig, Tightener
+
+_S = highspy.HighsModelStatus
+
+
+@dataclass(frozen=True)
+class PropertyMipResult:
+    """``sat`` (with a float64-confirmed point), ``unsat`` (every disjunct proven empty) or ``unknown``."""
+
+    status: Literal["sat", "unsat", "unknown"]
+    reason: str | None  # timeout / numerics / solver status ...
+    counterexample: Tensor | None  # (1, *input_shape) float64
+    disjunct: int | None  # index into the disjuncts given
+    seconds: float
+    n_binaries: int  # ReLU binaries after tightening (+ selection binaries in indicator mode)
+    lp_proven: int  # disjuncts proven by their LP relaxation
+    mode: str
+
+
+@dataclass
+class _Outcome:
+    status: str  # proven / candidate / timeout / margin / error
+    x: Tensor | None = None
+    solver_status: str = ""
+
+
+class _Model:
+    """The shared formulation plus a violation column t (cost 1)."""
+
+    def __init__(self, form: Formulation, disjuncts: Sequence, threads: int) -> None:
+        self.form = form
+        self.h = form.highs
+        e = form.output_expr()
+        a = e.padded(form.n_cols)
+        self.rows: list[tuple[sp.csr_matrix, np.ndarray]] = []  # per disjunct: (C A, d - C c) over the columns
+        lows, highs = [], []
+        for dj in disjuncts:
+            C = sp.csr_matrix(np.asarray(dj.C, dtype=np.float64))
+            ca = sp.csr_matrix(C @ a)
+            rhs = np.asarray(dj.d, dtype=np.float64) - C @ e.c
+            self.rows.append((ca, rhs))
+            lo, hi = form.interval(Expr(ca, -rhs))  # bounds of C_i y - d_i
+            lows.append(lo)
+            highs.append(hi)
+        self.row_hi = highs
+        # every point has violation >= min_k max_i lo_ki: a finite lower bound for t keeps big-M finite
+        tmin = min(float(lo.max()) for lo in lows)
+        self.t_lo = tmin - 1.0 - 1e-6 * abs(tmin)
+        self.t = int(form.add_cols(np.array([self.t_lo]), np.array([INF]), KIND_VALUE, 0, np.array([0]))[0])
+        n = form.n_cols
+        self.h.changeColsCost(n, np.arange(n, dtype=np.int32), np.zeros(n))
+        self.h.changeColCost(self.t, 1.0)
+        self.h.changeObjectiveOffset(0.0)
+        self.h.setOptionValue("threads", int(threads))
+
+    def add_disjunct(self, k: int) -> np.ndarray:
+        """Rows C_i y - t <= d_i for disjunct k; returns their indices (to delete them later)."""
+        ca, rhs = self.rows[k]
+        m = ca.shape[0]
+        first = self.h.getNumRow()
+        n = self.form.n_cols
+        tcol = sp.csr_matrix((-np.ones(m), (np.arange(m), np.full(m, self.t))), shape=(m, n))
+        self.form.add_rows(_pad(ca, n) + tcol, np.full(m, -INF), rhs)
+        return np.arange(first, first + m, dtype=np.int32)
+
+    def drop(self, rows: np.ndarray) -> None:
+        self.h.deleteRows(len(rows), rows)
+
+    def point(self, x: Tensor, extra: dict[int, float]) -> np.ndarray:
+        v = self.form.primal_point(x.reshape(-1))
+        for col, val in extra.items():
+            v[col] = val
+        return v
+
+    def run(self, *, deadline: float, warm: np.ndarray | None, n_int: int) -> _Outcome:
+        h = self.h
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            return _Outcome("timeout", solver_status="time limit (before solve)")
+        h.setOptionValue("time_limit", max(left, 1e-3))
+        # early stops for the MIP only: an LP stopped at a bound has no optimum to read
+        h.setOptionValue("objective_target", 0.0 if n_int else -INF)
+        h.setOptionValue("objective_bound", VERIFY_TOL if n_int else INF)
+        if warm is not None and n_int:
+            h.setSolution(len(warm), np.arange(len(warm), dtype=np.int32), warm)
+        h.run()
+        st = h.getModelStatus()
+        info = h.getInfo()
+        name = h.modelStatusToString(st)
+        has_sol = info.primal_solution_status == 2
+        obj = info.objective_function_value if has_sol else None
+        dual = info.mip_dual_bound if n_int else (obj if st == _S.kOptimal else -math.inf)
+        if st == _S.kInfeasible:
+            # with objective_bound = tol, INFEASIBLE means no point has violation < tol
+            return _Outcome("proven", solver_status=name)
+        if st in (_S.kOptimal, _S.kObjectiveBound) and dual is not None and dual >= VERIFY_TOL:
+            return _Outcome("proven", solver_status=name)
+        if has_sol and obj is not None and obj < VERIFY_TOL:
+            # a candidate (also for an optimum in [0, tol): the boundary counts as unsafe, the
+            # float64 check decides)
+            x = self.form.input_value(np.asarray(h.getSolution().col_value))
+            return _Outcome("candidate", x=x, solver_status=name)
+        if st == _S.kTimeLimit:
+            return _Outcome("timeout", solver_status=name)
+        return _Outcome("error", solver_status=name)
+
+
+def _pad(m: sp.csr_matrix, ncols: int) -> sp.csr_matrix:
+    return sp.csr_matrix((m.data, m.indices, m.indptr), shape=(m.shape[0], ncols))
+
+
+def solve_property(
+    net: Network,
+    box,
+    disjuncts: Sequence,
+    *,
+    bounds: NodeBounds | None = None,
+    deadline: float,
+    mode: Literal["per-disjunct", "indicator"] = "per-disjunct",
+    threads: int = 1,
+    tighten: TightenConfig = TightenConfig(),
+    warm_starts: Tensor | None = None,
+) -> PropertyMipResult:
+    """Is some point of ``box`` (a single-example :class:`verify.properties.Box`) in a disjunct?
+
+    ``warm_starts`` (K, *input_shape) are input points, one per disjunct (e.g. the attack's best).
+    """
+    from ..properties import OutputProperty, confirm
+
+    t0 = time.perf_counter()
+    n_out = int(np.prod(net.output_shape))
+    prop = OutputProperty(box.lower.reshape(-1).numpy(), box.upper.reshape(-1).numpy(), tuple(disjuncts), n_out)
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("threads", int(threads))
+    rins = relu_input_nodes(net)
+    tight = Tightener(tighten, rins[0] if rins else -1).start(deadline)
+    form = build_model(net, box, 0, bounds, integer=False, highs=h, refine=tight)
+    model = _Model(form, disjuncts, threads)
+    n_relu = len(form.binaries)
+
+    def result(status, reason=None, x=None, j=None, lp=0, extra=0) -> PropertyMipResult:
+        return PropertyMipResult(status, reason, x, j, time.perf_counter() - t0, n_relu + extra, lp, mode)
+
+    def check(x: Tensor | None) -> tuple[Tensor, int] | None:
+        found = confirm(net, prop, box, x) if x is not None else None
+        return (found[0], found[2]) if found is not None else None
+
+    def warm_for(k: int | None, x: Tensor | None, extra_cols: dict[int, float]) -> np.ndarray | None:
+        if x is None:
+            return None
+        y = net.forward(x.reshape(1, *net.input_shape).to(torch.float64)).reshape(-1).detach().numpy()
+        viol = [dj.violation(y) for dj in disjuncts]
+        t = max(viol[k], model.t_lo) if k is not None else max(min(viol), model.t_lo)
+        return model.point(x, {model.t: t, **extra_cols})
+
+    # LP relaxation of every disjunct: proves many without branching, and orders the rest
+    lp_val: dict[int, float] = {}
+    for k in range(len(disjuncts)):
+        rows = model.add_disjunct(k)
+        out = model.run(deadline=deadline, warm=None, n_int=0)
+        model.drop(rows)
+        if out.status == "proven":
+            lp_val[k] = math.inf
+        elif out.status == "candidate" and n_relu == 0:
+            # no binaries: the LP is the exact problem
+            found = check(out.x)
+            if found is not None:
+                return result("sat", x=found[0], j=k)
+            lp_val[k] = -math.inf
+        elif out.status == "timeout":
+            return result("unknown", "timeout")
+        else:
+            lp_val[k] = h.getInfo().objective_function_value if h.getModelStatus() == _S.kOptimal else -math.inf
+    remaining = sorted((k for k in range(len(disjuncts)) if lp_val[k] != math.inf), key=lambda k: lp_val[k])
+    lp_proven = len(disjuncts) - len(remaining)
+    if not remaining:
+        return result("unsat", lp=lp_proven)
+    if n_relu:
+        form.set_integer(True)
+    if mode == "indicator" and len(remaining) > 1:
+        return _indicator(model, remaining, disjuncts, warm_starts, deadline, check, warm_for, result, lp_proven)
+    reasons: list[str] = []
+    for k in remaining:
+        rows = model.add_disjunct(k)
+        warm = warm_for(k, warm_starts[k] if warm_starts is not None else None, {})
+        out = model.run(deadline=deadline, warm=warm, n_int=n_relu)
+        model.drop(rows)
+        if out.status == "proven":
+            continue
+        if out.status == "candidate":
+            found = check(out.x)
+            if found is not None:
+                return result("sat", x=found[0], j=found[1], lp=lp_proven)
+            reasons.append("numerics")
+            continue
+        reasons.append("timeout" if out.status == "timeout" else f"solver status {out.solver_status}")
+        if out.status == "timeout":
+            break  # the deadline is shared: later disjuncts cannot run either
+    if not reasons and time.perf_counter() > deadline:
+        reasons.append("timeout")  # a proof that finished past the limit is not reported as one
+    if not reasons:
+        return result("unsat", lp=lp_proven)
+    return result("unknown", reasons[0], lp=lp_proven)
+
+
+def _indicator(model: _Model, remaining: list[int], disjuncts, warm_starts, deadline, check, warm_for, result,
+               lp_proven: int) -> PropertyMipResult:
+    """One MIP: a selection binary per remaining disjunct, big-M rows, min t."""
+    form, h = model.form, model.h
+    r = len(remaining)
+    b = form.add_cols(np.zeros(r), np.ones(r), KIND_VALUE, 0, np.zeros(r, dtype=np.int64))
+    kind = highspy.HighsVarType.kInteger
+    h.changeColsIntegrality(r, b.astype(np.int32), np.full(r, int(kind.value) if hasattr(kind, "value") else int(kind),
+                                                           dtype=np.uint8))
+    n = form.n_cols
+    # sum_k b_k = 1
+    form.add_rows(sp.csr_matrix((np.ones(r), (np.zeros(r, dtype=int), b)), shape=(1, n)), np.ones(1), np.ones(1))
+    for pos, k in enumerate(remaining):
+        ca, rhs = model.rows[k]
+        m = ca.shape[0]
+        # C y - d - t <= M (1 - b): M = upper bound of C y - d minus the lower bound of t
+        big = np.maximum(model.row_hi[k] - model.t_lo, 0.0) * (1 + 1e-6) + 1e-6
+        extra = sp.csr_matrix((np.concatenate([-np.ones(m), big]),
+                               (np.concatenate([np.arange(m), np.arange(m)]), np.concatenate([np.full(m, model.t), np.full(m, b[pos])]))),
+                              shape=(m, n))
+        form.add_rows(_pad(ca, n) + extra, np.full(m, -INF), rhs + big)
+    warm = None
+    if warm_starts is not None:
+        ys = []
+        for k in remaining:
+            x = warm_starts[k]
+            y = form.net.forward(x.reshape(1, *form.net.input_shape).to(torch.float64)).reshape(-1).detach().numpy()
+            ys.append(disjuncts[k].violation(y))
+        pick = int(np.argmin(ys))
+        onehot = {int(b[i]): float(i == pick) for i in range(r)}
+        warm = warm_for(remaining[pick], warm_starts[remaining[pick]], onehot)
+    out = model.run(deadline=deadline, warm=warm, n_int=len(form.binaries) + r)
+    if out.status == "proven":
+        if time.perf_counter() > deadline:
+            return result("unknown", "timeout", lp=lp_proven, extra=r)
+        return result("unsat", lp=lp_proven, extra=r)
+    if out.status == "candidate":
+        found = check(out.x)
+        if found is not None:
+            return result("sat", x=found[0], j=found[1], lp=lp_proven, extra=r)
+        return result("unknown", "numerics", lp=lp_proven, extra=r)
+    return result("unknown", "timeout" if out.status == "timeout" else f"solver status {out.solver_status}",
+                  lp=lp_proven, extra=r)
+
+
+__all__ = ["PropertyMipResult", "solve_property"]

@@ -1,0 +1,453 @@
+"""General output properties: an input box and a disjunction of linear output constraints.
+
+A property describes an UNSAFE region (as VNNLIB does): some input in the box whose
+outputs y satisfy every row of at least one :class:`Disjunct` ``C y <= d``. The answer is
+
+* ``sat`` -- a counterexample: a point inside the box (checked in float64, exactly) whose
+  float64 forward pass satisfies one disjunct (``C y <= d``: the boundary counts);
+* ``unsat`` -- a proof that no such point exists: for every disjunct, some row has a lower
+  bound on ``C_i y - d_i`` above a float safety margin (computed in float64 by the backward
+  engine on the output node, spec A = the rows of C), or the MIP over the remaining
+  disjuncts is INFEASIBLE / has a dual bound >= VERIFY_TOL (:mod:`verify.mip.property`);
+* ``timeout`` / ``unknown`` (with a reason) otherwise.
+
+:class:`Box` is the per-coordinate input set. It offers the interface the bound engine,
+the interval bounds and the MIP formulation read from a perturbation set (``box``,
+``min_linear``, ``select``, ``to``, ``contains``, ``project``, ``center``, ``p``), so the
+one implementation of bound propagation serves properties too.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import SpecError
+from .network import MaxPool2d, Network
+
+Status = Literal["sat", "unsat", "timeout", "unknown"]
+MipMode = Literal["per-disjunct", "indicator"]
+MIP_MODES: tuple[str, ...] = ("per-disjunct", "indicator")
+
+
+# --------------------------------------------------------------------------- the property
+
+
+@dataclass(frozen=True, eq=False)
+class Disjunct:
+    """Rows ``C y <= d`` (C: (m, n_outputs), d: (m,), float64); m = 0 holds everywhere."""
+
+    C: np.ndarray
+    d: np.ndarray
+
+    def violation(self, y: np.ndarray) -> float:
+        """max_i (C_i y - d_i) in float64: <= 0 iff y satisfies every row (-inf for no rows)."""
+        if len(self.d) == 0:
+            return -math.inf
+        return float(np.max(self.C @ np.asarray(y, dtype=np.float64).reshape(-1) - self.d))
+
+
+@dataclass(frozen=True, eq=False)
+class OutputProperty:
+    """An input box [lower, upper] (flattened, float64) and the unsafe disjuncts over the outputs."""
+
+    lower: np.ndarray
+    upper: np.ndarray
+    disjuncts: tuple[Disjunct, ...]
+    n_outputs: int
+
+    @property
+    def n_inputs(self) -> int:
+        return int(self.lower.shape[0])
+
+    def check_network(self, net: Network) -> None:
+        """The property's variables must match the network's flattened input and output."""
+        n_in, n_out = int(np.prod(net.input_shape)), int(np.prod(net.output_shape))
+        if self.n_inputs != n_in:
+            raise SpecError(f"the property declares {self.n_inputs} inputs X_i, the network has {n_in} "
+                            f"(input shape {tuple(net.input_shape)})")
+        if self.n_outputs != n_out:
+            raise SpecError(f"the property declares {self.n_outputs} outputs Y_j, the network has {n_out}")
+
+    def box(self, net: Network) -> "Box":
+        self.check_network(net)
+        shape = (1, *net.input_shape)
+        return Box.make(self.lower.reshape(shape), self.upper.reshape(shape))
+
+    def satisfied_by(self, y: np.ndarray) -> int | None:
+        """The first disjunct the float64 outputs ``y`` satisfy, or None."""
+        for k, dj in enumerate(self.disjuncts):
+            if dj.violation(y) <= 0:
+                return k
+        return None
+
+
+# --------------------------------------------------------------------------- the input set
+
+
+def _outward(t64: Tensor, dtype: torch.dtype, direction: float) -> Tensor:
+    """t64 cast to dtype, rounded towards ``direction`` (-inf for lower bounds, +inf for upper)."""
+    t = t64.to(dtype)
+    if dtype == torch.float64:
+        return t
+    back = t.to(torch.float64)
+    wrong = back > t64 if direction < 0 else back < t64
+    return torch.where(wrong, torch.nextafter(t, torch.full_like(t, direction)), t)
+
+
+@dataclass(frozen=True, eq=False)
+class Box:
+    """{x : lower <= x <= upper} per example; bounds kept exactly in float64.
+
+    ``dtype`` is the precision the bound code works in: :meth:`box` casts the bounds to it
+    rounding outwards, so a float32 screen never sees a smaller set than the true one.
+    """
+
+    lower: Tensor  # (N, *input_shape) float64
+    upper: Tensor
+    dtype: torch.dtype = torch.float64
+    p: float = math.inf  # read by code that specialises on Linf sets (a box is one)
+
+    @classmethod
+    def make(cls, lower: Tensor | np.ndarray, upper: Tensor | np.ndarray) -> "Box":
+        lo = torch.as_tensor(np.asarray(lower, dtype=np.float64))
+        hi = torch.as_tensor(np.asarray(upper, dtype=np.float64))
+        if lo.shape != hi.shape:
+            raise SpecError(f"box bounds have shapes {tuple(lo.shape)} and {tuple(hi.shape)}")
+        if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+            raise SpecError("box bounds must be finite")
+        if (lo > hi).any():
+            raise SpecError("box has a lower bound above its upper bound")
+        return cls(lo, hi)
+
+    @property
+    def n(self) -> int:
+        return int(self.lower.shape[0])
+
+    @property
+    def center(self) -> Tensor:
+        return ((self.lower + self.upper) / 2).to(self.dtype)
+
+    def to(self, dtype: torch.dtype) -> "Box":
+        return Box(self.lower, self.upper, dtype)
+
+    def select(self, idx: Tensor | Sequence[int]) -> "Box":
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return Box(self.lower[idx], self.upper[idx], self.dtype)
+
+    def box(self) -> tuple[Tensor, Tensor]:
+        return _outward(self.lower, self.dtype, -math.inf), _outward(self.upper, self.dtype, math.inf)
+
+    def min_linear(self, a: Tensor) -> Tensor:
+        """min over the box of <a[n, k], x> for a of shape (N, K, *input_shape): exact, (N, K)."""
+        n, k = a.shape[:2]
+        a2 = a.reshape(n, k, -1)
+        lo, hi = (_outward(t, a.dtype, s).reshape(n, 1, -1) for t, s in ((self.lower, -math.inf), (self.upper, math.inf)))
+        return (a2.clamp(min=0) * lo + a2.clamp(max=0) * hi).sum(-1)
+
+    def contains(self, x: Tensor) -> Tensor:
+        """Exact float64 membership per example."""
+        x64 = x.to(torch.float64).reshape(self.n, -1)
+        return (x64 >= self.lower.reshape(self.n, -1)).all(1) & (x64 <= self.upper.reshape(self.n, -1)).all(1)
+
+    def project(self, x: Tensor) -> Tensor:
+        """Clip to the box, in float64 (the result is inside exactly)."""
+        return torch.maximum(torch.minimum(x.to(torch.float64), self.upper), self.lower)
+
+
+def representable_point(box: Box, x: Tensor) -> Tensor:
+    """A float32-representable point of the (single-example) box near x, as float64; x clipped if none.
+
+    A counterexample that is exact in float32 means the same input to onnxruntime (which
+    runs in float32) as to our float64 check.
+    """
+    x64 = box.project(x)
+    x32 = x64.to(torch.float32)
+    back = x32.to(torch.float64)
+    x32 = torch.where(back < box.lower, torch.nextafter(x32, torch.full_like(x32, math.inf)), x32)
+    back = x32.to(torch.float64)
+    x32 = torch.where(back > box.upper, torch.nextafter(x32, torch.full_like(x32, -math.inf)), x32)
+    cand = x32.to(torch.float64)
+    return cand if bool(box.contains(cand).all()) else x64
+
+
+def outputs_f64(net: Network, x: Tensor) -> np.ndarray:
+    """The flattened float64 outputs for one input x."""
+    with torch.no_grad():
+        return net.forward(x.to(torch.float64).reshape(1, *net.input_shape)).reshape(-1).numpy()
+
+
+def confirm(net: Network, prop: OutputProperty, box: Box, x: Tensor) -> tuple[Tensor, np.ndarray, int] | None:
+    """(point, outputs, disjunct) for a confirmed counterexample near x, else None.
+
+    Tries the float32-representable neighbour first, then x clipped into the box; each must
+    lie inside the box exactly and satisfy a disjunct in a float64 forward pass.
+    """
+    for cand in (representable_point(box, x), box.project(x)):
+        if not bool(box.contains(cand).all()):
+            continue
+        y = outputs_f64(net, cand)
+        k = prop.satisfied_by(y)
+        if k is not None:
+            return cand, y, k
+    return None
+
+
+# --------------------------------------------------------------------------- attack
+
+
+def _stacked(prop: OutputProperty, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """C (K, M, n_out), d (K, M) and a row mask, with disjuncts padded to M rows."""
+    k = len(prop.disjuncts)
+    m = max(1, max(len(dj.d) for dj in prop.disjuncts))
+    C = torch.zeros((k, m, prop.n_outputs), dtype=dtype)
+    d = torch.zeros((k, m), dtype=dtype)
+    mask = torch.zeros((k, m), dtype=torch.bool)
+    for i, dj in enumerate(prop.disjuncts):
+        r = len(dj.d)
+        C[i, :r] = torch.as_tensor(dj.C, dtype=dtype)
+        d[i, :r] = torch.as_tensor(dj.d, dtype=dtype)
+        mask[i, :r] = True
+    return C, d, mask
+
+
+def attack_property(
+    net: Network,
+    prop: OutputProperty,
+    box: Box,
+    *,
+    steps: int = 50,
+    restarts: int = 3,
+    seed: int = 0,
+    starts: Tensor | None = None,
+    deadline: float = math.inf,
+) -> tuple[tuple[Tensor, np.ndarray, int] | None, Tensor]:
+    """Projected sign-gradient descent on each disjunct's violation max_i (C_i y - d_i), in float64.
+
+    Every disjunct gets ``restarts`` runs (the first from the box centre, or from ``starts``
+    when given; the rest from uniform random points). Returns (a confirmed counterexample or
+    None, the best point found for each disjunct (K, *input_shape)) -- the best points warm
+    start the MIP.
+    """
+    k = len(prop.disjuncts)
+    shape = tuple(net.input_shape)
+    lo, hi = box.lower[0], box.upper[0]
+    if k == 0:
+        return None, torch.zeros((0, *shape), dtype=torch.float64)
+    if any(len(dj.d) == 0 for dj in prop.disjuncts):  # a disjunct without rows holds everywhere
+        return confirm(net, prop, box, box.center[0]), box.center.expand(k, *shape).clone()
+    C, d, mask = _stacked(prop, torch.float64)
+    gen = torch.Generator().manual_seed(seed)
+    r = max(1, restarts)
+    x = lo + (hi - lo) * torch.rand((k, r, *shape), generator=gen, dtype=torch.float64)
+    x[:, 0] = box.center[0] if starts is None else box.project(starts.reshape(-1, *shape)).expand(k, *shape)
+    x = x.reshape(k * r, *shape)
+    Cr = C.repeat_interleave(r, 0)
+    dr = d.repeat_interleave(r, 0)
+    mr = mask.repeat_interleave(r, 0)
+    width = (hi - lo).expand_as(x)
+    best_x, best_v = x.clone(), torch.full((k * r,), math.inf, dtype=torch.float64)
+
+    def violation(z: Tensor) -> Tensor:
+        y = net.forward(z).reshape(z.shape[0], -1)
+        v = torch.einsum("rmo,ro->rm", Cr, y) - dr
+        return torch.where(mr, v, torch.full_like(v, -math.inf)).amax(1)
+
+    for t in range(steps + 1):
+        if time.perf_counter() > deadline:
+            break
+        z = x.clone().requires_grad_(True)
+        v = violation(z)
+        with torch.no_grad():
+            better = v < best_v
+            best_v = torch.where(better, v.detach(), best_v)
+            best_x[better] = x[better]
+        if bool((v <= 0).any()) or t == steps:
+            break
+        (g,) = torch.autograd.grad(v.sum(), z)
+        # 2.5 * half-width / steps, halved for the last quarter (the usual PGD step)
+        alpha = 1.25 * width / max(1, steps) * (0.5 if t > 0.75 * steps else 1.0)
+        with torch.no_grad():
+            x = torch.maximum(torch.minimum(x - alpha * g.sign(), hi), lo)
+    per = best_v.reshape(k, r)
+    pick = per.argmin(1)
+    best = best_x.reshape(k, r, *shape)[torch.arange(k), pick]
+    for i in torch.argsort(per.min(1).values).tolist():
+        if per[i].min() <= 1e-9 * (1 + float(d[i].abs().max())):
+            found = confirm(net, prop, box, best[i])
+            if found is not None:
+                return found, best
+    return None, best
+
+
+# --------------------------------------------------------------------------- bounds
+
+
+@dataclass(frozen=True)
+class PropertyBounds:
+    """Per disjunct: a lower bound on its violation max_i (C_i y - d_i) and whether it is proven empty."""
+
+    violation_lb: np.ndarray  # (K,) float64
+    proven: np.ndarray  # (K,) bool: some row's float64 bound exceeds the safety margin
+    intermediate: dict  # float64 node bounds (1, *shape), for the MIP's big-M values
+    method: str
+
+
+def property_bounds(net: Network, prop: OutputProperty, box: Box) -> PropertyBounds:
+    """CROWN bounds (interval bounds where the network has MaxPool) on every row of every disjunct.
+
+    Runs in float64 throughout (one instance, so no float32 screen is needed). A row is
+    infeasible -- and with it its disjunct -- when its lower bound exceeds ``d_i`` by more than
+    SAFETY_REL * max(1, |C_i|_1 * max_j |y_j(centre)|, |d_i|), the margin :mod:`verify.bounds`
+    uses for certificates.
+    """
+    from .bounds import SAFETY_REL, backward_bound, interval_bounds, linear_intermediate
+
+    b64 = box.to(torch.float64)
+    last = net.graph[-1].index
+    maxpool = any(isinstance(n.op, MaxPool2d) for n in net.graph)
+    with torch.no_grad():
+        inter = interval_bounds(net, b64, dtype=torch.float64) if maxpool else linear_intermediate(
+            net, b64, rule="crown", dtype=torch.float64)
+        k = len(prop.disjuncts)
+        sizes = [len(dj.d) for dj in prop.disjuncts]
+        if sum(sizes) == 0:
+            return PropertyBounds(np.full(k, -math.inf), np.zeros(k, dtype=bool), inter, "interval" if maxpool else "crown")
+        C = torch.as_tensor(np.concatenate([dj.C for dj in prop.disjuncts if len(dj.d)]), dtype=torch.float64)
+        d = np.concatenate([dj.d for dj in prop.disjuncts if len(dj.d)])
+        lo, hi = (t.reshape(-1) for t in inter[last])
+        lb = C.clamp(min=0) @ lo + C.clamp(max=0) @ hi
+        if not maxpool:
+            a = C.reshape(1, C.shape[0], *net.output_shape)
+            lb = torch.maximum(lb, backward_bound(net, b64, last, a, inter, rule="crown")[0])
+        y0 = outputs_f64(net, box.center)
+    lbn = lb.numpy()
+    scale = np.maximum.reduce([np.ones_like(d), np.abs(C.numpy()).sum(1) * np.abs(y0).max(), np.abs(d)])
+    row_ok = lbn - d > SAFETY_REL * scale
+    margin = lbn - d
+    viol, proven, pos = np.full(k, -math.inf), np.zeros(k, dtype=bool), 0
+    for i, m in enumerate(sizes):
+        if m:
+            viol[i] = margin[pos:pos + m].max()
+            proven[i] = bool(row_ok[pos:pos + m].any())
+        pos += m
+    return PropertyBounds(viol, proven, inter, "interval" if maxpool else "crown")
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """What :func:`verify_property` runs. ``timeout`` covers every stage (seconds)."""
+
+    timeout: float = 120.0
+    attack_steps: int = 50
+    attack_restarts: int = 3
+    mip: bool = True
+    mode: MipMode = "per-disjunct"
+    threads: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.timeout > 0:
+            raise SpecError(f"timeout must be positive, got {self.timeout}")
+        if self.mode not in MIP_MODES:
+            raise SpecError(f"unknown MIP mode {self.mode!r}: use {' or '.join(MIP_MODES)}")
+        if self.attack_steps < 0 or self.attack_restarts < 1:
+            raise SpecError("attack steps must be >= 0 and restarts >= 1")
+
+
+@dataclass(frozen=True)
+class PropertyResult:
+    """The verdict on one property. ``counterexample`` / ``outputs`` (flattened float64) only for sat."""
+
+    status: Status
+    decided_by: str | None  # attack / bounds / crown / interval / mip / trivial
+    reason: str | None
+    counterexample: np.ndarray | None
+    outputs: np.ndarray | None
+    disjunct: int | None
+    seconds: dict[str, float] = field(default_factory=dict)
+    n_disjuncts: int = 0
+    open_disjuncts: int = 0  # left to the MIP after the bounds
+    n_binaries: int | None = None
+
+    @property
+    def total_seconds(self) -> float:
+        return float(sum(self.seconds.values()))
+
+
+def verify_property(net: Network, prop: OutputProperty, options: VerifyOptions = VerifyOptions()) -> PropertyResult:
+    """Attack, then bounds, then the MIP over the open disjuncts; see the module docstring."""
+    t0 = time.perf_counter()
+    deadline = t0 + options.timeout
+    box = prop.box(net)
+    k = len(prop.disjuncts)
+    sec: dict[str, float] = {}
+
+    def done(status: Status, by: str | None, reason: str | None = None, found=None, **kw) -> PropertyResult:
+        x, y, j = (found[0].reshape(-1).numpy(), found[1], found[2]) if found is not None else (None, None, None)
+        return PropertyResult(status, by, reason, x, y, j, sec, k, **kw)
+
+    if k == 0:
+        return done("unsat", "trivial", "no disjunct can hold (a constant comparison is false in each)")
+    t = time.perf_counter()
+    found, best = attack_property(net, prop, box, steps=options.attack_steps, restarts=options.attack_restarts,
+                                  seed=options.seed, deadline=deadline)
+    sec["attack"] = time.perf_counter() - t
+    if found is not None:
+        return done("sat", "attack", found=found)
+    if time.perf_counter() > deadline:
+        return done("timeout", None, "timeout in the attack")
+    t = time.perf_counter()
+    pb = property_bounds(net, prop, box)
+    sec["bounds"] = time.perf_counter() - t
+    open_k = [i for i in range(k) if not pb.proven[i]]
+    if not open_k:
+        return done("unsat", pb.method)
+    if time.perf_counter() > deadline:
+        return done("timeout", None, "timeout in the bounds", open_disjuncts=len(open_k))
+    if not options.mip:
+        return done("unknown", None, "bounds inconclusive and the MIP is off", open_disjuncts=len(open_k))
+    from .errors import UnsupportedLayerError
+    from .mip.property import solve_property
+
+    t = time.perf_counter()
+    try:
+        # most violated first: the attack's best point for that disjunct warm-starts the MIP
+        order = sorted(open_k, key=lambda i: pb.violation_lb[i], reverse=True)
+        res = solve_property(net, box, [prop.disjuncts[i] for i in order], bounds=pb.intermediate, deadline=deadline,
+                             mode=options.mode, threads=options.threads, warm_starts=best[order])
+    except UnsupportedLayerError as e:
+        sec["mip"] = time.perf_counter() - t
+        return done("unknown", None, f"MIP: {e}", open_disjuncts=len(open_k))
+    sec["mip"] = time.perf_counter() - t
+    if res.status == "sat" and res.counterexample is not None:
+        # polish: a few descent steps from the MIP's point move it away from the boundary
+        t = time.perf_counter()
+        polished, _ = attack_property(net, prop, box, steps=20, restarts=1, starts=res.counterexample,
+                                      deadline=math.inf)
+        sec["polish"] = time.perf_counter() - t
+        x0 = confirm(net, prop, box, res.counterexample)
+        pick = polished or x0
+        if polished is not None and x0 is not None:
+            pick = min((polished, x0), key=lambda f: prop.disjuncts[f[2]].violation(f[1]))
+        if pick is not None:
+            return done("sat", "mip", found=pick, open_disjuncts=len(open_k), n_binaries=res.n_binaries)
+        return done("unknown", None, "numerics: the MIP's point fails the float64 check", open_disjuncts=len(open_k),
+                    n_binaries=res.n_binaries)
+    if res.status == "unsat":
+        return done("unsat", "mip", open_disjuncts=len(open_k), n_binaries=res.n_binaries)
+    status: Status = "timeout" if res.reason == "timeout" else "unknown"
+    return done(status, None, res.reason, open_disjuncts=len(open_k), n_binaries=res.n_binaries)
+
+
+__all__ = ["Box", "Disjunct", "MIP_MODES", "OutputProperty", "PropertyBounds", "PropertyResult", "VerifyOptions",
+           "attack_property", "confirm", "outputs_f64", "property_bounds", "representable_point", "verify_property"]
