@@ -95,7 +95,7 @@ def test_penalty_gradient_is_finite_and_a_step_along_it_lowers_the_penalty() -> 
     with torch.no_grad():
         for p, g in zip(params, grads):
             p -= 1e-3 * g
-    assert float(lipschitz_penalty(model, x, y)) < float(pen)
+    assert float(lipschitz_penalty(model, x, y).detach()) < float(pen.detach())
 
 
 def test_bad_inputs() -> None:

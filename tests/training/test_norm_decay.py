@@ -45,7 +45,7 @@ def test_penalty_is_the_sum_of_exact_norms(p) -> None:
     m = _module()
     pen = norm_decay_penalty(m, p, input_shape=(1, 7, 7))
     pv = math.inf if p == "inf" else 1.0
-    assert float(pen) == pytest.approx(_dense_sum(m, (1, 7, 7), pv), rel=1e-10)
+    assert float(pen.detach()) == pytest.approx(_dense_sum(m, (1, 7, 7), pv), rel=1e-10)
     without_bn = norm_decay_penalty(m, p, input_shape=(1, 7, 7), include_batchnorm=False)
     assert float((pen - without_bn).detach()) == pytest.approx(max(bn_norms(m)), rel=1e-12)
 
@@ -72,14 +72,14 @@ def test_penalty_gradient_is_finite_and_a_step_lowers_it(p) -> None:
         for q, g in zip(params, grads):
             if g is not None:
                 q -= 1e-3 * g
-    assert float(norm_decay_penalty(m, p, input_shape=(1, 7, 7))) < float(pen)
+    assert float(norm_decay_penalty(m, p, input_shape=(1, 7, 7)).detach()) < float(pen.detach())
 
 
 def test_penalty_on_a_dense_module_needs_no_shape_but_a_conv_does() -> None:
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
     w1, w2 = mlp[1].weight.detach(), mlp[3].weight.detach()
     expect = float(w1.abs().sum(0).max() + w2.abs().sum(0).max())
-    assert float(norm_decay_penalty(mlp, 1)) == pytest.approx(expect, rel=1e-6)
+    assert float(norm_decay_penalty(mlp, 1).detach()) == pytest.approx(expect, rel=1e-6)
     with pytest.raises(ModelError):
         norm_decay_penalty(_module(), 1)
     with pytest.raises(SpecError):
