@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.regularizers.lipschitz import direction, input_gradient, lipschitz_penalty, perturb
+from training.regularizers.lipschitz import direction, input_gradient, lipschitz_penalty, lipschitz_penalty_from_logits, perturb
 from verify.errors import DataError, SpecError
 
 
@@ -82,6 +82,11 @@ def test_penalty_matches_the_closed_form_on_a_linear_model() -> None:
     onehot = F.one_hot(y, 3).to(torch.float64)
     grads = (soft - onehot) @ lin.weight.detach()  # grad_x CE = W^T (softmax - onehot)
     assert float(pen.detach()) == pytest.approx(float(grads.norm(dim=1).max()), rel=1e-12)
+    xg = x.clone().requires_grad_(True)
+    shared = lipschitz_penalty_from_logits(lin(xg), xg, y)  # one forward pass for the loss and the penalty
+    assert float(shared.detach()) == pytest.approx(float(pen.detach()), rel=1e-14)
+    with pytest.raises(DataError):
+        lipschitz_penalty_from_logits(lin(x), x, y)
 
 
 def test_penalty_gradient_is_finite_and_a_step_along_it_lowers_the_penalty() -> None:

@@ -46,9 +46,24 @@ def lipschitz_penalty(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor) -
     """max_i ||grad_x CE(model(x_i), y_i)||_2 over the batch, differentiable in the model's parameters."""
     _check_batch(x, y)
     xg = x.detach().requires_grad_(True)
+    return lipschitz_penalty_from_logits(model(xg), xg, y)
+
+
+def lipschitz_penalty_from_logits(logits: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    """The same penalty from a forward pass already made on ``x`` (which must require grad).
+
+    Lets a training step share one forward pass between its loss and the penalty, as Tulip does
+    (and, with BatchNorm in train mode, update the running statistics once per step)::
+
+        x.requires_grad_(True); logits = model(x)
+        loss = F.cross_entropy(logits, y) + lam * lipschitz_penalty_from_logits(logits, x, y)
+    """
+    _check_batch(x, y)
+    if not x.requires_grad:
+        raise DataError("x must require grad and the logits must be computed from it")
     # summed over the batch: the gradient w.r.t. x_i is that of point i's own loss
-    loss = F.cross_entropy(model(xg), y, reduction="sum")
-    (g,) = torch.autograd.grad(loss, xg, create_graph=True)
+    loss = F.cross_entropy(logits, y, reduction="sum")
+    (g,) = torch.autograd.grad(loss, x, create_graph=True)
     return g.flatten(1).norm(dim=1).max()
 
 

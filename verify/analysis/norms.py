@@ -454,7 +454,6 @@ def module_entries(module: nn.Module, input_shape: Sequence[int] | None) -> list
     return unique
 
 
-
 def _check_conv(m: nn.Conv2d) -> None:
     if m.groups != 1 or tuple(m.dilation) != (1, 1) or m.padding_mode != "zeros":
         raise UnsupportedLayerError("operator norms support plain Conv2d (groups=1, dilation=1, zero padding)")
