@@ -35,11 +35,11 @@ from ..spec import LpBall, check_eps, p_name, parse_p
 Group = tuple[int, int]
 
 
-def _count_nodes(layers: Sequence[Layer]) -> int:
-    """How many graph nodes a layer sequence emits (mirrors Network's graph construction)."""
+def count_graph_nodes(layers: Sequence[Layer]) -> int:
+    """How many nodes of net.graph a layer sequence emits (the arithmetic of verify.network._build_graph)."""
     n = 0
     for layer in layers:
-        n += _count_nodes(layer.body) + _count_nodes(layer.shortcut) + 1 if isinstance(layer, Residual) else 1
+        n += count_graph_nodes(layer.body) + count_graph_nodes(layer.shortcut) + 1 if isinstance(layer, Residual) else 1
     return n
 
 
@@ -49,7 +49,7 @@ def top_level_nodes(net: Network) -> list[tuple[int, int]]:
     src = 0
     nxt = 1
     for layer in net.layers:
-        nxt += _count_nodes([layer])
+        nxt += count_graph_nodes([layer])
         out.append((src, nxt - 1))
         src = nxt - 1
     return out
