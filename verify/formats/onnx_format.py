@@ -7,7 +7,9 @@ Export (opset 13): input ``input`` of shape [batch, *input_shape] (dynamic batch
 -> MaxPool; Residual -> both branches and an Add. ``metadata_props`` hold input_range (JSON),
 name and metadata (JSON).
 
-Import: Gemm, MatMul (+ Add of a constant bias), Conv, Relu, Flatten, Reshape to [batch, -1],
+Import: Gemm, MatMul (+ Add of a constant bias; on (1, ..., 1, d) tensors too), Conv, Relu, Flatten,
+Reshape to [batch, -1], any Reshape of the graph input itself (e.g. [N, 784] -> [N, 1, 28, 28]: the
+network then takes the reshaped input; the C-order data, and so VNNLIB's X_i, is the same),
 Transpose(0,2,3,1) right before a flatten, Add / Sub / Mul / Div by per-channel constants
 (normalisation), BatchNormalization, AveragePool, MaxPool, Add of two branches (a residual),
 Identity, Dropout, Constant, and the Shape / Gather / Unsqueeze / Concat / Cast arithmetic that
@@ -236,7 +238,7 @@ class _Importer:
         out = self.sym(self.graph.output[0].name, self.graph.output[0])
         if self.syms[out].op == "nhwc":
             raise self.err("the graph ends in a Transpose")
-        return self.assemble(out, 0), in_shape
+        return self.assemble(out, 0), self.syms[0].shape  # an input Reshape may have changed it
 
     # ---- node rules
     def visit(self, node: Any) -> None:
@@ -322,6 +324,11 @@ class _Importer:
 
     def linear(self, node: Any, x: int, w: np.ndarray, b: np.ndarray) -> int:
         shape = self.syms[x].shape
+        if len(shape) > 1 and all(d == 1 for d in shape[:-1]):
+            # x of shape (1, ..., 1, d) (e.g. an input declared [N, 1, 784]): ONNX multiplies the
+            # last axis, which in C order is the flattened vector
+            x = self.flatten(node, x)
+            shape = self.syms[x].shape
         if len(shape) != 1:
             raise self.err(f"{node.op_type} on a tensor of shape {shape}: flatten it first")
         if w.shape[1] != shape[0]:
@@ -414,11 +421,30 @@ class _Importer:
             raise self.err("Reshape needs a constant target shape")
         target = [int(v) for v in self.consts[ins[1]].reshape(-1)]
         n = int(np.prod(self.syms[x].shape))
+        if x == 0 and self.readers.get(ins[0], 0) == 1 and len(self.syms) == 1:
+            # a reshape of the graph input before anything else reads it (e.g. [N, 784] -> [N, 1, 28, 28]):
+            # C-order data is unchanged, so the network simply takes the reshaped input
+            return self.reshape_input(node, x, target, n)
         if len(target) == 2 and target[1] in (-1, n) and target[0] in (-1, 0, 1):
             return self.flatten(node, x)
         if len(target) >= 1 and target[0] in (-1, 0, 1) and [t for t in target[1:]] == list(self.syms[x].shape):
             return x
         raise self.err(f"Reshape to {target} is supported only as a flatten to [batch, {n}]")
+
+    def reshape_input(self, node: Any, x: int, target: list[int], n: int) -> int:
+        in_shape = self.syms[x].shape
+        dims = [in_shape[i - 1] if t == 0 and 0 < i <= len(in_shape) else t for i, t in enumerate(target)][1:]
+        if target[0] not in (-1, 0, 1) or sum(d == -1 for d in dims) > 1 or any(d < -1 or d == 0 for d in dims):
+            raise self.err(f"Reshape of the input to {target} is not supported")
+        known = int(np.prod([d for d in dims if d != -1])) if dims else 1
+        if -1 in dims:
+            if known == 0 or n % known:
+                raise self.err(f"Reshape of the input to {target}: {n} values do not fit")
+            dims = [n // known if d == -1 else d for d in dims]
+        if int(np.prod(dims)) != n or not dims:
+            raise self.err(f"Reshape of the input to {target}: {n} values do not fit")
+        self.syms[x].shape = tuple(dims)
+        return x
 
     def channel_const(self, c: np.ndarray, shape: tuple[int, ...], node: Any) -> np.ndarray:
         """A constant that broadcasts per channel over (C, H, W) or per feature over (d,), as a (C,) vector."""
