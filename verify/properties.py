@@ -421,8 +421,10 @@ def verify_property(net: Network, prop: OutputProperty, options: VerifyOptions =
 
     t = time.perf_counter()
     try:
-        # most violated first: the attack's best point for that disjunct warm-starts the MIP
-        order = sorted(open_k, key=lambda i: pb.violation_lb[i], reverse=True)
+        # closest to a counterexample first (by the attack's best point, which also warm-starts that MIP)
+        with torch.no_grad():
+            ys = net.forward(best.to(torch.float64)).reshape(len(best), -1).numpy()
+        order = sorted(open_k, key=lambda i: prop.disjuncts[i].violation(ys[i]))
         res = solve_property(net, box, [prop.disjuncts[i] for i in order], bounds=pb.intermediate, deadline=deadline,
                              mode=options.mode, threads=options.threads, warm_starts=best[order])
     except UnsupportedLayerError as e:
