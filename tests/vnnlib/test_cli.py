@@ -17,16 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from verify.cli import main
 from verify.data import load_dataset
 from verify.formats import load_model, save_model
-from verify.network import Network
 from verify.vnnlib import parse_result, robustness_vnnlib
 
+from tests.vnnlib.nets import train_fc, write_instances
+
 ort = pytest.importorskip("onnxruntime")
-pytestmark = pytest.mark.filterwarnings("ignore:the full MNIST training set was not found")
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -36,38 +35,6 @@ def run_cli(args: list[str]) -> int:
     except SystemExit as e:
         return int(e.code or 0)
     return 0
-
-
-def train_fc(shared: Path, seed: int = 0) -> Network:
-    """A small MNIST MLP (784-24-16-10), plain training on the 10k subset: a second or two."""
-    ds = load_dataset("mnist", split="train", data_dir=shared)
-    torch.manual_seed(seed)
-    m = nn.Sequential(nn.Flatten(), nn.Linear(784, 24), nn.ReLU(), nn.Linear(24, 16), nn.ReLU(), nn.Linear(16, 10))
-    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
-    for _ in range(2):
-        perm = torch.randperm(len(ds.y))
-        for i in range(0, len(perm), 128):
-            idx = perm[i:i + 128]
-            opt.zero_grad()
-            nn.functional.cross_entropy(m(ds.x[idx]), ds.y[idx]).backward()
-            opt.step()
-    return Network.from_torch(m.eval(), (1, 28, 28), name="fc_24_16")
-
-
-def write_instances(folder: Path, onnx_name: str, x: torch.Tensor, y: torch.Tensor, indices: list[int],
-                    eps_list: list[float], timeout: float) -> list[tuple[str, int, float]]:
-    """One robustness property per (point, eps), and instances.csv; returns (vnnlib name, index, eps)."""
-    out, rows = [], []
-    for i in indices:
-        c = x[i].to(torch.float64).reshape(-1).numpy()
-        for eps in eps_list:
-            name = f"prop_{i}_eps_{eps}.vnnlib"
-            lo, hi = np.clip(c - eps, 0.0, 1.0), np.clip(c + eps, 0.0, 1.0)
-            (folder / name).write_text(robustness_vnnlib(lo, hi, int(y[i]), 10, comment=f"MNIST test {i}, Linf eps {eps}"))
-            rows.append(f"{onnx_name},{name},{timeout}")
-            out.append((name, i, eps))
-    (folder / "instances.csv").write_text("\n".join(rows) + "\n")
-    return out
 
 
 def ort_check(onnx_path: Path, vnnlib_path: Path, result_text: str, label: int) -> None:
@@ -124,7 +91,7 @@ def check_agreement(onnx_path: Path, folder: Path, inst: list, cert: dict, label
                     extra: list[str], timeout: float) -> list[str]:
     """Run ``verify vnnlib`` on every instance; agree with certify; re-check every sat with onnxruntime."""
     statuses = []
-    for name, i, eps in inst:
+    for name, i, eps in ((d["vnnlib"], d["index"], d["eps"]) for d in inst):
         res = tmp / f"{name}.txt"
         code = run_cli(["vnnlib", "--onnx", str(onnx_path), "--vnnlib", str(folder / name), "--timeout", str(timeout),
                         "--output", str(res), *extra])
@@ -149,7 +116,8 @@ def test_agrees_with_certify_and_onnxruntime(fc_onnx: Path, shared_data: Path, t
     statuses = check_agreement(fc_onnx, tmp_path, inst, cert, ds.y, tmp_path, ["--attack-steps", str(attack_steps)], 60)
     # a tiny MLP: both verifiers decide everything, so they must give the same answer
     assert all(s in ("sat", "unsat") for s in statuses) and "unknown" not in cert.values()
-    for (name, i, eps), s in zip(inst, statuses):
+    for d, s in zip(inst, statuses):
+        name, i, eps = d["vnnlib"], d["index"], d["eps"]
         assert (s == "sat") == (cert[(i, eps)] in ("misclassified", "falsified")), name
     assert "sat" in statuses and "unsat" in statuses  # both answers are exercised
 
@@ -188,7 +156,8 @@ def test_batch_mode_summary_and_result_files(fc_onnx: Path, shared_data: Path, t
     assert len(rows) == len(inst) == int(counts["instances"])
     for key in ("sat", "unsat"):
         assert int(counts[key]) == sum(r["result"] == key for r in rows)
-    for r, (name, i, _) in zip(rows, inst):
+    for r, d in zip(rows, inst):
+        name, i = d["vnnlib"], d["index"]
         text = (tmp_path / "results" / f"fc__{name.removesuffix('.vnnlib')}.txt").read_text()
         assert text.split("\n")[0] == r["result"]
         if r["result"] == "sat":
@@ -201,7 +170,7 @@ def test_batch_mode_summary_and_result_files(fc_onnx: Path, shared_data: Path, t
 def test_modes_agree_and_no_mip_is_unknown(fc_onnx: Path, shared_data: Path, tmp_path: Path, capsys) -> None:
     ds = load_dataset("mnist", split="test", data_dir=shared_data)
     inst = write_instances(tmp_path, str(fc_onnx), ds.x, ds.y, [0, 3], [0.05], 30)
-    for name, _, _ in inst:
+    for name in (d["vnnlib"] for d in inst):
         got = []
         for extra in ([], ["--mode", "indicator"], ["--attack-steps", "0"]):
             assert run_cli(["vnnlib", "--onnx", str(fc_onnx), "--vnnlib", str(tmp_path / name), *extra]) == 0
