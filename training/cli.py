@@ -111,6 +111,9 @@ def train_mmr(arch: str, out: str, fmt: str | None, run_dir: str | None, resume:
     run = Path(run_dir) if run_dir else Path("runs") / Path(out).stem
     if config.method == "fpd" and (fmt is not None or not out.endswith(".pt2")):
         raise TrainConfigError(f"--method fpd writes an attack-only .pt2 program, not {fmt or out!r}: use --out NAME.pt2")
+    if config.arch.startswith("ssp") and (fmt or Path(out).suffix.lower().lstrip(".")).startswith("mat"):
+        raise TrainConfigError("SSP networks have residual blocks, which the .mat layouts cannot hold: "
+                               "write .h5, .pt or .onnx")
     result = train(config, run_dir=run, resume=resume, progress=not quiet)
     if result.network is None:
         from .fpd import export_classifier

@@ -142,3 +142,12 @@ def test_fpd_needs_a_pt2_output(tmp_path, shared_data, capsys) -> None:
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and ".pt2" in err[0]
+
+
+def test_ssp_refuses_a_mat_output_before_training(tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        train_main([*SUBSET, "--nn-type", "ssp_mnist", "--method", "at", "--out", str(tmp_path / "ssp.mat")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "residual" in err[0]
+    assert not (tmp_path / "ssp.mat").exists()
