@@ -28,12 +28,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import SpecError
+from .errors import SpecError, UnsupportedLayerError
 from .network import MaxPool2d, Network
 
 Status = Literal["sat", "unsat", "timeout", "unknown"]
 MipMode = Literal["per-disjunct", "indicator"]
 MIP_MODES: tuple[str, ...] = ("per-disjunct", "indicator")
+ATTACK_CHUNK = 64  # disjuncts attacked in one batch
 
 
 # --------------------------------------------------------------------------- the property
@@ -232,14 +233,24 @@ def attack_property(
 
     Every disjunct gets ``restarts`` runs (the first from the box centre, or from ``starts``
     when given; the rest from uniform random points). Returns (a confirmed counterexample or
-    None, the best point found for each disjunct (K, *input_shape)) -- the best points warm
-    start the MIP.
+    None, the best point found for each disjunct (K, *input_shape), complete when there is no
+    counterexample) -- the best points warm start the MIP.
     """
     k = len(prop.disjuncts)
     shape = tuple(net.input_shape)
     lo, hi = box.lower[0], box.upper[0]
     if k == 0:
         return None, torch.zeros((0, *shape), dtype=torch.float64)
+    if k > ATTACK_CHUNK:  # many disjuncts: a chunk at a time keeps the batch (and memory) bounded
+        bests = []
+        for c0 in range(0, k, ATTACK_CHUNK):
+            sub = OutputProperty(prop.lower, prop.upper, prop.disjuncts[c0:c0 + ATTACK_CHUNK], prop.n_outputs)
+            found, best = attack_property(net, sub, box, steps=steps, restarts=restarts, seed=seed, starts=starts,
+                                          deadline=deadline)
+            if found is not None:
+                return (found[0], found[1], found[2] + c0), best
+            bests.append(best)
+        return None, torch.cat(bests)
     if any(len(dj.d) == 0 for dj in prop.disjuncts):  # a disjunct without rows holds everywhere
         return confirm(net, prop, box, box.center[0]), box.center.expand(k, *shape).clone()
     C, d, mask = _stacked(prop, torch.float64)
@@ -416,7 +427,6 @@ def verify_property(net: Network, prop: OutputProperty, options: VerifyOptions =
         return done("timeout", None, "timeout in the bounds", open_disjuncts=len(open_k))
     if not options.mip:
         return done("unknown", None, "bounds inconclusive and the MIP is off", open_disjuncts=len(open_k))
-    from .errors import UnsupportedLayerError
     from .mip.property import solve_property
 
     t = time.perf_counter()

@@ -228,10 +228,30 @@ class _Parser:
         # a * X_i + k <= 0  ->  X_i <= -k/a (a > 0) or X_i >= -k/a (a < 0). When the division
         # rounds, round outwards, so the box holds every point the file allows.
         v = -c.lin.const / a
-        exact = Fraction(v) * Fraction(a) == -Fraction(c.lin.const)
+        exact = abs(a) == 1.0 or Fraction(v) * Fraction(a) == -Fraction(c.lin.const)
         if a > 0:
             return (i, "hi", v if exact else float(np.nextafter(v, np.inf)))
         return (i, "lo", v if exact else float(np.nextafter(v, -np.inf)))
+
+    def split(self, conj: list[_Cmp], n_out: int) -> tuple[list[tuple[int, str, float]], list[tuple[np.ndarray, float]], bool]:
+        """A conjunction as (input bounds, output rows (C_i, d_i), whether no constant comparison is false)."""
+        xs: list[tuple[int, str, float]] = []
+        rows: list[tuple[np.ndarray, float]] = []
+        ok = True
+        for c in conj:
+            kinds = {k for (k, _), v in c.lin.coef.items() if v != 0}
+            if not kinds:
+                ok = ok and not c.lin.const > 0  # a false constant comparison empties the conjunction
+            elif kinds == {"X", "Y"}:
+                raise self.err(c.line, "a constraint mixes inputs and outputs (X_ and Y_): not supported")
+            elif kinds == {"X"}:
+                xs.append(self.input_bound(c))
+            else:
+                row = np.zeros(n_out)
+                for (_, j), v in c.lin.coef.items():
+                    row[j] += v
+                rows.append((row, -c.lin.const))
+        return xs, rows, ok
 
     def formula(self, e: _Expr) -> list[list[_Cmp]]:
         """Disjunctive normal form: a list of disjuncts, each a list of comparisons lin <= 0."""
@@ -293,40 +313,29 @@ def parse_vnnlib(text: str, *, source: str = "<vnnlib>") -> OutputProperty:
             raise _err(source, 1, f"{kind}_{missing} is not declared but {kind}_{idx[-1]} is (indices must be 0..n-1)")
     n_in, n_out = len(p.declared["X"]), len(p.declared["Y"])
 
+    common: list[_Cmp] = []  # asserts that are plain conjunctions (the input bounds): no product needed
     dnf: list[list[_Cmp]] = [[]]
     for a in asserts:
         part = p.formula(a.items[1])
+        if len(part) == 1:
+            common.extend(part[0])
+            continue
         if len(dnf) * len(part) > MAX_DISJUNCTS:
             raise p.err(a.line, f"more than {MAX_DISJUNCTS} disjuncts after combining the asserts")
         dnf = [x + y for x in dnf for y in part]
 
     lower = np.full(n_in, -np.inf)
     upper = np.full(n_in, np.inf)
+    c_xs, c_rows, c_ok = p.split(common, n_out)
     input_sets: list[frozenset] = []
     x_lines: list[int] = []  # per disjunct: the line of its first input bound (for errors)
     disjuncts: list[Disjunct] = []
     for conj in dnf:
-        xs: list[tuple[int, str, float]] = []
-        rows: list[tuple[np.ndarray, float]] = []
-        feasible = True
-        for c in conj:
-            kinds = {k for (k, _), v in c.lin.coef.items() if v != 0}
-            if not kinds:
-                if c.lin.const > 0:
-                    feasible = False  # a false constant comparison: this disjunct is empty
-                continue
-            if kinds == {"X", "Y"}:
-                raise p.err(c.line, "a constraint mixes inputs and outputs (X_ and Y_): not supported")
-            if kinds == {"X"}:
-                xs.append(p.input_bound(c))
-            else:
-                row = np.zeros(n_out)
-                for (_, j), v in c.lin.coef.items():
-                    row[j] += v
-                rows.append((row, -c.lin.const))
-        input_sets.append(frozenset(xs))
+        xs, rows, ok = p.split(conj, n_out)
+        input_sets.append(frozenset(xs) - frozenset(c_xs))
         x_lines.append(min((c.line for c in conj if any(k == "X" for (k, _) in c.lin.coef)), default=1))
-        if feasible:
+        if ok and c_ok:
+            rows = c_rows + rows
             C = np.stack([r for r, _ in rows]) if rows else np.zeros((0, n_out))
             d = np.asarray([v for _, v in rows], dtype=np.float64)
             disjuncts.append(Disjunct(C, d))
@@ -334,7 +343,7 @@ def parse_vnnlib(text: str, *, source: str = "<vnnlib>") -> OutputProperty:
         odd = next(i for i, k in enumerate(input_sets) if k != input_sets[0])
         line = x_lines[odd] if input_sets[odd] else x_lines[0]
         raise _err(source, line, "input bounds differ between disjuncts of an 'or': only one input box is supported")
-    for i, kind, v in input_sets[0] if input_sets else ():
+    for i, kind, v in c_xs + sorted(input_sets[0] if input_sets else ()):
         if kind == "lo":
             lower[i] = max(lower[i], v)
         else:

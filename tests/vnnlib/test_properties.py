@@ -161,6 +161,19 @@ def test_attack_finds_a_point_and_respects_the_box() -> None:
     assert best.shape == (1, 3)
 
 
+def test_attack_over_many_disjuncts_in_chunks() -> None:
+    """More disjuncts than one attack batch: the one satisfiable disjunct (the last) is still found."""
+    net = tiny_net(0)
+    never = [Disjunct(np.array([[1.0, 0.0, 0.0]]), np.array([-1e6])) for _ in range(149)]
+    always = Disjunct(np.array([[0.0, 0.0, 1.0]]), np.array([1e6]))
+    prop = OutputProperty(np.zeros(3), np.ones(3), tuple(never + [always]), 3)
+    found, _ = attack_property(net, prop, prop.box(net), steps=5)
+    assert found is not None and found[2] == 149
+    prop = OutputProperty(np.zeros(3), np.ones(3), tuple(never), 3)
+    found, best = attack_property(net, prop, prop.box(net), steps=5)
+    assert found is None and best.shape == (149, 3)
+
+
 def test_empty_disjunct_is_sat_and_no_disjunct_is_unsat() -> None:
     net = tiny_net(0)
     lo, hi = np.zeros(3), np.ones(3)
