@@ -262,6 +262,14 @@ class _ConvLike(AffineLayer):
         full = F.conv_transpose2d(y, k, None, self.stride, 0, op, self._groups(y))
         return full[:, :, t : t + h, l : l + w]
 
+    def linear_t_window(self, y: Tensor) -> Tensor:
+        """The transpose on a window of outputs: (N, C_out, h, w) -> (N, C_in, (h-1)s+kh, (w-1)s+kw).
+
+        No padding and no cropping: the result covers exactly the inputs those outputs read,
+        in the padded input's coordinates (receptive-field bounds, verify.bounds.local).
+        """
+        return F.conv_transpose2d(y, self._kernel(y), None, self.stride, 0, 0, self._groups(y))
+
     def out_shape(self, in_shape: Shape) -> Shape:
         if len(in_shape) != 3:
             raise ModelError(f"{type(self).__name__} expects a (C, H, W) input, gets shape {in_shape}")

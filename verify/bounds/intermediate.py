@@ -19,6 +19,7 @@ from ..network import Flatten, Network
 from ..spec import LpBall
 from .backward import backward_bound, backward_range, relu_inputs
 from .interval import node_interval
+from .local import LocalBounds, local_plan
 from .relax import ReluRelaxation, Rule, relu_relaxation
 from .types import NodeBounds
 
@@ -110,13 +111,23 @@ def _tighten(net: Network, pset: LpBall, k: int, lo: Tensor, hi: Tensor, bounds:
     node = net.graph[k]
     first_affine = getattr(op, "affine", False) and len(node.inputs) == 1
     begin = node.inputs[0] if first_affine else k
-    widest = max(math.prod(net.graph[i].shape) for i in anc)
+    plan = local_plan(net, pset, k)
+    local = LocalBounds(net, pset, k, plan, rels) if plan is not None else None
+    if plan is not None:  # receptive-field windows: coefficients live on windows only
+        widest = max(net.graph[i].shape[0] * f.h * f.w for i, f in plan)
+    else:
+        widest = max(math.prod(net.graph[i].shape) for i in anc)
     # kw: one spec row per pair gives both bounds (backward_range); otherwise +e and -e rows
     rows_per_pair = 1 if rule == "kw" else 2
     chunk = max(1, CHUNK_ELEMENTS // (rows_per_pair * widest))
     for c0 in range(0, pairs.shape[0], chunk):
         ex, nb = pairs[c0 : c0 + chunk, 0], pairs[c0 : c0 + chunk, 1]
         p = ex.shape[0]
+        if local is not None:
+            v_lo, v_hi = local.range(ex, nb, two_sided=rule == "kw")
+            lo_f[ex, nb] = torch.maximum(lo_f[ex, nb], v_lo)
+            hi_f[ex, nb] = torch.minimum(hi_f[ex, nb], v_hi)
+            continue
         sub = pset.select(ex)
         sub_rels = {j: _select(r, ex) for j, r in rels.items()}
         if first_affine:

@@ -1,0 +1,199 @@
+"""Backward bounds for conv neurons on their receptive fields only.
+
+A neuron of a convolutional layer depends on a small window of every earlier layer (its
+receptive field): a 4x4 kernel of stride 2 after another one reads a 10x10 patch of a 28x28
+image. The generic engine (:mod:`verify.bounds.backward`) carries coefficients over the whole
+of every layer, mostly zeros; here they are carried over the window alone, which makes the
+intermediate bounds of conv layers (the bulk of Kolter-Wong / CROWN on conv nets, and of KW
+training) several times cheaper in time and memory. The arithmetic is the same -- the ReLU
+relaxations of :mod:`verify.bounds.relax`, the layers' own transposed maps
+(:meth:`Conv2d.linear_t_window`), the box at the input -- only restricted to windows.
+
+Windows are laid out in padded coordinates: a window may hang over the border of a layer,
+where the layer's value is the conv's zero padding, a constant 0. Every tensor read through
+a window (ReLU slopes, the input box) is padded with zeros there, and coefficients on such
+positions are masked to zero before an affine layer's offset is added, so padding positions
+contribute nothing, exactly as in the full computation.
+
+Used for chains input -> (ChannelAffine | Conv2d | AvgPool2d | ReLU)* -> Conv2d, p = inf.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..network import ChannelAffine, Conv2d, Network, ReLU, _ConvLike
+from ..spec import LpBall
+from .backward import _through_relu
+from .relax import ReluRelaxation
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Windows on one node: size (h, w); the window of neuron position (i, j) starts at
+    (oy + i * sy, ox + j * sx) in the node's coordinates (negative: over the top / left border)."""
+
+    h: int
+    w: int
+    sy: int
+    sx: int
+    oy: int
+    ox: int
+
+    def through(self, op: _ConvLike) -> "Frame":
+        """The frame on the conv's input that covers this frame on its output."""
+        kh, kw = op.kernel_size
+        s0, s1 = op.stride
+        top, _, left, _ = op.padding
+        return Frame((self.h - 1) * s0 + kh, (self.w - 1) * s1 + kw, self.sy * s0, self.sx * s1,
+                     self.oy * s0 - top, self.ox * s1 - left)
+
+
+def _chain(net: Network, begin: int) -> list[int] | None:
+    """Nodes begin, begin-1, ..., 1 if they form a chain of windowable 3-D layers, else None."""
+    out = []
+    for idx in range(begin, 0, -1):
+        node = net.graph[idx]
+        if node.inputs != (idx - 1,) and list(node.inputs) != [idx - 1]:
+            return None
+        if not isinstance(node.op, (ReLU, ChannelAffine, _ConvLike)) or len(node.shape) != 3:
+            return None
+        out.append(idx)
+    return out if len(net.graph[0].shape) == 3 else None
+
+
+def local_plan(net: Network, pset: LpBall, k: int) -> list[tuple[int, Frame]] | None:
+    """(node, frame on its value) from node k's input down to the input, or None if the
+    window method does not apply or would not save much (windows over half the input)."""
+    node = net.graph[k]
+    if not math.isinf(pset.p) or not isinstance(node.op, Conv2d) or len(node.inputs) != 1:
+        return None
+    begin = node.inputs[0]
+    chain = _chain(net, begin)
+    if chain is None:
+        return None
+    kh, kw = node.op.kernel_size
+    top, _, left, _ = node.op.padding
+    frame = Frame(kh, kw, node.op.stride[0], node.op.stride[1], -top, -left)
+    plan = []
+    for idx in chain:
+        plan.append((idx, frame))
+        op = net.graph[idx].op
+        if isinstance(op, _ConvLike):
+            frame = frame.through(op)
+    plan.append((0, frame))
+    _, h, w = net.graph[0].shape
+    if frame.h * frame.w > 0.5 * h * w:
+        return None
+    return plan
+
+
+def windows(t: Tensor, f: Frame, grid: tuple[int, int]) -> Tensor:
+    """(N, C, H, W) -> (N * L, C, h, w): every neuron position's window, zero outside the node."""
+    n, c, hh, ww = t.shape
+    ny, nx = grid
+    span_y, span_x = (ny - 1) * f.sy + f.h, (nx - 1) * f.sx + f.w
+    top, left = max(0, -f.oy), max(0, -f.ox)
+    bottom, right = max(0, f.oy + span_y - hh), max(0, f.ox + span_x - ww)
+    tp = F.pad(t, (left, right, top, bottom))
+    tp = tp[:, :, f.oy + top : f.oy + top + span_y, f.ox + left : f.ox + left + span_x]
+    u = F.unfold(tp, (f.h, f.w), stride=(f.sy, f.sx))  # (N, C*h*w, L)
+    return u.transpose(1, 2).reshape(n * ny * nx, c, f.h, f.w)
+
+
+class LocalBounds:
+    """Bounds on (example, neuron) pairs of conv node k, with every window read once per batch."""
+
+    def __init__(self, net: Network, pset: LpBall, k: int, plan: list[tuple[int, Frame]],
+                 relaxations: dict[int, ReluRelaxation]) -> None:
+        node = net.graph[k]
+        assert isinstance(node.op, Conv2d)
+        self.net, self.k, self.plan = net, k, plan
+        self.grid = (node.shape[1], node.shape[2])
+        self.n_pos = self.grid[0] * self.grid[1]
+        self.like = pset.center.new_zeros(())
+        self.relu: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
+        self.valid: dict[int, Tensor] = {}
+        self.window_t: dict[int, tuple[Tensor, tuple[int, int, int]]] = {}
+        for idx, frame in plan:
+            if idx == 0:
+                lo, hi = pset.box()
+                self.box = (windows(lo, frame, self.grid), windows(hi, frame, self.grid))
+                continue
+            op = net.graph[idx].op
+            if isinstance(op, ReLU):
+                rel = relaxations[net.graph[idx].inputs[0]]
+                self.relu[idx] = tuple(windows(t, frame, self.grid) for t in (rel.lam_lo, rel.lam_up, rel.mu_up))  # type: ignore[assignment]
+            else:
+                ones = torch.ones((1, *net.graph[idx].shape), dtype=pset.center.dtype)
+                self.valid[idx] = windows(ones, frame, self.grid)
+                if isinstance(op, _ConvLike):
+                    # the transpose on one window as a small dense matrix: a batched matmul is
+                    # ~10x faster on CPU than conv_transpose2d over many tiny windows
+                    c = net.graph[idx].shape[0]
+                    eye = torch.eye(c * frame.h * frame.w, dtype=pset.center.dtype)
+                    m = op.linear_t_window(eye.reshape(-1, c, frame.h, frame.w))
+                    self.window_t[idx] = (m.reshape(eye.shape[0], -1), tuple(m.shape[1:]))  # type: ignore[assignment]
+
+    def range(self, ex: Tensor, neuron: Tensor, *, two_sided: bool) -> tuple[Tensor, Tensor]:
+        """(lower, upper) on neuron ``neuron[i]`` (flat index into node k) of example ``ex[i]``.
+
+        ``two_sided`` needs parallel-line relaxations (rule kw): one pass gives both bounds;
+        otherwise the lower bounds of +row and -row take one pass each.
+        """
+        op = self.net.graph[self.k].op
+        ch, pos = neuron // self.n_pos, neuron % self.n_pos
+        row = ex * self.n_pos + pos  # (example, position) row of every windows() tensor
+        w = op.param("weight", self.like).index_select(0, ch)  # (P, C, kh, kw): the neuron's row of the conv
+        b = op.param("bias", self.like).index_select(0, ch)
+        if two_sided:
+            return self._pass(row, pos, w, b, two_sided=True)
+        lo, _ = self._pass(row, pos, w, b, two_sided=False)
+        neg, _ = self._pass(row, pos, -w, -b, two_sided=False)
+        return lo, -neg
+
+    def _pass(self, row: Tensor, pos: Tensor, a: Tensor, const: Tensor, *, two_sided: bool) -> tuple[Tensor, Tensor]:
+        graph = self.net.graph
+        total = total_up = const
+        for idx, _ in self.plan:
+            if idx == 0:
+                lo_box, hi_box = (t.index_select(0, row) for t in self.box)
+                plus, minus = a.clamp(min=0), a.clamp(max=0)
+                total = total + _sum(plus * lo_box + minus * hi_box)
+                total_up = total_up + _sum(plus * hi_box + minus * lo_box)
+                break
+            op = graph[idx].op
+            if isinstance(op, ReLU):
+                lam_lo, lam_up, mu = (t.index_select(0, row) for t in self.relu[idx])
+                if two_sided:
+                    c_all, c_neg = _sum(a * mu), _sum(a.clamp(max=0) * mu)
+                    total, total_up = total + c_neg, total_up + (c_all - c_neg)
+                    a = a * lam_up
+                else:
+                    rel = ReluRelaxation(lam_lo, lam_up, mu, torch.zeros((), dtype=torch.bool))
+                    a_in, c = _through_relu(a.unsqueeze(1), rel, None)
+                    a, total = a_in.squeeze(1), total + c.squeeze(1)
+                continue
+            # affine: coefficients on positions outside the node (a later conv's zero padding)
+            # must neither pick up this layer's offset nor flow further back
+            a = a * self.valid[idx].index_select(0, pos)
+            per_channel = (op.param("shift", self.like) if isinstance(op, ChannelAffine)
+                           else op.param("bias", self.like) if isinstance(op, Conv2d) else None)  # AvgPool2d: none
+            if per_channel is not None:
+                off = _sum(a * per_channel[None, :, None, None])
+                total, total_up = total + off, total_up + off
+            if isinstance(op, ChannelAffine):
+                a = op.linear_t(a, graph[idx].shape)
+            else:
+                m, shape = self.window_t[idx]
+                a = (a.reshape(a.shape[0], -1) @ m).reshape(-1, *shape)
+        return total, total_up
+
+
+def _sum(t: Tensor) -> Tensor:
+    return t.reshape(t.shape[0], -1).sum(-1)
