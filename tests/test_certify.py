@@ -1,14 +1,14 @@
-"""The certify pipeline on small MNIST CNNs trained in this session.
+"""The certify pipeline on random MLPs and on the MNIST CNNs of the model zoo (models/).
 
 Oracles: a 100-restart PGD attack must find nothing on verified points; every falsified
 point's counterexample passes an independent float64 check; LB <= UB; and for the
-certifiably trained CNN at Linf 0.1 the MIP decides every point (LB == UB).
+Kolter-Wong-trained CNN at Linf 0.1 the MIP decides every point (LB == UB). The zoo's
+models are trained by `train-mmr` (commands in models/MODELS.md), not in the test session.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,11 +16,12 @@ import torch
 
 from verify.attacks import pgd_attack
 from verify.certify import CertifyConfig, certify, summarize
+from verify.data import load_dataset
+from verify.formats import load_model
 from verify.network import Linear, Network, ReLU
 from verify.spec import LpBall, check_counterexample
 
-sys.path.insert(0, str(Path(__file__).parent))
-import _train_small  # noqa: E402
+MODELS = Path(__file__).resolve().parents[1] / "models"
 
 
 def random_mlp(seed: int = 0, d: int = 12) -> Network:
@@ -50,18 +51,19 @@ def test_consistency_random_mlp(mlp_points, eps: float) -> None:
 
 
 @pytest.fixture(scope="session")
-def robust_net(shared_data: Path) -> Network:
-    return _train_small.train(shared_data, "robust")
+def robust_net() -> Network:
+    return load_model(MODELS / "mnist_cnn_small_kw.mat")  # Kolter-Wong robust loss, Linf 0.1
 
 
 @pytest.fixture(scope="session")
-def pgd_net(shared_data: Path) -> Network:
-    return _train_small.train(shared_data, "pgd", epochs=2)
+def pgd_net() -> Network:
+    return load_model(MODELS / "mnist_cnn_small_at.mat")  # PGD adversarial training, Linf 0.1
 
 
 @pytest.fixture(scope="session")
 def mnist_test(shared_data: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    return _train_small.mnist(shared_data, "test")
+    ds = load_dataset("mnist", split="test", data_dir=shared_data)
+    return ds.x, ds.y
 
 
 def check_consistency(net: Network, x: torch.Tensor, y: torch.Tensor, eps: float, timeout: float,
@@ -126,7 +128,10 @@ def test_interrupt_keeps_rows(mlp_points) -> None:
 def test_consistency_200_points(which: str, request, mnist_test) -> None:
     net = request.getfixturevalue(f"{which}_net")
     x, y = mnist_test
-    res = check_consistency(net, x[:200], y[:200], 0.1, timeout=120)
+    # the KW-trained net: 120 s per MIP, and the MIP must decide every point; the adversarially
+    # trained net has thousands of unstable ReLUs at eps 0.1 (most MIPs would run to any limit),
+    # so it gets 5 s: its check is consistency (no PGD point on a verified one, LB <= UB), not exactness
+    res = check_consistency(net, x[:200], y[:200], 0.1, timeout=120 if which == "robust" else 5)
     if which == "robust":
         s = summarize(res)
         assert s.unknown == 0 and s.lb == s.ub
