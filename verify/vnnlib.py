@@ -59,28 +59,18 @@ class _List:
 _Expr = Union[_Atom, _List]
 
 
+_TOKEN = re.compile(r"\n|[()]|;[^\n]*|[^\s();]+")
+
+
 def _tokens(text: str) -> Iterator[tuple[str, int]]:
+    """Parentheses and atoms with their line numbers; comments (';' to the end of the line) dropped."""
     line = 1
-    i, n = 0, len(text)
-    while i < n:
-        ch = text[i]
-        if ch == "\n":
+    for m in _TOKEN.finditer(text):
+        tok = m.group()
+        if tok == "\n":
             line += 1
-            i += 1
-        elif ch.isspace():
-            i += 1
-        elif ch == ";":  # comment to the end of the line
-            while i < n and text[i] != "\n":
-                i += 1
-        elif ch in "()":
-            yield ch, line
-            i += 1
-        else:
-            j = i
-            while j < n and not text[j].isspace() and text[j] not in "();":
-                j += 1
-            yield text[i:j], line
-            i = j
+        elif tok[0] != ";":
+            yield tok, line
 
 
 def _read(text: str, source: str) -> list[_Expr]:
