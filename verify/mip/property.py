@@ -16,6 +16,11 @@ is above 0. Two ways to ask that for several disjuncts:
 There is no separate LP pass: the MIP's root relaxation with ``objective_bound`` proves what
 the LP relaxation would, and HiGHS's presolve makes it much cheaper (on the MNIST CNN of
 ``models/``, one LP relaxation took 26-50 s, the MIP on the same disjunct proved it in 5 s).
+Measured with ``benchmarks/vnnlib.py`` (MNIST robustness properties, 9 disjuncts each): on a small
+MLP with the attack off, the 22 instances that reach the MIP took 6.6 s in total per disjunct and
+17.5 s with the indicator MIP (same answers); on the CNN of ``models/`` both modes decide and
+time out on the same instances in about the same time. Per disjunct is the default.
+
 Every candidate goes through :func:`verify.properties.confirm` (inside the box exactly, a
 float64 forward pass satisfies a disjunct); one that fails is ``numerics``, never ``sat``.
 """
