@@ -18,6 +18,8 @@ from .common import data_options, load_examples, load_model, make_ball, model_op
 @click.option("--methods", default="ibp,kw,crown", help="Bound methods tried before the MIP, cheap to tight.")
 @click.option("--attack-steps", default=40, type=click.IntRange(min=0), help="PGD steps (0: no attack).")
 @click.option("--attack-restarts", default=1, type=click.IntRange(min=1), help="PGD restarts.")
+@click.option("--strong-attack-restarts", default=10, show_default=True, type=click.IntRange(min=0),
+              help="Restarts of a 100-step PGD (step decay) on the examples the bounds leave open, before the MIP (0: none).")
 @click.option("--no-mip", is_flag=True, help="Stop after the bounds: undecided examples are unknown.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--shard", default=None, help="Run shard i of n (e.g. 2/3, for SLURM array jobs); merge with 'verify merge'.")
@@ -33,8 +35,8 @@ from .common import data_options, load_examples, load_model, make_ball, model_op
 @output_option
 def certify(model_path: str, model_format: str | None, arch: str | None, p: str, eps: float, dataset: str | None,
             data_dir: str | None, n: int | None, indices: str | None, inputs_path: str | None, solver: str,
-            timeout: float, threads: int, methods: str, attack_steps: int, attack_restarts: int, no_mip: bool,
-            quiet: bool, shard: str | None, workers: int, scheduler: str | None, cluster: str | None, jobs: int,
+            timeout: float, threads: int, methods: str, attack_steps: int, attack_restarts: int,
+            strong_attack_restarts: int, no_mip: bool, quiet: bool, shard: str | None, workers: int, scheduler: str | None, cluster: str | None, jobs: int,
             queue: str | None, account: str | None, memory: str, walltime: str, cores: int,
             output: str | None) -> None:
     """Decide each example: misclassified, falsified (PGD or MIP), verified (bounds or MIP) or unknown.
@@ -64,7 +66,8 @@ def certify(model_path: str, model_format: str | None, arch: str | None, p: str,
     if (options.distributed or shard_spec is not None) and not store:
         raise SpecError("--workers, --scheduler, --cluster and --shard need a results store: --output run.sqlite")
     config = CertifyConfig(p=parse_p(p), eps=eps, methods=tuple(m for m in methods.split(",") if m),
-                           attack_steps=attack_steps, attack_restarts=attack_restarts, timeout=timeout,
+                           attack_steps=attack_steps, attack_restarts=attack_restarts,
+                           strong_attack_restarts=strong_attack_restarts, timeout=timeout,
                            solver=solver, threads=threads, no_mip=no_mip)  # type: ignore[arg-type]
     net = load_model(model_path, model_format, arch)
     ex = load_examples(net, dataset, data_dir, n, indices, inputs_path)
