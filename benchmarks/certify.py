@@ -44,6 +44,8 @@ def bench(net, x, y, eps: float, timeout: float) -> dict:
         "median_seconds_per_example": s.median_seconds,
         "stage_seconds_total": stages,
         "decided_by": {k: sum(r.decided_by == k for r in res) for k in {r.decided_by or "none" for r in res}},
+        "examples": [{"index": r.index, "status": r.status, "decided_by": r.decided_by,
+                      "seconds": sum(r.seconds.values()), "n_binaries": r.n_binaries} for r in res],
         "mip_examples": len(mip),
         "mip_seconds": [r.seconds["mip"] for r in mip],
         "mip_binaries": [r.n_binaries for r in mip],
