@@ -196,7 +196,7 @@ def certify(
                 rest.append(pp)
         pending = rest
 
-    if config.attack_steps > 0:  # attack_steps 0 switches every attack off
+    if solve is not None and config.attack_steps > 0:  # a pre-MIP stage; attack_steps 0 switches every attack off
         pending = attack_stage(pending, config.strong_attack_steps, config.strong_attack_restarts, "decay", 1)
 
     for pp in pending:

@@ -19,7 +19,7 @@ from .common import data_options, load_examples, load_model, make_ball, model_op
 @click.option("--attack-steps", default=40, type=click.IntRange(min=0), help="PGD steps (0: no attack).")
 @click.option("--attack-restarts", default=1, type=click.IntRange(min=1), help="PGD restarts.")
 @click.option("--strong-attack-restarts", default=10, show_default=True, type=click.IntRange(min=0),
-              help="Restarts of a 100-step PGD (step decay) on the examples the bounds leave open, before the MIP (0: none).")
+              help="Restarts of a 100-step PGD (step decay) on the examples the bounds leave open, before the MIP (0: none; not with --no-mip).")
 @click.option("--no-mip", is_flag=True, help="Stop after the bounds: undecided examples are unknown.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--shard", default=None, help="Run shard i of n (e.g. 2/3, for SLURM array jobs); merge with 'verify merge'.")
