@@ -80,3 +80,10 @@ def test_intermediate_bounds_sound_by_sampling():
         vals = net.forward(pts, dtype=torch.float64, all_nodes=True)
         for i, (lo, hi) in bounds.items():
             assert (vals[i] >= lo - 1e-9).all() and (vals[i] <= hi + 1e-9).all()
+
+
+def test_wide_windows_use_the_transpose(monkeypatch):
+    import verify.bounds.local as L
+
+    monkeypatch.setattr(L, "WINDOW_MATRIX_MAX", 0)  # every conv through conv_transpose2d
+    test_windows_equal_full_backward("kw")

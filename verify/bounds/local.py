@@ -33,6 +33,10 @@ from .backward import _through_relu
 from .relax import ReluRelaxation
 
 
+# windows with more entries than this use conv_transpose2d instead of a dense window matrix
+WINDOW_MATRIX_MAX = 4096
+
+
 @dataclass(frozen=True)
 class Frame:
     """Windows on one node: size (h, w); the window of neuron position (i, j) starts at
@@ -132,10 +136,10 @@ class LocalBounds:
             else:
                 ones = torch.ones((1, *net.graph[idx].shape), dtype=pset.center.dtype)
                 self.valid[idx] = windows(ones, frame, self.grid)
-                if isinstance(op, _ConvLike):
+                c = net.graph[idx].shape[0]
+                if isinstance(op, _ConvLike) and c * frame.h * frame.w <= WINDOW_MATRIX_MAX:
                     # the transpose on one window as a small dense matrix: a batched matmul is
                     # ~10x faster on CPU than conv_transpose2d over many tiny windows
-                    c = net.graph[idx].shape[0]
                     eye = torch.eye(c * frame.h * frame.w, dtype=pset.center.dtype)
                     m = op.linear_t_window(eye.reshape(-1, c, frame.h, frame.w))
                     self.window_t[idx] = (m.reshape(eye.shape[0], -1), tuple(m.shape[1:]))  # type: ignore[assignment]
@@ -189,9 +193,11 @@ class LocalBounds:
                 total, total_up = total + off, total_up + off
             if isinstance(op, ChannelAffine):
                 a = op.linear_t(a, graph[idx].shape)
-            else:
+            elif idx in self.window_t:
                 m, shape = self.window_t[idx]
                 a = (a.reshape(a.shape[0], -1) @ m).reshape(-1, *shape)
+            else:  # a wide window: the dense matrix would be too large
+                a = op.linear_t_window(a)  # type: ignore[union-attr]
         return total, total_up
 
 
