@@ -82,6 +82,47 @@ def _recheck(net: Network, ball: LpBall, label: int, x: Tensor) -> Tensor | None
     return x if ok else None
 
 
+@dataclass(frozen=True)
+class HighsRun:
+    """What one ``Highs.run()`` proved: status, incumbent objective, dual bound (-inf if none)."""
+
+    status: highspy.HighsModelStatus
+    name: str
+    objective: float | None  # None: no primal solution
+    dual: float
+    gap: float | None
+
+
+def run_highs(h: highspy.Highs, *, deadline: float, integer: bool, warm: np.ndarray | None = None,
+              target: float = 0.0, bound: float = VERIFY_TOL) -> HighsRun | None:
+    """One solve of the model in ``h`` within ``deadline``; None if the deadline has passed.
+
+    A MIP stops early at ``target`` (an incumbent below it) or ``bound`` (a dual bound above it);
+    an LP is solved to optimality (stopped at a bound it reports no usable dual bound).
+    """
+    left = deadline - time.perf_counter()
+    if left <= 0:
+        return None
+    # a MIP's time limit counts from the start of its run, an LP's from the object's
+    # accumulated run time (HiGHS): add that, or a later LP would stop at once
+    h.setOptionValue("time_limit", max(left, 1e-3) + (0.0 if integer else h.getRunTime()))
+    h.setOptionValue("objective_target", target if integer else -highspy.kHighsInf)
+    h.setOptionValue("objective_bound", bound if integer else highspy.kHighsInf)
+    if warm is not None and integer:
+        h.setSolution(len(warm), np.arange(len(warm), dtype=np.int32), warm)
+    h.run()
+    st = h.getModelStatus()
+    info = h.getInfo()
+    obj = info.objective_function_value if info.primal_solution_status == 2 else None
+    if integer:
+        dual = info.mip_dual_bound
+        gap = info.mip_gap if math.isfinite(info.mip_gap) else None
+    else:
+        dual = obj if st == _S.kOptimal and obj is not None else -math.inf
+        gap = 0.0 if st == _S.kOptimal else None
+    return HighsRun(st, h.modelStatusToString(st), obj, dual, gap)
+
+
 def _solve_target(
     form: Formulation,
     net: Network,
@@ -97,34 +138,13 @@ def _solve_target(
     cost, offset = form.margin_expr(label, target)
     h.changeColsCost(form.n_cols, np.arange(form.n_cols, dtype=np.int32), cost)
     h.changeObjectiveOffset(offset)
-    if len(form.binaries):  # early stops of the branch and bound (HiGHS callbacks' equivalent)
-        h.setOptionValue("objective_target", 0.0)
-        h.setOptionValue("objective_bound", opts.tol)
-    else:  # a plain LP: solve to optimality (an LP stopped at the bound reports no usable dual bound)
-        h.setOptionValue("objective_target", -highspy.kHighsInf)
-        h.setOptionValue("objective_bound", highspy.kHighsInf)
     rounds = 0
     while True:
-        left = deadline - time.perf_counter()
-        if left <= 0:
+        run = run_highs(h, deadline=deadline, integer=len(form.binaries) > 0, warm=warm, bound=opts.tol)
+        if run is None:
             return _TargetOutcome("timeout", solver_status="time limit (before solve)")
-        # a MIP's time limit counts from the start of its run, an LP's from the object's
-        # accumulated run time (HiGHS): add that, or a later LP would stop at once
-        h.setOptionValue("time_limit", max(left, 1e-3) + (0.0 if len(form.binaries) else h.getRunTime()))
-        if warm is not None and len(form.binaries):
-            h.setSolution(form.n_cols, np.arange(form.n_cols, dtype=np.int32), warm)
-        h.run()
-        st = h.getModelStatus()
-        info = h.getInfo()
-        name = h.modelStatusToString(st)
-        has_sol = info.primal_solution_status == 2
-        obj = info.objective_function_value if has_sol else None
-        if len(form.binaries):
-            dual = info.mip_dual_bound
-            gap = info.mip_gap if math.isfinite(info.mip_gap) else None
-        else:
-            dual = obj if st == _S.kOptimal else -math.inf
-            gap = 0.0 if st == _S.kOptimal else None
+        st, name, obj, dual, gap = run.status, run.name, run.objective, run.dual, run.gap
+        has_sol = obj is not None
         if st == _S.kInfeasible:
             # With objective_bound = tol, INFEASIBLE means no point has margin < tol.
             return _TargetOutcome("proven", bound=opts.tol, solver_status=name, gap=0.0)

@@ -27,7 +27,6 @@ float64 forward pass satisfies a disjunct); one that fails is ``numerics``, neve
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Literal, Sequence
@@ -41,6 +40,7 @@ from torch import Tensor
 from ..network import Network
 from . import VERIFY_TOL
 from .formulation import INF, KIND_VALUE, Expr, Formulation, NodeBounds, build_model, relu_input_nodes
+from .highs import run_highs
 from .tighten import TightenConfig, Tightener
 
 _S = highspy.HighsModelStatus
@@ -115,25 +115,11 @@ class _Model:
         return v
 
     def run(self, *, deadline: float, warm: np.ndarray | None, n_int: int) -> _Outcome:
-        h = self.h
-        left = deadline - time.perf_counter()
-        if left <= 0:
+        run = run_highs(self.h, deadline=deadline, integer=n_int > 0, warm=warm, bound=VERIFY_TOL)
+        if run is None:
             return _Outcome("timeout", solver_status="time limit (before solve)")
-        # HiGHS compares an LP's time limit with the run time accumulated over every solve on this
-        # object (the tightening LPs included), a MIP's with the time of this solve alone
-        h.setOptionValue("time_limit", max(left, 1e-3) + (0.0 if n_int else h.getRunTime()))
-        # early stops for the MIP only: an LP stopped at a bound has no optimum to read
-        h.setOptionValue("objective_target", 0.0 if n_int else -INF)
-        h.setOptionValue("objective_bound", VERIFY_TOL if n_int else INF)
-        if warm is not None and n_int:
-            h.setSolution(len(warm), np.arange(len(warm), dtype=np.int32), warm)
-        h.run()
-        st = h.getModelStatus()
-        info = h.getInfo()
-        name = h.modelStatusToString(st)
-        has_sol = info.primal_solution_status == 2
-        obj = info.objective_function_value if has_sol else None
-        dual = info.mip_dual_bound if n_int else (obj if st == _S.kOptimal else -math.inf)
+        st, name, obj, dual = run.status, run.name, run.objective, run.dual
+        has_sol = obj is not None
         if st == _S.kInfeasible:
             # with objective_bound = tol, INFEASIBLE means no point has violation < tol
             return _Outcome("proven", solver_status=name)
@@ -142,7 +128,7 @@ class _Model:
         if has_sol and obj is not None and obj < VERIFY_TOL:
             # a candidate (also for an optimum in [0, tol): the boundary counts as unsafe, the
             # float64 check decides)
-            x = self.form.input_value(np.asarray(h.getSolution().col_value))
+            x = self.form.input_value(np.asarray(self.h.getSolution().col_value))
             return _Outcome("candidate", x=x, solver_status=name)
         if st == _S.kTimeLimit:
             return _Outcome("timeout", solver_status=name)
