@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ModelError
-from .network import Network
+from .network import Network, as_batch
 
 EXTENSION = ".pt2"
 _HEADER = "relu_verify.json"
@@ -67,12 +67,7 @@ class ExportedClassifier:
 
     def forward(self, x: Tensor | np.ndarray, dtype: torch.dtype | None = None) -> Tensor:
         """Logits for a batch (N, *input_shape), computed in ``dtype`` (default: x's, float32 for arrays)."""
-        if not isinstance(x, Tensor):
-            x = torch.as_tensor(np.asarray(x))
-        if dtype is not None:
-            x = x.to(dtype)
-        elif not x.is_floating_point():
-            x = x.to(torch.float32)
+        x = as_batch(x, dtype)
         self.check_input(x)
         if x.shape[0] == 0:
             return x.new_zeros((0, getattr(self, "n_classes", 0)))

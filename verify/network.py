@@ -194,6 +194,15 @@ class Linear(AffineLayer):
         return f"Linear({self.in_features} -> {self.out_features})"
 
 
+def as_batch(x: Tensor | np.ndarray, dtype: torch.dtype | None = None) -> Tensor:
+    """An input batch as a floating tensor: ``dtype`` if given, else x's (float32 for integers and arrays of them)."""
+    if not isinstance(x, Tensor):
+        x = torch.as_tensor(np.asarray(x))
+    if dtype is not None:
+        return x.to(dtype)
+    return x if x.is_floating_point() else x.to(torch.float32)
+
+
 def same_padding(in_hw: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int]) -> tuple[int, int, int, int]:
     """TensorFlow 'SAME' padding (top, bottom, left, right): the extra pixel goes bottom/right."""
     pads = []
@@ -684,12 +693,7 @@ class Network:
 
     def forward(self, x: Tensor | np.ndarray, dtype: torch.dtype | None = None, all_nodes: bool = False):
         """Logits for a batch (N, *input_shape). ``dtype`` defaults to x's (float32 for arrays)."""
-        if not isinstance(x, Tensor):
-            x = torch.as_tensor(np.asarray(x))
-        if dtype is not None:
-            x = x.to(dtype)
-        elif not x.is_floating_point():
-            x = x.to(torch.float32)
+        x = as_batch(x, dtype)
         self.check_input(x)
         values: list[Tensor] = [x]
         for node in self.graph[1:]:
