@@ -50,6 +50,24 @@ def test_consistency_random_mlp(mlp_points, eps: float) -> None:
     assert any(r.decided_by == "mip" for r in res) or eps == 0.02
 
 
+def test_alpha_crown_mip_bounds_same_verdicts(mlp_points) -> None:
+    """Starting the MIP from alpha-CROWN bounds changes its size, never its verdicts."""
+    net, x, y = mlp_points
+    ball = LpBall.make(x.to(torch.float64), 0.08, "inf")
+    out = {}
+    for mode in ("crown", "alpha-crown"):
+        cfg = CertifyConfig(p=math.inf, eps=0.08, timeout=30, attack_steps=0, strong_attack_restarts=0,
+                            methods=("ibp",), mip_bounds=mode)
+        out[mode] = certify(net, ball, y, list(range(len(y))), cfg, progress=False)
+    mip = [i for i, r in enumerate(out["crown"]) if r.decided_by == "mip"]
+    assert len(mip) >= 5
+    assert [r.status for r in out["crown"]] == [r.status for r in out["alpha-crown"]]
+    assert all(r.status != "unknown" for r in out["alpha-crown"])
+    # never more binaries (here the MIP's own LP tightening reaches the same bounds from either start)
+    pairs = [(out["crown"][i].n_binaries, out["alpha-crown"][i].n_binaries) for i in mip]
+    assert all(b <= a for a, b in pairs), pairs
+
+
 @pytest.fixture(scope="session")
 def robust_net() -> Network:
     return load_model(MODELS / "mnist_cnn_small_kw.mat")  # Kolter-Wong robust loss, Linf 0.1

@@ -16,12 +16,12 @@ from .backward import backward_bound, margin_spec
 from .certify import SAFETY_REL, certify_with_bounds
 from .compute import compute_bounds
 from .final import alpha_margins, interval_margins, linear_margins
-from .intermediate import linear_intermediate
+from .intermediate import alpha_intermediate, linear_intermediate
 from .interval import interval_bounds
 from .types import METHODS, BoundResult, CertifiedBounds, Method, NodeBounds
 
 __all__ = [
-    "BoundResult", "CertifiedBounds", "METHODS", "Method", "NodeBounds", "SAFETY_REL", "alpha_margins",
+    "BoundResult", "CertifiedBounds", "METHODS", "Method", "NodeBounds", "SAFETY_REL", "alpha_intermediate", "alpha_margins",
     "backward_bound", "certify_with_bounds", "compute_bounds", "interval_bounds", "interval_margins",
     "linear_intermediate", "linear_margins", "margin_spec",
 ]

@@ -10,7 +10,8 @@ from torch import Tensor
 from ..network import Network
 from ..spec import LpBall
 from .backward import backward_bound, margin_spec
-from .relax import Rule, relu_relaxation
+from .relax import Rule
+from .slopes import crown_slopes, optimise_slopes
 from .types import NodeBounds
 
 
@@ -55,12 +56,7 @@ def linear_margins(net: Network, pset: LpBall, labels: Tensor, bounds: NodeBound
 
 def initial_alpha(net: Network, bounds: NodeBounds, n_specs: int) -> dict[int, Tensor]:
     """CROWN's lower slopes, one copy per margin: (N, K, *shape) per ReLU node."""
-    out: dict[int, Tensor] = {}
-    for node in net.relu_nodes:
-        lo, hi = bounds[node.inputs[0]]
-        lam = relu_relaxation(lo, hi, "crown").lam_lo
-        out[node.index] = lam.unsqueeze(1).expand(lam.shape[0], n_specs, *lam.shape[1:]).clone()
-    return out
+    return crown_slopes(net, bounds, n_specs)
 
 
 def alpha_margins(
@@ -72,6 +68,7 @@ def alpha_margins(
     steps: int = 20,
     lr: float = 0.25,
     init: dict[int, Tensor] | None = None,
+    deadline: float = math.inf,
 ) -> tuple[Tensor, dict[int, Tensor]]:
     """alpha-CROWN on the final margins: projected Adam ascent on the lower ReLU slopes.
 
@@ -79,44 +76,18 @@ def alpha_margins(
     ``init``), are clipped to [0, 1] after every step, and the best bound seen for every
     (example, margin) is kept together with its slopes, so the result is never below
     CROWN's bound with the same intermediate bounds (step 0 *is* CROWN's bound).
+    ``deadline`` (``time.perf_counter()``) ends the optimisation early.
     Returns (margins (N, K) with +inf in column y, the best slopes).
     """
     dtype = bounds[0][0].dtype
     pset = pset.to(dtype)
     k = net.n_classes
     spec = margin_spec(labels, k, dtype)
-    alpha = {i: t.detach().clone().to(dtype) for i, t in (init or initial_alpha(net, bounds, k)).items()}
-    best_alpha = {i: t.clone() for i, t in alpha.items()}
+    start = {i: t.to(dtype) for i, t in (init or initial_alpha(net, bounds, k)).items()}
     root = net.graph[-1].index
     live = bounds
     bounds = {i: (lo.detach(), hi.detach()) for i, (lo, hi) in bounds.items()}
-    params = [t.requires_grad_(steps > 0) for t in alpha.values()]
-    opt = torch.optim.Adam(params, lr=lr) if steps > 0 and params else None
-    best: Tensor | None = None
-    for it in range(steps + 1):
-        with torch.set_grad_enabled(opt is not None and it < steps):  # also under an outer no_grad
-            val = backward_bound(net, pset, root, spec, bounds, rule="alpha", alpha=alpha)
-            loss = -val.sum()
-        with torch.no_grad():
-            # val belongs to the current (already projected) slopes: keep the best per entry
-            cur = val.detach()
-            better = torch.ones_like(cur, dtype=torch.bool) if best is None else cur > best
-            best = cur if best is None else torch.where(better, cur, best)
-            for i, t in alpha.items():
-                mask = better.reshape(*better.shape, *([1] * (t.ndim - 2)))
-                best_alpha[i] = torch.where(mask, t.detach(), best_alpha[i])
-        if opt is None or it == steps:
-            break
-        opt.zero_grad()
-        # gradients for the slopes only: never touch the network's parameter .grad
-        grads = torch.autograd.grad(loss, params)
-        for t, g in zip(params, grads):
-            t.grad = g
-        opt.step()
-        with torch.no_grad():
-            for t in params:
-                t.clamp_(0.0, 1.0)
-    assert best is not None
+    best, best_alpha = optimise_slopes(net, pset, root, spec, bounds, start, steps=steps, lr=lr, deadline=deadline)
     if torch.is_grad_enabled() and any(lo.requires_grad or hi.requires_grad for lo, hi in live.values()):
         # the same bound at the best slopes, differentiable in the network's parameters
         best = backward_bound(net, pset, root, spec, live, rule="alpha", alpha=best_alpha)

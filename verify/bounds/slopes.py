@@ -1,0 +1,82 @@
+"""alpha-CROWN's optimiser: projected Adam ascent on ReLU lower slopes, best bound per spec row kept.
+
+Shared by the final margins (:func:`verify.bounds.final.alpha_margins`) and the intermediate
+bounds (:func:`verify.bounds.intermediate.alpha_intermediate`). Any slopes in [0, 1] give a
+sound bound, so stopping early (``steps`` or ``deadline``) only costs tightness.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from torch import Tensor
+
+from ..network import Network
+from ..spec import LpBall
+from .backward import backward_bound
+from .relax import relu_relaxation
+from .types import NodeBounds
+
+
+def crown_slopes(net: Network, bounds: NodeBounds, n_specs: int, nodes: list[int] | None = None) -> dict[int, Tensor]:
+    """CROWN's lower slopes, one copy per spec row: (N, S, *shape) per ReLU node (all, or ``nodes``)."""
+    out: dict[int, Tensor] = {}
+    for node in net.relu_nodes:
+        if nodes is not None and node.index not in nodes:
+            continue
+        lam = relu_relaxation(*bounds[node.inputs[0]], "crown").lam_lo
+        out[node.index] = lam.unsqueeze(1).expand(lam.shape[0], n_specs, *lam.shape[1:]).clone()
+    return out
+
+
+def optimise_slopes(
+    net: Network,
+    pset: LpBall,
+    start: int,
+    spec: Tensor,
+    bounds: NodeBounds,
+    alpha: dict[int, Tensor],
+    *,
+    steps: int,
+    lr: float,
+    deadline: float = math.inf,
+) -> tuple[Tensor, dict[int, Tensor]]:
+    """max over slopes of the lower bound of <spec, node ``start``>: (best bound (B, S), its slopes).
+
+    ``alpha`` gives the starting slopes (B, S, *shape) per ReLU node; step 0 evaluates them,
+    so the result is never below their bound. Works under an outer ``no_grad``; gradients
+    go to the slopes only, never to the network's parameters.
+    """
+    alpha = {i: t.detach().clone() for i, t in alpha.items()}
+    best_alpha = {i: t.clone() for i, t in alpha.items()}
+    params = [t.requires_grad_(steps > 0) for t in alpha.values()]
+    opt = torch.optim.Adam(params, lr=lr) if steps > 0 and params else None
+    best: Tensor | None = None
+    for it in range(steps + 1):
+        last = opt is None or it == steps or time.perf_counter() >= deadline
+        with torch.set_grad_enabled(not last):  # also under an outer no_grad
+            val = backward_bound(net, pset, start, spec, bounds, rule="alpha", alpha=alpha)
+            loss = -val.sum()
+        with torch.no_grad():
+            # val belongs to the current (already projected) slopes: keep the best per entry
+            cur = val.detach()
+            better = torch.ones_like(cur, dtype=torch.bool) if best is None else cur > best
+            best = cur if best is None else torch.where(better, cur, best)
+            for i, t in alpha.items():
+                mask = better.reshape(*better.shape, *([1] * (t.ndim - 2)))
+                best_alpha[i] = torch.where(mask, t.detach(), best_alpha[i])
+        if last:
+            break
+        assert opt is not None
+        opt.zero_grad()
+        grads = torch.autograd.grad(loss, params)
+        for t, g in zip(params, grads):
+            t.grad = g
+        opt.step()
+        with torch.no_grad():
+            for t in params:
+                t.clamp_(0.0, 1.0)
+    assert best is not None
+    return best, best_alpha
