@@ -383,3 +383,13 @@ def test_download_rejects_wrong_file_and_leaves_nothing(isolated, http_root):
     assert list(dest.parent.iterdir()) == []  # no partial or temporary files
     good = data.download_file([f"{url}/f.gz"], dest, md5=hashlib.md5((www / "f.gz").read_bytes()).hexdigest(), timeout=5)
     assert gzip.decompress(good.read_bytes()) == b"not mnist"
+
+
+def test_wheel_manifest_is_the_datasets_manifest() -> None:
+    """verify/dataset_manifest.json (what wheels ship) is a link to datasets/manifest.json, not a copy."""
+    from pathlib import Path
+
+    root = Path(data.__file__).resolve().parents[1]
+    link = root / "verify" / "dataset_manifest.json"
+    assert link.is_symlink()
+    assert link.resolve() == (root / "datasets" / "manifest.json").resolve()

@@ -46,7 +46,11 @@ if TYPE_CHECKING:
 Split = Literal["test", "train"]
 
 REPO_DATASETS = Path(__file__).resolve().parents[1] / "datasets"
+# the manifest lives in datasets/ (the design card's layout); verify/dataset_manifest.json is a
+# symlink to it that setuptools copies into wheels, for installs without the source tree
 MANIFEST_PATH = REPO_DATASETS / "manifest.json"
+if not MANIFEST_PATH.is_file():
+    MANIFEST_PATH = Path(__file__).resolve().parent / "dataset_manifest.json"
 SYSTEM_DATASETS = Path("/usr/share/datasets")
 DOWNLOAD_TIMEOUT_S = 60.0
 
