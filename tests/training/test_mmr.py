@@ -115,3 +115,79 @@ def test_regulariser_gradient_is_finite_and_descends(p: float) -> None:
         for prm in module.parameters():
             prm -= 1e-3 * prm.grad
     assert value().item() < r0.item()
+
+
+def _jacobian_distances(net, x: torch.Tensor, y: torch.Tensor, q: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference: full forward-mode Jacobians (region_jacobians), norms taken over them."""
+    from training.regularizers.mmr import region_jacobians
+
+    rj = region_jacobians(net, x)
+    relu = torch.cat([z.abs() / torch.linalg.vector_norm(g, ord=q, dim=1).clamp(min=1e-12)
+                      for z, g in zip(rj.pre, rj.grads)], 1)
+    lg = rj.logit_grads.expand(x.shape[0], -1, -1)
+    g_y = lg.gather(2, y[:, None, None].expand(-1, lg.shape[1], 1))
+    denom = torch.linalg.vector_norm(g_y - lg, ord=q, dim=1).clamp(min=1e-12)
+    dec = (rj.logits.gather(1, y[:, None]) - rj.logits) / denom
+    return relu, dec.scatter(1, y[:, None], math.inf)
+
+
+def _two_conv_cnn() -> nn.Sequential:
+    """cnn_lenet_small's shape on 16x16 inputs: conv 4x4/2 SAME, conv 4x4/2 SAME, fc, out."""
+    from training.architectures import same_padding
+
+    torch.manual_seed(11)
+    pad = same_padding((16, 16), (4, 4), (2, 2))
+    return nn.Sequential(nn.ZeroPad2d(pad), nn.Conv2d(1, 4, 4, stride=2), nn.ReLU(),
+                         nn.ZeroPad2d(same_padding((8, 8), (4, 4), (2, 2))), nn.Conv2d(4, 6, 4, stride=2), nn.ReLU(),
+                         FlattenNHWC(), nn.Linear(6 * 4 * 4, 12), nn.ReLU(), nn.Linear(12, 5)).double()
+
+
+@pytest.mark.parametrize("p", [math.inf, 2.0, 1.0])
+def test_window_gradients_equal_the_full_jacobian(p: float) -> None:
+    """region_distances (conv neurons on receptive-field windows, reverse mode elsewhere) == the
+    full forward-mode Jacobians, in value and in the parameter gradient of the MMR terms;
+    on a two-conv CNN (windows with zero padding) and on a residual net (reverse mode only)."""
+    from tests.bounds.nets import residual_net
+    from verify.bounds.local import local_plan
+    from verify.spec import LpBall
+
+    q = {math.inf: 1.0, 2.0: 2.0, 1.0: math.inf}[p]
+    module = _two_conv_cnn()
+    net = to_network(module, (1, 16, 16), share_parameters=True)
+    x = torch.rand(7, 1, 16, 16, dtype=torch.float64)
+    y = torch.randint(0, 5, (7,), generator=torch.Generator().manual_seed(2))
+    ball = LpBall.make(x, 0.0, "inf")
+    assert sum(local_plan(net, ball, n.inputs[0]) is not None for n in net.relu_nodes) == 2  # both convs windowed
+
+    grads = []
+    for fast in (True, False):
+        module.zero_grad()
+        if fast:
+            d = region_distances(net, x, y, p=p)
+            relu, dec = d.relu, d.decision
+        else:
+            relu, dec = _jacobian_distances(net, x, y, q)
+        loss = hinge_closest_sum(relu, dec)
+        loss.backward()
+        grads.append(torch.cat([prm.grad.reshape(-1) for prm in module.parameters()]))
+        if fast:
+            ref_relu, ref_dec = relu.detach(), dec.detach()
+        else:
+            torch.testing.assert_close(ref_relu, relu.detach(), rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(ref_dec, dec.detach(), rtol=1e-10, atol=1e-12)
+    assert float(grads[0].abs().sum()) > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-12)
+
+    rnet = residual_net(2)
+    xr = torch.rand(5, *rnet.input_shape, dtype=torch.float64)
+    yr = rnet.predict(xr)
+    d = region_distances(rnet, xr, yr, p=p)
+    relu, dec = _jacobian_distances(rnet, xr, yr, q)
+    torch.testing.assert_close(d.relu, relu, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(d.decision, dec, rtol=1e-10, atol=1e-12)
+
+
+def hinge_closest_sum(relu: torch.Tensor, dec: torch.Tensor) -> torch.Tensor:
+    from training.regularizers.mmr import hinge_closest
+
+    return hinge_closest(relu, 20, 0.5).mean() + hinge_closest(dec, 5, 0.5).mean()

@@ -29,9 +29,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from verify.bounds.backward import backward_coefficients, margin_spec
+from verify.bounds.intermediate import CHUNK_ELEMENTS, _ancestors
+from verify.bounds.local import LocalBounds, local_plan
+from verify.bounds.relax import ReluRelaxation
 from verify.errors import SpecError, UnsupportedLayerError
 from verify.network import AffineLayer, Add, Network, ReLU
-from verify.spec import dual_norm
+from verify.spec import LpBall, dual_norm
 
 # denominators are floored here: a ReLU whose pre-activation is constant inside the region
 # (zero gradient) has no hyperplane there, and gets a huge distance instead of a division by 0
@@ -107,21 +111,101 @@ def region_jacobians(net: Network, x: Tensor) -> RegionJacobians:
 
 
 def region_distances(net: Network, x: Tensor, labels: Tensor, *, p: float | str) -> RegionDistances:
-    """Lp distances to the ReLU hyperplanes and (signed) to the decision boundaries of each point's region."""
+    """Lp distances to the ReLU hyperplanes and (signed) to the decision boundaries of each point's region.
+
+    The gradient norms come from :func:`region_grad_norms` (receptive-field windows for conv
+    neurons, reverse mode elsewhere); :func:`region_jacobians` is the plain forward-mode
+    reference it is tested against.
+    """
     pv = _p_value(p)
     q = dual_norm(pv)
-    rj = region_jacobians(net, x)
+    net.check_input(x)
     y = labels.to(torch.long).reshape(-1)
-    relu_d = [z.abs() / torch.linalg.vector_norm(g, ord=q, dim=1).clamp(min=_MIN_NORM) for z, g in zip(rj.pre, rj.grads)]
+    g = region_grad_norms(net, x, y, q)
+    relu_d = [z.abs() / nrm.clamp(min=_MIN_NORM) for z, nrm in zip(g.pre, g.relu_norms)]
     relu = torch.cat(relu_d, dim=1) if relu_d else x.new_zeros((x.shape[0], 0))
-    lg = rj.logit_grads.expand(x.shape[0], -1, -1)  # (N, d, K)
-    g_y = lg.gather(2, y[:, None, None].expand(-1, lg.shape[1], 1))  # (N, d, 1)
-    denom = torch.linalg.vector_norm(g_y - lg, ord=q, dim=1).clamp(min=_MIN_NORM)  # (N, K)
-    f_y = rj.logits.gather(1, y[:, None])
-    numer = f_y - rj.logits
+    f_y = g.logits.gather(1, y[:, None])
+    numer = f_y - g.logits
     is_label = torch.zeros_like(numer, dtype=torch.bool).scatter_(1, y[:, None], True)
-    decision = torch.where(is_label, torch.full_like(numer, math.inf), numer / denom)
-    return RegionDistances(relu, decision, rj.logits, pv)
+    decision = torch.where(is_label, torch.full_like(numer, math.inf), numer / g.margin_norms.clamp(min=_MIN_NORM))
+    return RegionDistances(relu, decision, g.logits, pv)
+
+
+@dataclass(frozen=True, eq=False)
+class RegionGradNorms:
+    """``pre[i]`` (N, n_i) pre-activations of ReLU node i and ``relu_norms[i]`` (N, n_i) the q-norms of
+    their input gradients; ``margin_norms`` (N, K) those of f_y - f_j (0 in column y); ``logits``."""
+
+    pre: tuple[Tensor, ...]
+    relu_norms: tuple[Tensor, ...]
+    margin_norms: Tensor
+    logits: Tensor
+
+
+def region_grad_norms(net: Network, x: Tensor, labels: Tensor, q: float) -> RegionGradNorms:
+    """q-norms of the input gradients of every ReLU's pre-activation and of every margin, in the
+    linear region of each point, without forming the (N, d, n) Jacobians.
+
+    The region's affine map is the network with each ReLU replaced by its 0/1 pattern, which is
+    a relaxation of :mod:`verify.bounds` with both lines equal; gradients are pulled back with
+    verify's backward engine (:func:`verify.bounds.backward.backward_coefficients`), and for a
+    conv layer fed by a chain of convs on the receptive-field windows only
+    (:class:`verify.bounds.local.LocalBounds`): a neuron of the second 4x4/stride-2 conv of
+    cnn_lenet_small reads 100 of the 784 pixels. Layers before the first ReLU have the same map
+    for every point and are pulled back once. Differentiable in the network's parameters.
+    """
+    n = x.shape[0]
+    values = net.forward(x, all_nodes=True)
+    rels: dict[int, ReluRelaxation] = {}
+    for node in net.relu_nodes:
+        z = values[node.inputs[0]]
+        m = (z > 0).to(z.dtype).detach()
+        rels[node.inputs[0]] = ReluRelaxation(m, m, torch.zeros_like(m), torch.zeros_like(m, dtype=torch.bool))
+    ball = LpBall(x.detach(), torch.zeros(n, dtype=torch.float64), math.inf, -math.inf, math.inf)
+    pre, norms = [], []
+    for node in net.relu_nodes:
+        k = node.inputs[0]
+        pre.append(values[k].reshape(n, -1))
+        norms.append(_node_grad_norms(net, ball, k, rels, q))
+    logits = values[-1]
+    kk = logits.shape[1]
+    spec = margin_spec(labels, kk, x.dtype)
+    coef, _ = backward_coefficients(net, len(net.graph) - 1, spec, rels)
+    margin_norms = torch.linalg.vector_norm(coef.reshape(n, kk, -1), ord=q, dim=2)
+    return RegionGradNorms(tuple(pre), tuple(norms), margin_norms, logits)
+
+
+def _node_grad_norms(net: Network, ball: LpBall, k: int, rels: dict[int, ReluRelaxation], q: float) -> Tensor:
+    """(N, n_k): q-norms of the input gradients of node k's units on each point's region."""
+    n = ball.n
+    shape = net.graph[k].shape
+    nk = math.prod(shape)
+    plan = local_plan(net, ball, k)
+    if plan is not None:
+        local = LocalBounds(net, ball, k, plan, rels)
+        f0 = plan[-1][1]
+        d0 = net.graph[0].shape[0] * f0.h * f0.w
+        widest = max(net.graph[i].shape[0] * f.h * f.w for i, f in plan)
+        chunk = max(1, CHUNK_ELEMENTS // widest)
+        ex = torch.arange(n).repeat_interleave(nk)
+        nb = torch.arange(nk).repeat(n)
+        out = [torch.linalg.vector_norm(local.coefficients(ex[i : i + chunk], nb[i : i + chunk]).reshape(-1, d0),
+                                        ord=q, dim=1) for i in range(0, n * nk, chunk)]
+        return torch.cat(out).reshape(n, nk)
+    anc = _ancestors(net, k)
+    shared = not any(isinstance(net.graph[i].op, ReLU) for i in anc)  # the same map for every point
+    b = 1 if shared else n
+    sub = {j: r for j, r in rels.items() if j in anc}
+    widest = max(math.prod(net.graph[i].shape) for i in anc)
+    rows = max(1, CHUNK_ELEMENTS // (b * widest))
+    eye = torch.eye(nk, dtype=ball.center.dtype, device=ball.center.device)
+    out = []
+    for r0 in range(0, nk, rows):
+        a = eye[r0 : r0 + rows].reshape(1, -1, *shape).expand(b, -1, *shape)
+        coef, _ = backward_coefficients(net, k, a, sub)
+        out.append(torch.linalg.vector_norm(coef.reshape(b, a.shape[1], -1), ord=q, dim=2))
+    res = torch.cat(out, dim=1) if out else ball.center.new_zeros((b, 0))
+    return res.expand(n, -1) if shared else res
 
 
 def hinge_closest(dist: Tensor, k: int, gamma: float) -> Tensor:

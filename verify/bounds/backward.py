@@ -75,9 +75,33 @@ def backward_range(
     return lower, upper
 
 
+def backward_coefficients(net: Network, start: int, A: Tensor, relaxations: Mapping[int, ReluRelaxation]) -> tuple[Tensor, Tensor]:
+    """<A[b, s], node ``start``> as an affine function of the input: (coefficients (B, S, *input_shape), constant (B, S)).
+
+    Exact for relaxations whose two lines coincide with zero intercept (a fixed activation
+    pattern, ``lam_lo == lam_up``, ``mu_up == 0``): the rows of the network's affine map on a
+    linear region, i.e. gradients w.r.t. the input, pulled back without any dense Jacobian.
+    """
+    a0, total, _ = _pull_back(net, start, A, {}, rule="kw", const=None, alpha=None, relaxations=relaxations,
+                              two_sided=True)
+    return a0, total
+
+
 def _backward(net: Network, pset: LpBall, start: int, A: Tensor, bounds: NodeBounds, *, rule: Rule,
               const: Tensor | None, alpha: dict[int, Tensor] | None,
               relaxations: Mapping[int, ReluRelaxation] | None, two_sided: bool) -> tuple[Tensor, Tensor | None]:
+    a0, total, total_up = _pull_back(net, start, A, bounds, rule=rule, const=const, alpha=alpha,
+                                     relaxations=relaxations, two_sided=two_sided)
+    if not two_sided:
+        return total + pset.min_linear(a0), None
+    return total + pset.min_linear(a0), total_up - pset.min_linear(-a0)  # type: ignore[operator]
+
+
+def _pull_back(net: Network, start: int, A: Tensor, bounds: NodeBounds, *, rule: Rule,
+               const: Tensor | None, alpha: dict[int, Tensor] | None,
+               relaxations: Mapping[int, ReluRelaxation] | None,
+               two_sided: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Coefficients on the input and the constants (lower; upper when two-sided) of the spec."""
     graph = net.graph
     b, s = A.shape[:2]
     total = torch.zeros((b, s), dtype=A.dtype, device=A.device) if const is None else const.clone()
@@ -123,10 +147,7 @@ def _backward(net: Network, pset: LpBall, start: int, A: Tensor, bounds: NodeBou
                 total_up = total_up + off  # type: ignore[operator]
             a_in = op.linear_t(a.reshape(b * s, *node.shape), in_shape).reshape(b, s, *in_shape)  # type: ignore[union-attr]
         acc[src] = acc[src] + a_in if src in acc else a_in
-    a0 = acc.pop(0)
-    if not two_sided:
-        return total + pset.min_linear(a0), None
-    return total + pset.min_linear(a0), total_up - pset.min_linear(-a0)  # type: ignore[operator]
+    return acc.pop(0), total, total_up
 
 
 def _through_relu(a: Tensor, rel: ReluRelaxation, alpha: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -156,16 +156,38 @@ class LocalBounds:
         w = op.param("weight", self.like).index_select(0, ch)  # (P, C, kh, kw): the neuron's row of the conv
         b = op.param("bias", self.like).index_select(0, ch)
         if two_sided:
-            return self._pass(row, pos, w, b, two_sided=True)
-        lo, _ = self._pass(row, pos, w, b, two_sided=False)
-        neg, _ = self._pass(row, pos, -w, -b, two_sided=False)
+            lo, hi, _ = self._pass(row, pos, w, b, two_sided=True)
+            return lo, hi
+        lo, _, _ = self._pass(row, pos, w, b, two_sided=False)
+        neg, _, _ = self._pass(row, pos, -w, -b, two_sided=False)
         return lo, -neg
 
-    def _pass(self, row: Tensor, pos: Tensor, a: Tensor, const: Tensor, *, two_sided: bool) -> tuple[Tensor, Tensor]:
+    def coefficients(self, ex: Tensor, neuron: Tensor) -> Tensor:
+        """Neuron ``neuron[i]``'s coefficients on example ``ex[i]``'s input window, (P, C, h, w).
+
+        With fixed-pattern relaxations (``lam_lo == lam_up``, ``mu_up == 0``) this is the
+        neuron's gradient w.r.t. the input on its receptive field (it is zero elsewhere).
+        """
+        op = self.net.graph[self.k].op
+        ch, pos = neuron // self.n_pos, neuron % self.n_pos
+        row = ex * self.n_pos + pos
+        w = op.param("weight", self.like).index_select(0, ch)
+        _, _, a = self._pass(row, pos, w, torch.zeros_like(ch, dtype=w.dtype), two_sided=True, box=False)
+        if 0 not in self.valid:  # input positions of the window that lie in the conv's zero padding
+            frame = self.plan[-1][1]
+            ones = torch.ones((1, *self.net.graph[0].shape), dtype=self.like.dtype, device=self.like.device)
+            self.valid[0] = windows(ones, frame, self.grid)
+        return a * self.valid[0].index_select(0, pos)
+
+    def _pass(self, row: Tensor, pos: Tensor, a: Tensor, const: Tensor, *, two_sided: bool,
+              box: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+        """(lower, upper, coefficients on the input window); ``box=False`` skips the bounds at the input."""
         graph = self.net.graph
         total = total_up = const
         for idx, _ in self.plan:
             if idx == 0:
+                if not box:
+                    break
                 lo_box, hi_box = (t.index_select(0, row) for t in self.box)
                 plus, minus = a.clamp(min=0), a.clamp(max=0)
                 total = total + _sum(plus * lo_box + minus * hi_box)
@@ -198,7 +220,7 @@ class LocalBounds:
                 a = (a.reshape(a.shape[0], -1) @ m).reshape(-1, *shape)
             else:  # a wide window: the dense matrix would be too large
                 a = op.linear_t_window(a)  # type: ignore[union-attr]
-        return total, total_up
+        return total, total_up, a
 
 
 def _sum(t: Tensor) -> Tensor:
