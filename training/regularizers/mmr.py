@@ -161,7 +161,7 @@ def region_grad_norms(net: Network, x: Tensor, labels: Tensor, q: float) -> Regi
         z = values[node.inputs[0]]
         m = (z > 0).to(z.dtype).detach()
         rels[node.inputs[0]] = ReluRelaxation(m, m, torch.zeros_like(m), torch.zeros_like(m, dtype=torch.bool))
-    ball = LpBall(x.detach(), torch.zeros(n, dtype=torch.float64), math.inf, -math.inf, math.inf)
+    ball = LpBall(x.detach(), torch.zeros(n, dtype=torch.float64, device=x.device), math.inf, -math.inf, math.inf)
     pre, norms = [], []
     for node in net.relu_nodes:
         k = node.inputs[0]
@@ -187,8 +187,9 @@ def _node_grad_norms(net: Network, ball: LpBall, k: int, rels: dict[int, ReluRel
         d0 = net.graph[0].shape[0] * f0.h * f0.w
         widest = max(net.graph[i].shape[0] * f.h * f.w for i, f in plan)
         chunk = max(1, CHUNK_ELEMENTS // widest)
-        ex = torch.arange(n).repeat_interleave(nk)
-        nb = torch.arange(nk).repeat(n)
+        dev = ball.center.device
+        ex = torch.arange(n, device=dev).repeat_interleave(nk)
+        nb = torch.arange(nk, device=dev).repeat(n)
         out = [torch.linalg.vector_norm(local.coefficients(ex[i : i + chunk], nb[i : i + chunk]).reshape(-1, d0),
                                         ord=q, dim=1) for i in range(0, n * nk, chunk)]
         return torch.cat(out).reshape(n, nk)
