@@ -11,6 +11,7 @@ from verify.attacks import PGD, fgsm, pgd_attack
 from verify.errors import DataError, SpecError, VerifyError
 from verify.network import Flatten, Linear, Network
 from verify.spec import LpBall
+from tests.cli_util import run_captured as run_cli
 
 
 def tiny_net() -> Network:
@@ -94,15 +95,6 @@ def model_file(tmp_path):
     path = tmp_path / "net.h5"
     save_model(net, path)
     return path
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    from verify.cli import main
-
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    out, err = capsys.readouterr()
-    return int(info.value.code or 0), out, err
 
 
 @pytest.mark.parametrize("args, message", [

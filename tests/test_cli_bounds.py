@@ -9,15 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from verify.cli import main
 from verify.network import Linear, Network, ReLU
-
-
-def _run(argv: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    out = capsys.readouterr()
-    return int(e.value.code or 0), out.out, out.err
+from tests.cli_util import run_captured as _run
 
 
 @pytest.fixture()

@@ -14,17 +14,9 @@ import pytest
 import torch
 from torch import nn
 
-from verify.cli import main
 from verify.formats import load_model, save_model
 from verify.network import Network
-
-
-def run_cli(args: list[str]) -> int:
-    try:
-        main(args)
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
+from tests.cli_util import run_cli
 
 
 @pytest.fixture(scope="module")

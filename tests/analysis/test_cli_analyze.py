@@ -11,14 +11,7 @@ import torch
 
 from tests.bounds.nets import residual_net
 from verify.analysis import lipschitz_product_bound, lipschitz_summary, network_norms, perturbation_growth
-from verify.cli import main
-
-
-def _run(argv: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    out = capsys.readouterr()
-    return int(e.value.code or 0), out.out, out.err
+from tests.cli_util import run_captured as _run
 
 
 @pytest.fixture()

@@ -5,13 +5,11 @@ from __future__ import annotations
 import pytest
 
 from training.cli import main
+from tests.cli_util import run_captured
 
 
-def _run(argv: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    out, err = capsys.readouterr()
-    return int(e.value.code), out, err
+def _run_train(argv: list[str], capsys) -> tuple[int, str, str]:
+    return run_captured(argv, capsys, main)
 
 
 BAD = [
@@ -27,7 +25,7 @@ BAD = [
 
 @pytest.mark.parametrize("args,needle", BAD)
 def test_bad_input_one_line_exit_2(tmp_path, capsys, args: list[str], needle: str) -> None:
-    code, _, err = _run([*args, "--out", str(tmp_path / "m.mat")], capsys)
+    code, _, err = _run_train([*args, "--out", str(tmp_path / "m.mat")], capsys)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0]
@@ -35,12 +33,12 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys, args: list[str], needle: st
 
 
 def test_missing_out_is_a_usage_error(capsys) -> None:
-    code, _, err = _run([], capsys)
+    code, _, err = _run_train([], capsys)
     assert code == 2 and "--out" in err
 
 
 def test_help_has_examples(capsys) -> None:
-    code, out, _ = _run(["--help"], capsys)
+    code, out, _ = _run_train(["--help"], capsys)
     assert code == 0
     assert "Examples:" in out and "--nn-type" in out and "--resume" in out
 
@@ -49,7 +47,7 @@ def test_trains_and_writes_a_loadable_model(tmp_path, capsys, shared_data) -> No
     """Two batches of plain training end in a .mat file that verify.formats reads back."""
     formats = pytest.importorskip("verify.formats")
     out = tmp_path / "tiny.mat"
-    code, stdout, _ = _run(["--dataset", "mnist", "--data-dir", str(shared_data), "--epochs", "1",
+    code, stdout, _ = _run_train(["--dataset", "mnist", "--data-dir", str(shared_data), "--epochs", "1",
                             "--train-subset", "64", "--batch-size", "32", "--quiet", "--out", str(out),
                             "--run-dir", str(tmp_path / "run")], capsys)
     assert code == 0 and "wrote" in stdout

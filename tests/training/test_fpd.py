@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from training.fpd import Denoise, FPDNet, denoise, export_classifier, fpd_loss, fpd_small, gram_term
 from verify.errors import ModelError
+from tests.cli_util import run_captured as _run
 
 
 def test_gram_term_matches_explicit_sums() -> None:
@@ -129,15 +130,6 @@ def test_pgd_through_the_program_is_differentiable_and_confirmed(exported) -> No
     assert bool((margins_f64(e, res.x_adv, y)[res.success] > 0).all())
     # gradients flow through the program: PGD raises every margin above its clean value
     assert bool((res.margin > margins_f64(e, x, y) + 1e-6).all())
-
-
-def _run(argv: list[str], capsys) -> tuple[int, str, str]:
-    from verify.cli import main
-
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    out = capsys.readouterr()
-    return int(e.value.code or 0), out.out, out.err
 
 
 def test_verify_attack_reads_the_program_and_matches_the_api(exported, tmp_path, capsys) -> None:

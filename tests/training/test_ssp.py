@@ -20,6 +20,7 @@ from torch import nn
 from training.architectures import build, to_network
 from training.ssp import BLOCKS, SSPBlock, SSPGroup, ssp_cifar, ssp_mnist, ssp_network
 from verify.network import Residual
+from tests.cli_util import run_captured as _run
 
 torch.set_default_dtype(torch.float32)
 
@@ -271,15 +272,6 @@ def test_bounds_are_below_sampled_margins() -> None:
             margins = z.gather(1, y[:, None]) - z  # f_y - f_j (column y: lb is +inf there)
             other = torch.ones_like(margins, dtype=torch.bool).scatter_(1, y[:, None], False)
             assert (lb[other] <= margins[other] + 1e-9).all(), method
-
-
-def _run(argv: list[str], capsys) -> tuple[int, str, str]:
-    from verify.cli import main
-
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    out = capsys.readouterr()
-    return int(e.value.code or 0), out.out, out.err
 
 
 @pytest.mark.parametrize("kind", ["ssp2", "ark"])

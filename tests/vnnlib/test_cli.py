@@ -18,23 +18,15 @@ import numpy as np
 import pytest
 import torch
 
-from verify.cli import main
 from verify.data import load_dataset
 from verify.formats import load_model, save_model
 from verify.vnnlib import parse_result, robustness_vnnlib
 
 from tests.vnnlib.nets import train_fc, write_instances
+from tests.cli_util import run_cli
 
 ort = pytest.importorskip("onnxruntime")
 REPO = Path(__file__).resolve().parents[2]
-
-
-def run_cli(args: list[str]) -> int:
-    try:
-        main(args)
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
 
 
 def ort_check(onnx_path: Path, vnnlib_path: Path, result_text: str, label: int) -> None:
