@@ -31,12 +31,17 @@ def deep_conv(seed: int = 0) -> Network:
     return Network(layers, (2, 16, 16), name="deep_conv")
 
 
+EPS = {"inf": 0.03, "2": 0.3, "1": 1.0}
+
+
+@pytest.mark.parametrize("p", ["inf", "2", "1"])
 @pytest.mark.parametrize("rule", ["kw", "crown"])
-def test_windows_equal_full_backward(rule):
+def test_windows_equal_full_backward(rule, p):
     net = deep_conv()
     g = torch.Generator().manual_seed(1)
     x = torch.rand((3, *net.input_shape), generator=g, dtype=torch.float64)
-    pset = LpBall.make(x, 0.03, "inf", net.input_range)
+    x[:, :, :2] = 0.0  # a border on the box's face: the window's ball meets the box there
+    pset = LpBall.make(x, [EPS[p], EPS[p] / 2, EPS[p] * 2], p, net.input_range)
     bounds = interval_bounds(net, pset, dtype=torch.float64)
     convs = [n.index for n in net.graph[1:] if isinstance(n.op, Conv2d) and n.index > 2]
     checked = 0
@@ -56,6 +61,7 @@ def test_windows_equal_full_backward(rule):
         ref_hi = -backward_bound(net, pset, k, -a, bounds, rule=rule)
         torch.testing.assert_close(lo.reshape(3, -1), ref_lo, rtol=1e-9, atol=1e-9)
         torch.testing.assert_close(hi.reshape(3, -1), ref_hi, rtol=1e-9, atol=1e-9)
+        assert bool((lo < hi).all())
         checked += 1
     assert checked == 2
 
@@ -63,27 +69,33 @@ def test_windows_equal_full_backward(rule):
 def test_plan_falls_back():
     net = deep_conv()
     x = torch.rand((1, *net.input_shape), dtype=torch.float64)
-    assert local_plan(net, LpBall.make(x, 0.03, 2, net.input_range), 3) is None  # p = 2: full engine
+    convs = [n.index for n in net.graph[1:] if isinstance(n.op, Conv2d) and n.index > 2]
+    for p in (2, 1, "inf"):  # every norm uses windows
+        assert local_plan(net, LpBall.make(x, 0.03, p, net.input_range), convs[0]) is not None
     linear = [n.index for n in net.graph if isinstance(n.op, Linear)][0]
     assert local_plan(net, LpBall.make(x, 0.03, "inf", net.input_range), linear) is None
 
 
-def test_intermediate_bounds_sound_by_sampling():
+@pytest.mark.parametrize("p", ["inf", "2", "1"])
+def test_intermediate_bounds_sound_by_sampling(p):
+    from .sampling import sample_set
+
     net = deep_conv(seed=2)
     g = torch.Generator().manual_seed(3)
     x = torch.rand((2, *net.input_shape), generator=g, dtype=torch.float64)
-    pset = LpBall.make(x, 0.05, "inf", net.input_range)
+    pset = LpBall.make(x, {"inf": 0.05, "2": 0.5, "1": 2.0}[p], p, net.input_range)
     bounds = linear_intermediate(net, pset, rule="kw", dtype=torch.float64)
-    lo0, hi0 = pset.box()
-    for _ in range(20):
-        pts = lo0 + (hi0 - lo0) * torch.rand(lo0.shape, generator=g, dtype=torch.float64)
-        vals = net.forward(pts, dtype=torch.float64, all_nodes=True)
+    for _ in range(4):
+        pts = torch.stack([sample_set(pset, i, 500, g) for i in range(2)], 1).reshape(-1, *net.input_shape)
+        vals = [v.reshape(500, 2, *v.shape[1:]) for v in net.forward(pts, dtype=torch.float64, all_nodes=True)]
+        vals = [v.transpose(0, 1) for v in vals]  # (2, 500, ...)
         for i, (lo, hi) in bounds.items():
-            assert (vals[i] >= lo - 1e-9).all() and (vals[i] <= hi + 1e-9).all()
+            assert (vals[i] >= lo.unsqueeze(1) - 1e-9).all() and (vals[i] <= hi.unsqueeze(1) + 1e-9).all()
 
 
 def test_wide_windows_use_the_transpose(monkeypatch):
     import verify.bounds.local as L
 
     monkeypatch.setattr(L, "WINDOW_MATRIX_MAX", 0)  # every conv through conv_transpose2d
-    test_windows_equal_full_backward("kw")
+    test_windows_equal_full_backward("kw", "inf")
+    test_windows_equal_full_backward("crown", "2")

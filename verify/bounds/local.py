@@ -15,7 +15,11 @@ a window (ReLU slopes, the input box) is padded with zeros there, and coefficien
 positions are masked to zero before an affine layer's offset is added, so padding positions
 contribute nothing, exactly as in the full computation.
 
-Used for chains input -> (ChannelAffine | Conv2d | AvgPool2d | ReLU)* -> Conv2d, p = inf.
+Used for chains input -> (ChannelAffine | Conv2d | AvgPool2d | ReLU)* -> Conv2d, for p = inf, 2
+and 1. For p = 2 and 1 the input coefficients vanish outside the window, so the minimum over the
+ball (intersected with the box) is the minimum over the window's coordinates of the ball of the
+same radius there: setting the other coordinates to the centre's (inside the box) costs nothing.
+The window's padding positions carry no coefficient (masked) and so no share of the radius.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..network import ChannelAffine, Conv2d, Network, ReLU, _ConvLike
-from ..spec import LpBall
+from ..spec import LpBall, l1_box_min, l2_box_min
 from .backward import _through_relu
 from .relax import ReluRelaxation
 
@@ -75,7 +79,7 @@ def local_plan(net: Network, pset: LpBall, k: int) -> list[tuple[int, Frame]] | 
     """(node, frame on its value) from node k's input down to the input, or None if the
     window method does not apply or would not save much (windows over half the input)."""
     node = net.graph[k]
-    if not math.isinf(pset.p) or not isinstance(node.op, Conv2d) or len(node.inputs) != 1:
+    if pset.p not in (1.0, 2.0, math.inf) or not isinstance(node.op, Conv2d) or len(node.inputs) != 1:
         return None
     begin = node.inputs[0]
     chain = _chain(net, begin)
@@ -121,6 +125,7 @@ class LocalBounds:
         self.grid = (node.shape[1], node.shape[2])
         self.n_pos = self.grid[0] * self.grid[1]
         self.like = pset.center.new_zeros(())
+        self.ball: LpBall | None = None  # set for p = 1, 2 (the input window's ball)
         self.relu: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
         self.valid: dict[int, Tensor] = {}
         self.window_t: dict[int, tuple[Tensor, tuple[int, int, int]]] = {}
@@ -128,6 +133,12 @@ class LocalBounds:
             if idx == 0:
                 lo, hi = pset.box()
                 self.box = (windows(lo, frame, self.grid), windows(hi, frame, self.grid))
+                ones = torch.ones((1, *net.graph[0].shape), dtype=pset.center.dtype, device=pset.center.device)
+                self.valid[0] = windows(ones, frame, self.grid)  # input positions that are not padding
+                if not math.isinf(pset.p):
+                    self.ball = pset
+                    self.center = windows(pset.center, frame, self.grid)
+                    self.eps = pset.eps.repeat_interleave(self.n_pos)  # per (example, position) row
                 continue
             op = net.graph[idx].op
             if isinstance(op, ReLU):
@@ -173,11 +184,7 @@ class LocalBounds:
         row = ex * self.n_pos + pos
         w = op.param("weight", self.like).index_select(0, ch)
         _, _, a = self._pass(row, pos, w, torch.zeros_like(ch, dtype=w.dtype), two_sided=True, box=False)
-        if 0 not in self.valid:  # input positions of the window that lie in the conv's zero padding
-            frame = self.plan[-1][1]
-            ones = torch.ones((1, *self.net.graph[0].shape), dtype=self.like.dtype, device=self.like.device)
-            self.valid[0] = windows(ones, frame, self.grid)
-        return a * self.valid[0].index_select(0, pos)
+        return a * self.valid[0].index_select(0, pos)  # nothing on the input window's padding
 
     def _pass(self, row: Tensor, pos: Tensor, a: Tensor, const: Tensor, *, two_sided: bool,
               box: bool = True) -> tuple[Tensor, Tensor, Tensor]:
@@ -187,6 +194,12 @@ class LocalBounds:
         for idx, _ in self.plan:
             if idx == 0:
                 if not box:
+                    break
+                if self.ball is not None:
+                    a = a * self.valid[0].index_select(0, pos)
+                    total = total + self._ball_min(row, a)
+                    if two_sided:
+                        total_up = total_up - self._ball_min(row, -a)
                     break
                 lo_box, hi_box = (t.index_select(0, row) for t in self.box)
                 plus, minus = a.clamp(min=0), a.clamp(max=0)
@@ -221,6 +234,18 @@ class LocalBounds:
             else:  # a wide window: the dense matrix would be too large
                 a = op.linear_t_window(a)  # type: ignore[union-attr]
         return total, total_up, a
+
+
+    def _ball_min(self, row: Tensor, a: Tensor) -> Tensor:
+        """min of <a, x> over the window's coordinates of the Lp ball (p = 1, 2) and the box."""
+        assert self.ball is not None
+        p = a.shape[0]
+        x0 = self.center.index_select(0, row).reshape(p, 1, -1).to(a.dtype)
+        eps = self.eps.index_select(0, row).to(a.dtype).reshape(p, 1, 1)
+        a2 = a.reshape(p, 1, -1)
+        lo, hi = self.ball.lo, self.ball.hi
+        off = l1_box_min(a2, x0, eps, lo, hi) if self.ball.p == 1.0 else l2_box_min(a2, x0, eps, lo, hi)
+        return (a2 * x0).sum(-1)[:, 0] + off[:, 0]
 
 
 def _sum(t: Tensor) -> Tensor:
