@@ -36,12 +36,14 @@ EPS = {"inf": 0.03, "2": 0.3, "1": 1.0}
 
 @pytest.mark.parametrize("p", ["inf", "2", "1"])
 @pytest.mark.parametrize("rule", ["kw", "crown"])
-def test_windows_equal_full_backward(rule, p):
+@pytest.mark.parametrize("box", [(0.0, 1.0), (0.2, 1.2)])
+def test_windows_equal_full_backward(rule, p, box):
+    """Also with an input box that excludes 0, the value of the windows' padding positions."""
     net = deep_conv()
     g = torch.Generator().manual_seed(1)
-    x = torch.rand((3, *net.input_shape), generator=g, dtype=torch.float64)
-    x[:, :, :2] = 0.0  # a border on the box's face: the window's ball meets the box there
-    pset = LpBall.make(x, [EPS[p], EPS[p] / 2, EPS[p] * 2], p, net.input_range)
+    x = box[0] + torch.rand((3, *net.input_shape), generator=g, dtype=torch.float64)
+    x[:, :, :2] = box[0]  # a border on the box's face: the window's ball meets the box there
+    pset = LpBall.make(x, [EPS[p], EPS[p] / 2, EPS[p] * 2], p, box)
     bounds = interval_bounds(net, pset, dtype=torch.float64)
     convs = [n.index for n in net.graph[1:] if isinstance(n.op, Conv2d) and n.index > 2]
     checked = 0
@@ -97,5 +99,5 @@ def test_wide_windows_use_the_transpose(monkeypatch):
     import verify.bounds.local as L
 
     monkeypatch.setattr(L, "WINDOW_MATRIX_MAX", 0)  # every conv through conv_transpose2d
-    test_windows_equal_full_backward("kw", "inf")
-    test_windows_equal_full_backward("crown", "2")
+    test_windows_equal_full_backward("kw", "inf", (0.0, 1.0))
+    test_windows_equal_full_backward("crown", "2", (0.2, 1.2))

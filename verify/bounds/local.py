@@ -137,7 +137,10 @@ class LocalBounds:
                 self.valid[0] = windows(ones, frame, self.grid)  # input positions that are not padding
                 if not math.isinf(pset.p):
                     self.ball = pset
-                    self.center = windows(pset.center, frame, self.grid)
+                    # padding positions get a centre inside the box (they carry no coefficient;
+                    # a centre outside the box would make the box constraint spend radius there)
+                    c0 = min(max(0.0, pset.lo), pset.hi)
+                    self.center = windows(pset.center - c0, frame, self.grid) + c0
                     self.eps = pset.eps.repeat_interleave(self.n_pos)  # per (example, position) row
                 continue
             op = net.graph[idx].op
@@ -234,7 +237,6 @@ class LocalBounds:
             else:  # a wide window: the dense matrix would be too large
                 a = op.linear_t_window(a)  # type: ignore[union-attr]
         return total, total_up, a
-
 
     def _ball_min(self, row: Tensor, a: Tensor) -> Tensor:
         """min of <a, x> over the window's coordinates of the Lp ball (p = 1, 2) and the box."""
