@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from verify.bounds.backward import backward_coefficients, margin_spec
-from verify.bounds.intermediate import CHUNK_ELEMENTS, _ancestors
+from verify.bounds.intermediate import CHUNK_ELEMENTS, ancestors
 from verify.bounds.local import LocalBounds, local_plan
 from verify.bounds.relax import ReluRelaxation
 from verify.errors import SpecError, UnsupportedLayerError
@@ -193,7 +193,7 @@ def _node_grad_norms(net: Network, ball: LpBall, k: int, rels: dict[int, ReluRel
         out = [torch.linalg.vector_norm(local.coefficients(ex[i : i + chunk], nb[i : i + chunk]).reshape(-1, d0),
                                         ord=q, dim=1) for i in range(0, n * nk, chunk)]
         return torch.cat(out).reshape(n, nk)
-    anc = _ancestors(net, k)
+    anc = ancestors(net, k)
     shared = not any(isinstance(net.graph[i].op, ReLU) for i in anc)  # the same map for every point
     b = 1 if shared else n
     sub = {j: r for j, r in rels.items() if j in anc}
