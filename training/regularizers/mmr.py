@@ -161,6 +161,8 @@ def region_grad_norms(net: Network, x: Tensor, labels: Tensor, q: float) -> Regi
         z = values[node.inputs[0]]
         m = (z > 0).to(z.dtype).detach()
         rels[node.inputs[0]] = ReluRelaxation(m, m, torch.zeros_like(m), torch.zeros_like(m, dtype=torch.bool))
+    # a radius-0 Linf ball around the points: the window machinery's interface (only its centre,
+    # shape and norm are read when pulling coefficients back)
     ball = LpBall(x.detach(), torch.zeros(n, dtype=torch.float64, device=x.device), math.inf, -math.inf, math.inf)
     pre, norms = [], []
     for node in net.relu_nodes:
@@ -196,14 +198,13 @@ def _node_grad_norms(net: Network, ball: LpBall, k: int, rels: dict[int, ReluRel
     anc = ancestors(net, k)
     shared = not any(isinstance(net.graph[i].op, ReLU) for i in anc)  # the same map for every point
     b = 1 if shared else n
-    sub = {j: r for j, r in rels.items() if j in anc}
     widest = max(math.prod(net.graph[i].shape) for i in anc)
     rows = max(1, CHUNK_ELEMENTS // (b * widest))
     eye = torch.eye(nk, dtype=ball.center.dtype, device=ball.center.device)
     out = []
     for r0 in range(0, nk, rows):
         a = eye[r0 : r0 + rows].reshape(1, -1, *shape).expand(b, -1, *shape)
-        coef, _ = backward_coefficients(net, k, a, sub)
+        coef, _ = backward_coefficients(net, k, a, rels)
         out.append(torch.linalg.vector_norm(coef.reshape(b, a.shape[1], -1), ord=q, dim=2))
     res = torch.cat(out, dim=1) if out else ball.center.new_zeros((b, 0))
     return res.expand(n, -1) if shared else res

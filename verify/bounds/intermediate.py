@@ -176,9 +176,8 @@ def alpha_intermediate(
     result is never looser than ``bounds``). Later layers use the tightened earlier ones.
     With one hidden ReLU layer in front, the optimum is the triangle LP's (the Lagrangian
     dual of that LP has exactly these slopes as its variables), so this approaches the
-    MIP's LP tightening at a fraction of its cost. Not differentiable in the network's
-    parameters (the slopes are optimised under ``no_grad`` of the weights); for the MIP's
-    big-M values and final bounds. ``deadline`` (``time.perf_counter()``) stops
+    MIP's LP tightening at a fraction of its cost. The result is detached (not differentiable
+    in the network's parameters): it is meant for the MIP's big-M values and final bounds. ``deadline`` (``time.perf_counter()``) stops
     optimising; bounds found so far are kept (any slopes give sound bounds).
     """
     dtype = bounds[0][0].dtype
@@ -194,11 +193,10 @@ def alpha_intermediate(
         lo_f, hi_f = lo.reshape(n, -1).clone(), hi.reshape(n, -1).clone()
         anc = ancestors(net, k)
         relus = [node.index for node in net.relu_nodes if node.index in anc]
-        widest = max(math.prod(net.graph[i].shape) for i in anc)
+        chunk = max(1, CHUNK_ELEMENTS // (2 * max(math.prod(net.graph[i].shape) for i in anc)))
         for b in range(n):
             rows = ((lo_f[b] < 0) & (hi_f[b] > 0)).nonzero().reshape(-1)
-            chunk = max(1, CHUNK_ELEMENTS // (2 * widest))
-            sub = pset.select(torch.tensor([b]))
+            sub = pset.select([b])
             sub_bounds = {i: (t[0][b : b + 1], t[1][b : b + 1]) for i, t in out.items()}
             for c0 in range(0, rows.numel(), chunk):
                 nb = rows[c0 : c0 + chunk]

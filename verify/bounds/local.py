@@ -131,11 +131,12 @@ class LocalBounds:
         self.window_t: dict[int, tuple[Tensor, tuple[int, int, int]]] = {}
         for idx, frame in plan:
             if idx == 0:
-                lo, hi = pset.box()
-                self.box = (windows(lo, frame, self.grid), windows(hi, frame, self.grid))
                 ones = torch.ones((1, *net.graph[0].shape), dtype=pset.center.dtype, device=pset.center.device)
                 self.valid[0] = windows(ones, frame, self.grid)  # input positions that are not padding
-                if not math.isinf(pset.p):
+                if math.isinf(pset.p):  # the set is a box: its windows are all the input stage reads
+                    lo, hi = pset.box()
+                    self.box = (windows(lo, frame, self.grid), windows(hi, frame, self.grid))
+                else:
                     self.ball = pset
                     # padding positions get a centre inside the box (they carry no coefficient;
                     # a centre outside the box would make the box constraint spend radius there)
