@@ -36,9 +36,10 @@ METHODS = {  # method -> (batch size, extra config)
 }
 
 
-def seconds_per_batch(method: str, data: TrainData, batches: int, tmp: Path) -> tuple[float, int]:
+def seconds_per_batch(method: str, data: TrainData, batches: int, tmp: Path, device: str = "cpu") -> tuple[float, int]:
     bs, extra = METHODS[method]
-    base = dict(dataset="mnist", arch="cnn_lenet_small", method=method, batch_size=bs, epochs=1, eval_test=False, **extra)
+    base = dict(dataset="mnist", arch="cnn_lenet_small", method=method, batch_size=bs, epochs=1, eval_test=False,
+                device=device, **extra)
     train(TrainConfig(**base, max_batches=1), run_dir=tmp / f"{method}-warm", data=data, progress=False)
     res = train(TrainConfig(**base, max_batches=batches), run_dir=tmp / method, data=data, progress=False)
     # the epoch loop's own clock: batches only, without checkpoint, CSV and plot writing
@@ -51,6 +52,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=2, help="timed batches per method")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--output", default=None, help="JSON file (default: stdout)")
+    ap.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N, mps")
     args = ap.parse_args()
     import tempfile
     import warnings
@@ -64,7 +66,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for m in args.methods.split(","):
-            spb, bs = seconds_per_batch(m, data, args.batches, Path(tmp))
+            spb, bs = seconds_per_batch(m, data, args.batches, Path(tmp), args.device)
             results[m] = {"batch_size": bs, "seconds_per_batch": spb, "timed_batches": args.batches,
                           "seconds_per_epoch_10k_extrapolated": spb * (10_000 / bs),
                           "seconds_per_epoch_60k_extrapolated": spb * (60_000 / bs)}
@@ -74,7 +76,7 @@ def main() -> None:
             r["ratio_vs_plain"] = r["seconds_per_epoch_10k_extrapolated"] / base
     out = {"benchmark": "training seconds per epoch, cnn_lenet_small, MNIST",
            "note": "measured on a fixed number of batches and extrapolated to a full epoch",
-           "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+           "torch": torch.__version__, "device": args.device, "threads": torch.get_num_threads(), "machine": platform.machine(),
            "results": results}
     text = json.dumps(out, indent=1) + "\n"
     if args.output:

@@ -60,6 +60,10 @@ def _opt(*names: str, **kw):  # type: ignore[no-untyped-def]
 @_opt("--fpd-threshold", type=float, default=0.02, show_default=True,
       help="fpd: a batch trains restoration only while its restoration MSE is above this (phase 1).")
 @_opt("--seed", type=int, default=0, show_default=True)
+@_opt("--device", default="cpu", show_default=True,
+      help="Torch device for the module and the batches: cpu, cuda, cuda:N or mps. The initial weights and "
+           "the shuffling are drawn on the CPU, so a seed gives the same run's start on every device; the "
+           "checkpoints and the exported model load anywhere.")
 @click.option("--deterministic/--no-deterministic", default=True, show_default=True)
 @_opt("--resume", is_flag=True, help="Continue from the run directory's last epoch checkpoint.")
 @_opt("--data-dir", default=None, type=click.Path(file_okay=False), help="Folder with the dataset files.")
@@ -80,6 +84,7 @@ def train_mmr(arch: str, out: str, fmt: str | None, run_dir: str | None, resume:
       train-mmr --method kw --eps 0.1 --warmup-epochs 2 --epochs 4 --batch-size 32 --out kw.mat
       train-mmr --method at --eps 0.3 --p 2 --dataset fmnist --nn-type fc1 --out at.h5
       train-mmr ... --resume          # after an interruption: same flags, continues the last epoch
+      train-mmr ... --device cuda     # on a GPU (a run may resume on another device)
       train-mmr --dataset fmnist --nn-type ssp_mnist --block ssp2 --blocks 2 --width 8 \\
                 --method at --eps 0.1 --ae-frac 1 --pgd-steps 10 --out ssp2.h5
       train-mmr --dataset fmnist --method norm-decay --norm-decay-lambda 1e-3 --p inf --out nd.h5

@@ -67,6 +67,7 @@ class TrainConfig:
     bn_max_norm: float | None = None  # any method: project BatchNorm so |gamma / sqrt(var + eps)| <= this
     lipschitz_lambda: float = 0.1  # lipschitz: weight of max_batch ||grad_x CE||_2
     fpd_threshold: float = 0.02  # fpd: phase 2 once a batch's restoration MSE is <= this
+    device: str = "cpu"  # torch device of the module and the batches: cpu, cuda, cuda:N, mps
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -112,6 +113,7 @@ class TrainConfig:
                 raise TrainConfigError(f"{key} must be >= 1, got {v}")
         if self.method == "norm-decay" and self.p == "2":
             raise TrainConfigError("norm decay uses the L1 or Linf operator norm: give --p 1 or --p inf")
+        object.__setattr__(self, "device", check_device(self.device))
         for key in ("bn_max_norm", "fpd_threshold"):
             v = getattr(self, key)
             if v is not None and not (math.isfinite(v) and v > 0):
@@ -181,8 +183,29 @@ class TrainConfig:
 
     def same_run(self, other: "TrainConfig") -> list[str]:
         """Fields that differ in a way that makes resuming ``other`` from this run wrong."""
-        free = {"data_dir", "eval_test"}
+        free = {"data_dir", "eval_test", "device"}  # a run may move between machines
         return [f.name for f in fields(self) if f.name not in free and getattr(self, f.name) != getattr(other, f.name)]
+
+
+def check_device(device: str) -> str:
+    """The canonical name of a usable torch device, or a one-line error saying why it is not."""
+    import torch
+
+    try:
+        dev = torch.device(str(device).strip().lower())
+    except (RuntimeError, ValueError):
+        raise TrainConfigError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainConfigError(f"device {device!r}: CUDA is not available on this machine (use --device cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise TrainConfigError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise TrainConfigError(f"device {device!r}: MPS is not available on this machine (use --device cpu)")
+    elif dev.type != "cpu":
+        raise TrainConfigError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps")
+    return str(dev)
 
 
 def _takes(option: str) -> list[str]:

@@ -133,7 +133,7 @@ def fpd_loss(module: FPDNet, x: Tensor, y: Tensor, *, noise: float, threshold: f
              input_range: tuple[float, float] = (0.0, 1.0)) -> FPDLoss:
     """One batch of the two-phase FPD training on eps-neighbourhood noisy images."""
     lo, hi = input_range
-    u = torch.rand(x.shape, generator=generator, dtype=x.dtype)
+    u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)  # same noise on any device
     noisy = (x + noise * (2 * u - 1)).clamp(lo, hi)
     restored, z = module.restore_and_classify(noisy)
     mse = F.mse_loss(restored, x)

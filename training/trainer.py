@@ -7,6 +7,11 @@ checkpoint. The run is a pure function of (config, epoch, batch): the shuffling 
 comes from a generator seeded with (seed, e), the attack of batch b from (seed, e, b), and the
 learning rate from the epoch alone, so a resumed run repeats exactly what the uninterrupted one
 does; with ``deterministic`` set the two end with identical weights.
+
+``config.device`` (``train-mmr --device cuda``) holds the module and each batch; the data stay
+on the CPU and move one batch at a time. The initial weights are drawn on the CPU, so a seed
+gives the same starting network on every device, and the trained module comes back on the
+CPU (checkpoints load on any machine).
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ def load_data(config: TrainConfig) -> TrainData:
     x, y = train.x, train.y
     if config.train_subset is not None:
         # a seeded random subset: the MNIST 10k subset is stored grouped by class
-        keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(config.seed))[: config.train_subset]
+        keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(config.seed), device="cpu")[: config.train_subset]
         x, y = x[keep], y[keep]
     return TrainData(x, y, None if test is None else test.x, None if test is None else test.y, train.name)
 
@@ -133,8 +138,9 @@ class _Step:
 
 
 def test_error(module: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> float:
+    dev = next(module.parameters()).device
     with torch.no_grad():
-        wrong = sum(int((module(x[i : i + batch_size]).argmax(1) != y[i : i + batch_size]).sum())
+        wrong = sum(int((module(x[i : i + batch_size].to(dev)).argmax(1).cpu() != y[i : i + batch_size]).sum())
                     for i in range(0, len(y), batch_size))
     return wrong / max(len(y), 1)
 
@@ -156,8 +162,10 @@ def train(
     data = data if data is not None else load_data(config)
     input_shape = tuple(int(s) for s in data.x_train.shape[1:])
     n_classes = int(max(int(data.y_train.max()), int(data.y_test.max()) if data.y_test is not None else 0)) + 1
-    module = build(config.arch, input_shape=input_shape, n_classes=max(n_classes, 2), seed=config.seed,
-                   **config.arch_options)
+    with torch.device("cpu"):  # the same initial weights on every device
+        module = build(config.arch, input_shape=input_shape, n_classes=max(n_classes, 2), seed=config.seed,
+                       **config.arch_options)
+    module.to(config.device)
     opt = _optimizer(config, module)
     rows: list[dict[str, Any]] = []
     start = 1
@@ -186,6 +194,7 @@ def train(
     seconds = time.perf_counter() - t_all
     plot_curves(png_path, rows, f"{config.arch} {config.method} on {data.name}")
     module.eval()
+    module.cpu()
     net = to_network(module, input_shape, name=f"{config.arch}_{config.method}") if arch_spec(config.arch).exports_network else None
     return TrainResult(module, net, tuple(rows), seconds, run, input_shape)
 
@@ -197,7 +206,7 @@ def _run_epoch(config: TrainConfig, step: _Step, module: nn.Module, opt: torch.o
     lr = lr_at(config, epoch)
     for g in opt.param_groups:
         g["lr"] = lr
-    order = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(_seed(config, epoch)))
+    order = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(_seed(config, epoch)), device="cpu")
     sums: dict[str, float] = {}
     correct = seen = 0
     t0 = time.perf_counter()
@@ -205,7 +214,7 @@ def _run_epoch(config: TrainConfig, step: _Step, module: nn.Module, opt: torch.o
     module.train()
     for b in bar:
         idx = order[b * config.batch_size : (b + 1) * config.batch_size]
-        x, y = data.x_train[idx], data.y_train[idx]
+        x, y = data.x_train[idx].to(config.device), data.y_train[idx].to(config.device)
         loss, logits, terms = step(x, y, epoch, b)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -46,8 +46,8 @@ class Attack:
         y = validate_attack_inputs(net, pset, labels)
         n = pset.n
         if n == 0:
-            empty = torch.zeros(0, dtype=torch.float64)
-            return AttackResult(pset.center.clone(), torch.zeros(0, dtype=torch.bool), empty, 0)
+            empty = pset.center.new_zeros(0, dtype=torch.float64)
+            return AttackResult(pset.center.clone(), pset.center.new_zeros(0, dtype=torch.bool), empty, 0)
         center_margin = margins_f64(net, pset.center, y)
         todo = (center_margin <= 0).nonzero()[:, 0]  # misclassified points need no search
         x_adv = pset.center.detach().clone()
@@ -82,7 +82,7 @@ def validate_attack_inputs(net: Network, pset: LpBall, labels: Tensor | Sequence
         raise SpecError(f"the set's box [{pset.lo:g}, {pset.hi:g}] is not inside the model's input range [{lo:g}, {hi:g}]")
     if c.numel() and (float(c.min()) < pset.lo or float(c.max()) > pset.hi):
         raise DataError(f"inputs lie in [{float(c.min()):g}, {float(c.max()):g}], outside the input box [{pset.lo:g}, {pset.hi:g}]")
-    y = torch.as_tensor(np.asarray(labels)) if not isinstance(labels, Tensor) else labels
+    y = torch.as_tensor(np.asarray(labels), device="cpu") if not isinstance(labels, Tensor) else labels
     if y.ndim != 1 or y.shape[0] != pset.n:
         raise DataError(f"{tuple(y.shape)} labels for {pset.n} examples: give one label per example")
     if y.is_floating_point():
@@ -93,7 +93,7 @@ def validate_attack_inputs(net: Network, pset: LpBall, labels: Tensor | Sequence
     y = y.to(torch.long)
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= net.n_classes):
         raise DataError(f"labels must lie in 0..{net.n_classes - 1}, got {int(y.min())}..{int(y.max())}")
-    return y
+    return y.to(c.device)
 
 
 # --------------------------------------------------------------------------- landing inside the set, exactly
@@ -258,7 +258,7 @@ class PGD(Attack):
         gen = torch.Generator().manual_seed(self.seed)
         outs, steps = [], 0
         for start in range(0, pset.n, self.batch_size):
-            idx = torch.arange(start, min(pset.n, start + self.batch_size))
+            idx = torch.arange(start, min(pset.n, start + self.batch_size), device=pset.center.device)
             x, s = self._run_batch(net, pset.select(idx), labels[idx], gen)
             outs.append(x)
             steps = max(steps, s)
@@ -266,10 +266,10 @@ class PGD(Attack):
 
     def _run_batch(self, net: Network, ball: LpBall, y: Tensor, gen: torch.Generator) -> tuple[Tensor, int]:
         best_x = ball.center.clone()
-        best_m = torch.full((ball.n,), -math.inf, dtype=ball.center.dtype)
+        best_m = ball.center.new_full((ball.n,), -math.inf)
         steps = 0
         for r in range(self.restarts):
-            idx = torch.arange(ball.n) if r == 0 else (best_m <= 0).nonzero()[:, 0]
+            idx = torch.arange(ball.n, device=best_m.device) if r == 0 else (best_m <= 0).nonzero()[:, 0]
             if idx.numel() == 0:
                 break
             sub, ys = ball.select(idx), y[idx]
@@ -299,7 +299,7 @@ class PGD(Attack):
     def _base_step(self, ball: LpBall, x: Tensor) -> Tensor:
         view = (-1,) + (1,) * (x.ndim - 1)
         if self.step_size is not None:
-            return torch.full((ball.n,), self.step_size, dtype=x.dtype).reshape(view)
+            return x.new_full((ball.n,), self.step_size).reshape(view)
         return (2.5 * ball.eps.to(x.dtype) / self.steps).reshape(view)
 
     def _start(self, ball: LpBall, gen: torch.Generator, random: bool) -> Tensor:
@@ -307,15 +307,19 @@ class PGD(Attack):
         if not random:
             return c.clone()
         eps = ball.eps.to(c.dtype).reshape((-1,) + (1,) * (c.ndim - 1))
-        radius = torch.rand(eps.shape, generator=gen, dtype=c.dtype) * eps
+        # drawn on the CPU generator and moved: the same start on every device
+        def rand(shape: torch.Size, fn=torch.rand) -> Tensor:  # type: ignore[no-untyped-def]
+            return fn(shape, generator=gen, dtype=c.dtype, device="cpu").to(c.device)
+
+        radius = rand(eps.shape) * eps
         if math.isinf(ball.p):
-            d = (2 * torch.rand(c.shape, generator=gen, dtype=c.dtype) - 1) * eps
+            d = (2 * rand(c.shape) - 1) * eps
         elif ball.p == 2.0:
-            d = torch.randn(c.shape, generator=gen, dtype=c.dtype)
+            d = rand(c.shape, torch.randn)
             d = d / _flat_norm(d, 2.0).clamp(min=1e-12) * radius
         else:  # Laplace samples, scaled to a random L1 radius
-            d = -torch.rand(c.shape, generator=gen, dtype=c.dtype).clamp(min=1e-12).log()
-            d = d * torch.sign(torch.rand(c.shape, generator=gen, dtype=c.dtype) - 0.5)
+            d = -rand(c.shape).clamp(min=1e-12).log()
+            d = d * torch.sign(rand(c.shape) - 0.5)
             d = d / _flat_norm(d, 1.0).clamp(min=1e-12) * radius
         return project(ball, c + d)
 

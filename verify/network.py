@@ -38,8 +38,10 @@ FlattenOrder = Literal["NCHW", "NHWC"]
 
 
 def _as_f64(value: Tensor | np.ndarray | Sequence[float], name: str) -> Tensor:
-    t = torch.as_tensor(np.asarray(value, dtype=np.float64) if not isinstance(value, Tensor) else value)
-    t = t.detach().to(torch.float64).clone()
+    if isinstance(value, Tensor):
+        t = value.detach().to(torch.float64).clone()  # stays on its device (training on a GPU)
+    else:
+        t = torch.as_tensor(np.asarray(value, dtype=np.float64), device="cpu").clone()
     if not torch.isfinite(t).all():
         bad = "NaN" if torch.isnan(t).any() else "infinite"
         raise ModelError(f"{name} contains {bad} values")
@@ -143,7 +145,7 @@ class Linear(AffineLayer):
         if self.weight.ndim != 2:
             raise ModelError(f"Linear weight must be 2-D (out, in), got shape {tuple(self.weight.shape)}")
         out_dim = self.weight.shape[0]
-        self.bias = _as_f64(bias, "Linear bias").reshape(-1) if bias is not None else torch.zeros(out_dim, dtype=torch.float64)
+        self.bias = _as_f64(bias, "Linear bias").reshape(-1) if bias is not None else torch.zeros(out_dim, dtype=torch.float64, device=self.weight.device)
         if self.bias.numel() != out_dim:
             raise ModelError(f"Linear bias has {self.bias.numel()} entries, weight has {out_dim} outputs")
 
@@ -197,7 +199,7 @@ class Linear(AffineLayer):
 def as_batch(x: Tensor | np.ndarray, dtype: torch.dtype | None = None) -> Tensor:
     """An input batch as a floating tensor: ``dtype`` if given, else x's (float32 for integers and arrays of them)."""
     if not isinstance(x, Tensor):
-        x = torch.as_tensor(np.asarray(x))
+        x = torch.as_tensor(np.asarray(x), device="cpu")
     if dtype is not None:
         return x.to(dtype)
     return x if x.is_floating_point() else x.to(torch.float32)
@@ -315,7 +317,7 @@ class Conv2d(_ConvLike):
         if self.weight.ndim != 4:
             raise ModelError(f"Conv2d weight must be 4-D (out, in, kh, kw), got shape {tuple(self.weight.shape)}")
         o = self.weight.shape[0]
-        self.bias = _as_f64(bias, "Conv2d bias").reshape(-1) if bias is not None else torch.zeros(o, dtype=torch.float64)
+        self.bias = _as_f64(bias, "Conv2d bias").reshape(-1) if bias is not None else torch.zeros(o, dtype=torch.float64, device=self.weight.device)
         if self.bias.numel() != o:
             raise ModelError(f"Conv2d bias has {self.bias.numel()} entries, weight has {o} output channels")
         self.stride = _pair(stride)

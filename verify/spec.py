@@ -40,7 +40,11 @@ def p_name(p: float) -> str:
 
 
 def check_eps(eps: float | Sequence[float] | Tensor | np.ndarray) -> Tensor:
-    t = torch.as_tensor(np.asarray(eps, dtype=np.float64)).reshape(-1)
+    """The radii as a float64 CPU tensor (N,) after checking them; callers move it to their device."""
+    if isinstance(eps, Tensor):
+        t = eps.detach().to("cpu", torch.float64).reshape(-1)
+    else:
+        t = torch.as_tensor(np.asarray(eps, dtype=np.float64), device="cpu").reshape(-1)
     if torch.isnan(t).any():
         raise SpecError("eps is NaN")
     if torch.isinf(t).any():
@@ -73,12 +77,13 @@ class LpBall:
         check_inside: bool = True,
     ) -> "LpBall":
         pv = parse_p(p)
-        c = torch.as_tensor(np.asarray(center)) if not isinstance(center, Tensor) else center
+        c = torch.as_tensor(np.asarray(center), device="cpu") if not isinstance(center, Tensor) else center
         if not c.is_floating_point():
             raise DataError("inputs must be floating point")
         if not torch.isfinite(c).all():
             raise DataError("inputs contain NaN or infinite values")
-        e = check_eps(eps)  # float64 always: a float32 radius can round up, and a counterexample must lie in the asked ball
+        # float64 always: a float32 radius can round up, and a counterexample must lie in the asked ball
+        e = check_eps(eps).to(c.device)
         n = c.shape[0]
         if e.numel() == 1:
             e = e.expand(n).clone()
@@ -103,7 +108,7 @@ class LpBall:
         return LpBall(self.center.to(dtype), self.eps, self.p, self.lo, self.hi)  # eps stays float64
 
     def select(self, idx: Tensor | Sequence[int]) -> "LpBall":
-        idx = torch.as_tensor(idx, dtype=torch.long)
+        idx = torch.as_tensor(idx, dtype=torch.long, device=self.center.device)
         return LpBall(self.center[idx], self.eps[idx], self.p, self.lo, self.hi)
 
     def _eps_view(self, like: Tensor) -> Tensor:

@@ -20,6 +20,8 @@ BAD = [
     (["--eps", "-0.1", "--method", "at"], "eps"),
     (["--p", "3"], "norm"),
     (["--ae-frac", "1.5", "--method", "at"], "ae_frac"),
+    (["--device", "tpu"], "unknown device"),
+    (["--device", "cuda:99"], "cuda:99"),
 ]
 
 

@@ -49,7 +49,9 @@ def norm_decay_penalty(
              if e.kind in ("conv2d", "linear") or (include_batchnorm and e.kind == "batchnorm")]
     if not terms:
         p0 = next(iter(module.parameters()), None)
-        return torch.zeros((), dtype=p0.dtype if p0 is not None else torch.float32)
+        if p0 is None:
+            return torch.zeros((), dtype=torch.float32, device="cpu")
+        return p0.new_zeros(())
     return torch.stack([t.to(terms[0].dtype) for t in terms]).sum()
 
 

@@ -164,8 +164,8 @@ def margin_spec(labels: Tensor, n_classes: int, dtype: torch.dtype) -> Tensor:
     """(N, K, K): row j is e_y - e_j (row y is zero)."""
     n = labels.shape[0]
     y = labels.to(torch.long).reshape(-1)
-    spec = -torch.eye(n_classes, dtype=dtype).expand(n, n_classes, n_classes).clone()
-    spec[torch.arange(n), :, y] += 1.0
+    spec = -torch.eye(n_classes, dtype=dtype, device=y.device).expand(n, n_classes, n_classes).clone()
+    spec[torch.arange(n, device=y.device), :, y] += 1.0
     return spec
 
 

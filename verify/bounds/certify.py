@@ -58,9 +58,9 @@ def certify_with_bounds(
         screen = torch.maximum(lin32, ibp32)
     else:
         screen = compute_bounds(net, pset, y, method=method, dtype=screen_dtype).margin_lb
-    margin = screen.to(torch.float64).amin(1) if screen.shape[1] else torch.full((pset.n,), float("inf"), dtype=torch.float64)
+    margin = screen.to(torch.float64).amin(1) if screen.shape[1] else torch.full((pset.n,), float("inf"), dtype=torch.float64, device=screen.device)
     cand = (margin > 0).nonzero().reshape(-1)
-    certified = torch.zeros(pset.n, dtype=torch.bool)
+    certified = torch.zeros(pset.n, dtype=torch.bool, device=margin.device)
     if cand.numel() == 0:
         return CertifiedBounds(certified, margin, method)
     sub = pset.select(cand).to(torch.float64)

@@ -16,7 +16,7 @@ from .types import METHODS, BoundResult, Method, NodeBounds
 
 
 def check_labels(net: Network, pset: LpBall, labels: Tensor) -> Tensor:
-    y = torch.as_tensor(labels).reshape(-1)
+    y = (labels if isinstance(labels, Tensor) else torch.as_tensor(labels, device="cpu")).reshape(-1)
     if y.numel() != pset.n:
         raise DataError(f"{y.numel()} labels for {pset.n} examples")
     if y.is_floating_point() and not torch.equal(y, y.round()):
@@ -24,7 +24,7 @@ def check_labels(net: Network, pset: LpBall, labels: Tensor) -> Tensor:
     y = y.to(torch.long)
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= net.n_classes):
         raise DataError(f"labels must lie in [0, {net.n_classes - 1}], got {int(y.min())}..{int(y.max())}")
-    return y
+    return y.to(pset.center.device)
 
 
 def compute_bounds(

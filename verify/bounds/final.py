@@ -17,7 +17,7 @@ from .types import NodeBounds
 
 def _finish(margins: Tensor, labels: Tensor) -> Tensor:
     out = margins.clone()
-    out[torch.arange(out.shape[0]), labels.to(torch.long)] = math.inf
+    out[torch.arange(out.shape[0], device=out.device), labels.to(device=out.device, dtype=torch.long)] = math.inf
     return out
 
 

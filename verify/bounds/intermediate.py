@@ -135,18 +135,18 @@ def _tighten(net: Network, pset: LpBall, k: int, lo: Tensor, hi: Tensor, bounds:
         sub_rels = {j: _select(r, ex) for j, r in rels.items()}
         if first_affine:
             uniq, inv = torch.unique(nb, return_inverse=True)
-            onehot = torch.zeros((uniq.numel(), lo_f.shape[1]), dtype=lo.dtype)
-            onehot[torch.arange(uniq.numel()), uniq] = 1.0
+            onehot = lo.new_zeros((uniq.numel(), lo_f.shape[1]))
+            onehot[torch.arange(uniq.numel(), device=lo.device), uniq] = 1.0
             in_shape = net.graph[begin].shape
             rows = op.linear_t(onehot.reshape(uniq.numel(), *shape), in_shape)  # type: ignore[union-attr]
             like = lo.new_zeros((1,) * (len(in_shape) + 1))
             bias = op.offset(in_shape, like).reshape(-1)[uniq]  # type: ignore[union-attr]
             w, b = rows.index_select(0, inv).unsqueeze(1), bias.index_select(0, inv).unsqueeze(1)
         else:
-            w = torch.zeros((p, 1, lo_f.shape[1]), dtype=lo.dtype)
-            w[torch.arange(p), 0, nb] = 1.0
+            w = lo.new_zeros((p, 1, lo_f.shape[1]))
+            w[torch.arange(p, device=lo.device), 0, nb] = 1.0
             w = w.reshape(p, 1, *shape)
-            b = torch.zeros((p, 1), dtype=lo.dtype)
+            b = lo.new_zeros((p, 1))
         if rule == "kw":
             v_lo, v_hi = backward_range(net, sub, begin, w, sub_rels, const=b)
             v_lo, v_hi = v_lo[:, 0], v_hi[:, 0]
@@ -201,9 +201,10 @@ def alpha_intermediate(
             for c0 in range(0, rows.numel(), chunk):
                 nb = rows[c0 : c0 + chunk]
                 m = nb.numel()
-                spec = torch.zeros((1, 2 * m, lo_f.shape[1]), dtype=dtype)
-                spec[0, torch.arange(m), nb] = 1.0
-                spec[0, m + torch.arange(m), nb] = -1.0
+                spec = lo_f.new_zeros((1, 2 * m, lo_f.shape[1]))
+                arange = torch.arange(m, device=lo_f.device)
+                spec[0, arange, nb] = 1.0
+                spec[0, m + arange, nb] = -1.0
                 spec = spec.reshape(1, 2 * m, *shape)
                 alpha = crown_slopes(net, sub_bounds, 2 * m, relus)
                 best, _ = optimise_slopes(net, sub, k, spec, sub_bounds, alpha, steps=steps, lr=lr, deadline=deadline)

@@ -149,13 +149,13 @@ class LocalBounds:
                 rel = relaxations[net.graph[idx].inputs[0]]
                 self.relu[idx] = tuple(windows(t, frame, self.grid) for t in (rel.lam_lo, rel.lam_up, rel.mu_up))  # type: ignore[assignment]
             else:
-                ones = torch.ones((1, *net.graph[idx].shape), dtype=pset.center.dtype)
+                ones = torch.ones((1, *net.graph[idx].shape), dtype=pset.center.dtype, device=pset.center.device)
                 self.valid[idx] = windows(ones, frame, self.grid)
                 c = net.graph[idx].shape[0]
                 if isinstance(op, _ConvLike) and c * frame.h * frame.w <= WINDOW_MATRIX_MAX:
                     # the transpose on one window as a small dense matrix: a batched matmul is
                     # ~10x faster on CPU than conv_transpose2d over many tiny windows
-                    eye = torch.eye(c * frame.h * frame.w, dtype=pset.center.dtype)
+                    eye = torch.eye(c * frame.h * frame.w, dtype=pset.center.dtype, device=pset.center.device)
                     m = op.linear_t_window(eye.reshape(-1, c, frame.h, frame.w))
                     self.window_t[idx] = (m.reshape(eye.shape[0], -1), tuple(m.shape[1:]))  # type: ignore[assignment]
 
@@ -218,7 +218,7 @@ class LocalBounds:
                     total, total_up = total + c_neg, total_up + (c_all - c_neg)
                     a = a * lam_up
                 else:
-                    rel = ReluRelaxation(lam_lo, lam_up, mu, torch.zeros((), dtype=torch.bool))
+                    rel = ReluRelaxation(lam_lo, lam_up, mu, torch.zeros((), dtype=torch.bool, device=mu.device))
                     a_in, c = _through_relu(a.unsqueeze(1), rel, None)
                     a, total = a_in.squeeze(1), total + c.squeeze(1)
                 continue
