@@ -37,3 +37,18 @@ def shared_data() -> Path:
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_for_slow_tests(request):
+    """Slow tests certify one example at a time, like ``verify certify --threads 1``: torch's
+    thread pool gains nothing there and slows down ~100x when another process holds a core."""
+    if request.node.get_closest_marker("slow") is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -84,3 +84,17 @@ def test_sigkill_keeps_rows(cnn: Network, tmp_path: Path, shared_data: Path) -> 
     res = json.loads(out.read_text())  # never half-written
     assert len(res["examples"]) >= 3
     assert all(r["status"] in ("misclassified", "falsified", "verified", "unknown") for r in res["examples"])
+
+
+def test_threads_sets_torch_threads_too(cnn: Network, tmp_path: Path, shared_data: Path, capsys) -> None:
+    path = tmp_path / "net.pth"
+    save_model(cnn, path, format="pt")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        code = run_cli(["certify", "--model", str(path), "--p", "inf", "--eps", "0.001", "--dataset", "mnist",
+                        "--data-dir", str(shared_data / "mnist"), "-n", "2", "--threads", "2", "-q", "--no-mip"])
+        assert code == 0, capsys.readouterr().err
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -14,7 +14,9 @@ from .common import data_options, load_examples, load_model, make_ball, model_op
 @data_options
 @click.option("--solver", default="highs", type=click.Choice(["highs", "mipverify"]), help="MIP backend.")
 @click.option("--timeout", default=120.0, type=click.FloatRange(min=0, min_open=True), help="MIP time limit per example (s).")
-@click.option("--threads", default=1, type=click.IntRange(min=1), help="Solver threads.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Threads of HiGHS and of torch. One is best unless the machine is idle: the work is per "
+                   "example, and torch's thread pool slows down ~100x on cores another process is using.")
 @click.option("--methods", default="ibp,kw,crown", help="Bound methods tried before the MIP, cheap to tight.")
 @click.option("--attack-steps", default=40, type=click.IntRange(min=0), help="PGD steps (0: no attack).")
 @click.option("--attack-restarts", default=1, type=click.IntRange(min=1), help="PGD restarts.")
@@ -73,6 +75,9 @@ def certify(model_path: str, model_format: str | None, arch: str | None, p: str,
                            strong_attack_restarts=strong_attack_restarts, timeout=timeout,
                            solver=solver, threads=threads, no_mip=no_mip,
                            mip_bounds=mip_bounds)  # type: ignore[arg-type]
+    import torch
+
+    torch.set_num_threads(threads)
     net = load_model(model_path, model_format, arch)
     ex = load_examples(net, dataset, data_dir, n, indices, inputs_path)
     ball = make_ball(net, ex, p, eps)

@@ -29,7 +29,7 @@ from ..properties import MIP_MODES, VerifyOptions
 @click.option("--attack-steps", default=50, type=click.IntRange(min=0), show_default=True, help="PGD steps per restart (0: centre only).")
 @click.option("--attack-restarts", default=3, type=click.IntRange(min=1), show_default=True, help="PGD restarts per disjunct.")
 @click.option("--no-mip", is_flag=True, help="Stop after the bounds: undecided instances are unknown.")
-@click.option("--threads", default=1, type=click.IntRange(min=1), show_default=True, help="Solver threads.")
+@click.option("--threads", default=1, type=click.IntRange(min=1), show_default=True, help="Threads of HiGHS and of torch.")
 @click.option("--check", is_flag=True, help="Only load the network and parse the property (prepare_instance.sh).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar (batch mode).")
 def vnnlib(onnx_path: str | None, vnnlib_path: str | None, instances: str | None, timeout: float | None,
@@ -57,6 +57,9 @@ def vnnlib(onnx_path: str | None, vnnlib_path: str | None, instances: str | None
         raise SpecError(f"--output must end in .csv or .json in batch mode, got {output!r}")
     if single and results_dir is not None:
         raise SpecError("--results-dir is for batch mode; use --output for one instance")
+    import torch
+
+    torch.set_num_threads(threads)
     options = VerifyOptions(timeout=timeout or 120.0, attack_steps=attack_steps, attack_restarts=attack_restarts,
                             mip=not no_mip, mode=mode, threads=threads)  # type: ignore[arg-type]
     if instances is None:
