@@ -65,6 +65,9 @@ def _opt(*names: str, **kw):  # type: ignore[no-untyped-def]
            "the shuffling are drawn on the CPU, so a seed gives the same run's start on every device; the "
            "checkpoints and the exported model load anywhere.")
 @click.option("--deterministic/--no-deterministic", default=True, show_default=True)
+@_opt("--threads", type=click.IntRange(min=1), default=None,
+      help="torch threads on the CPU (default: torch's, one per core). On a node shared with other jobs give "
+           "the cores you own: torch's thread pool slows down badly on cores another process is using.")
 @_opt("--resume", is_flag=True, help="Continue from the run directory's last epoch checkpoint.")
 @_opt("--data-dir", default=None, type=click.Path(file_okay=False), help="Folder with the dataset files.")
 @_opt("--run-dir", default=None, type=click.Path(file_okay=False),
@@ -73,7 +76,8 @@ def _opt(*names: str, **kw):  # type: ignore[no-untyped-def]
 @_opt("--format", "fmt", type=click.Choice(FORMATS), default=None,
       help="Output format; default from the extension (.mat: MMR layout). --method fpd writes a .pt2 program.")
 @_opt("--quiet", is_flag=True, help="No progress bar.")
-def train_mmr(arch: str, out: str, fmt: str | None, run_dir: str | None, resume: bool, quiet: bool, **options) -> None:  # type: ignore[no-untyped-def]
+def train_mmr(arch: str, out: str, fmt: str | None, run_dir: str | None, resume: bool, quiet: bool,  # type: ignore[no-untyped-def]
+              threads: int | None, **options) -> None:
     """Train a ReLU network and export it for `verify`.
 
     \b
@@ -110,6 +114,11 @@ def train_mmr(arch: str, out: str, fmt: str | None, run_dir: str | None, resume:
     """
     config = TrainConfig(arch=arch, **options)
     from verify.formats import save_model
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
     from .trainer import train
 
