@@ -29,19 +29,6 @@ def _flat_sum(t: Tensor) -> Tensor:
     return t.reshape(t.shape[0], t.shape[1], -1).sum(-1)
 
 
-def _dot(a: Tensor, v: Tensor) -> Tensor:
-    """sum over the node of a[b, s] * v[b] -> (B, S), as a batched matrix-vector product.
-
-    The same number as ``_flat_sum(a * v.unsqueeze(1))`` without the (B, S, *shape)
-    temporary (forward and backward): the coefficient tensors are the big ones.
-    """
-    b, s = a.shape[:2]
-    col = v.reshape(v.shape[0], -1, 1)
-    if col.shape[0] != b:  # one relaxation shared by every row
-        col = col.expand(b, -1, -1)
-    return torch.bmm(a.reshape(b, s, -1), col).squeeze(2)
-
-
 def backward_bound(
     net: Network,
     pset: LpBall,
@@ -139,9 +126,10 @@ def _pull_back(net: Network, start: int, A: Tensor, bounds: NodeBounds, *, rule:
                 rel = relu_relaxation(lo.to(a.dtype), hi.to(a.dtype), "crown" if rule == "alpha" else rule)
             if two_sided:
                 # parallel lines: z in [lam x, lam x + mu]; the max takes mu where a > 0
+                mu = rel.mu_up.unsqueeze(1)
                 a_in = a * rel.lam_up.unsqueeze(1)
-                c_all = _dot(a, rel.mu_up)
-                c_neg = _dot(a.clamp(max=0), rel.mu_up)
+                c_all = _flat_sum(a * mu)
+                c_neg = _flat_sum(a.clamp(max=0) * mu)
                 total = total + c_neg
                 total_up = total_up + (c_all - c_neg)  # type: ignore[operator]
             else:
@@ -153,7 +141,7 @@ def _pull_back(net: Network, start: int, A: Tensor, bounds: NodeBounds, *, rule:
             in_shape = graph[src].shape
             # offset() wants a batch-shaped tensor as its dtype/device template
             like = a.new_zeros((1,) * (len(in_shape) + 1))
-            off = a.reshape(b, s, -1) @ op.offset(in_shape, like).reshape(-1)  # type: ignore[union-attr]
+            off = _flat_sum(a * op.offset(in_shape, like))  # type: ignore[union-attr]
             total = total + off
             if two_sided:
                 total_up = total_up + off  # type: ignore[operator]
@@ -169,7 +157,7 @@ def _through_relu(a: Tensor, rel: ReluRelaxation, alpha: Tensor | None) -> tuple
         lam_lo = torch.where(rel.unstable.unsqueeze(1), alpha.clamp(0.0, 1.0), lam_lo)
     pos, neg = a.clamp(min=0), a.clamp(max=0)
     a_in = pos * lam_lo + neg * rel.lam_up.unsqueeze(1)
-    return a_in, _dot(neg, rel.mu_up)
+    return a_in, _flat_sum(neg * rel.mu_up.unsqueeze(1))
 
 
 def margin_spec(labels: Tensor, n_classes: int, dtype: torch.dtype) -> Tensor:
