@@ -89,12 +89,23 @@ def test_sigkill_keeps_rows(cnn: Network, tmp_path: Path, shared_data: Path) -> 
 def test_threads_sets_torch_threads_too(cnn: Network, tmp_path: Path, shared_data: Path, capsys) -> None:
     path = tmp_path / "net.pth"
     save_model(cnn, path, format="pt")
-    before = torch.get_num_threads()
+    seen = []
+    from verify.certify import certify as run
+
+    def spy(*args, **kw):  # type: ignore[no-untyped-def]
+        seen.append(torch.get_num_threads())
+        return run(*args, **kw)
+
+    import verify.certify
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(verify.certify, "certify", spy)
     try:
-        torch.set_num_threads(1)
+        before = torch.get_num_threads()
         code = run_cli(["certify", "--model", str(path), "--p", "inf", "--eps", "0.001", "--dataset", "mnist",
                         "--data-dir", str(shared_data / "mnist"), "-n", "2", "--threads", "2", "-q", "--no-mip"])
         assert code == 0, capsys.readouterr().err
-        assert torch.get_num_threads() == 2
     finally:
-        torch.set_num_threads(before)
+        mp.undo()
+    assert seen == [2]  # certify ran with two torch threads
+    assert torch.get_num_threads() == before  # and the runner restored the count
