@@ -162,3 +162,16 @@ def test_kw_cnn_exact_on_200_points(robust_net: Network, mnist_test) -> None:
     s = summarize(certify(robust_net, ball, y[:200], list(range(200)), CertifyConfig(p=math.inf, eps=0.1, timeout=120),
                           progress=False))
     assert s.unknown == 0 and s.lb == s.ub
+
+
+def test_mip_time_limit_holds_in_lp_tightening(mnist_test) -> None:
+    """Regression: one bound-tightening LP of this example (AT CNN, MNIST test point 148, Linf 0.1)
+    ran for over 13 minutes under a 5 s limit, because the LPs had no time limit of their own. The
+    bound here is 10x the limit, far from any timing noise; the verdict must not be 'verified'."""
+    net = load_model(MODELS / "mnist_cnn_small_at.mat")
+    x, y = mnist_test
+    ball = LpBall.make(x[[148]].to(torch.float64), 0.1, "inf")
+    r = certify(net, ball, y[[148]], [148], CertifyConfig(p=math.inf, eps=0.1, timeout=2.0), progress=False)[0]
+    assert "mip" in r.seconds  # the bounds leave it to the MIP
+    assert r.status != "verified" or r.decided_by == "mip"
+    assert r.seconds["mip"] < 20.0, r.seconds

@@ -101,8 +101,11 @@ def optimize_rows(
                 break  # already stable: the other side no longer matters for the encoding
             start, stop = a.indptr[r], a.indptr[r + 1]
             obj.set(a.indices[start:stop], sense * a.data[start:stop], sense * x.c[r])
-            if mip:
-                h.setOptionValue("time_limit", max(1e-3, min(neuron_time_s, deadline - time.perf_counter())))
+            left = max(1e-3, deadline - time.perf_counter())
+            if mip:  # a MIP's limit counts from the start of its run
+                h.setOptionValue("time_limit", min(neuron_time_s, left))
+            else:  # an LP's counts the object's accumulated run time: one LP can take minutes
+                h.setOptionValue("time_limit", left + h.getRunTime())
             h.run()
             solves += 1
             if mip:
