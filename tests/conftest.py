@@ -42,8 +42,8 @@ def _deterministic():
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
     """Every test runs torch on one thread, like ``verify certify --threads 1``: the suite's work is
-    small, and torch's thread pool slows down ~100x on a core another process holds (a shared CI
-    runner; measured here: a one-image PGD 0.18 s on one thread, 21.6 s on two next to a training job)."""
+    small, and torch's thread pool slows down 10x or more on a core another process holds (a shared
+    CI runner; see benchmarks/threads.py: a one-image PGD 0.24 s on one thread, 3.1 s on two)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

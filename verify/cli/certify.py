@@ -16,7 +16,7 @@ from .common import data_options, load_examples, load_model, make_ball, model_op
 @click.option("--timeout", default=120.0, type=click.FloatRange(min=0, min_open=True), help="MIP time limit per example (s).")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
               help="Threads of HiGHS and of torch. One is best unless the machine is idle: the work is per "
-                   "example, and torch's thread pool slows down ~100x on cores another process is using.")
+                   "example, and torch's thread pool slows down 10x or more on cores another process is using (benchmarks/threads.py).")
 @click.option("--methods", default="ibp,kw,crown", help="Bound methods tried before the MIP, cheap to tight.")
 @click.option("--attack-steps", default=40, type=click.IntRange(min=0), help="PGD steps (0: no attack).")
 @click.option("--attack-restarts", default=1, type=click.IntRange(min=1), help="PGD restarts.")
