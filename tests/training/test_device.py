@@ -47,14 +47,15 @@ def _module():
     return build("cnn_lenet_small", input_shape=SHAPE, n_classes=10, seed=3)
 
 
-@pytest.mark.parametrize("method", ["kw", "ibp", "crown-ibp"])
-def test_robust_losses_are_device_clean(shared_data, method: str) -> None:
+@pytest.mark.parametrize("method,p", [("kw", "inf"), ("kw", "2"), ("kw", "1"), ("ibp", "inf"), ("crown-ibp", "inf")])
+def test_robust_losses_are_device_clean(shared_data, method: str, p: str) -> None:
     x, y = _batch(shared_data)
     module = _module()
     net = to_network(module, SHAPE, share_parameters=True)
-    want = robust_loss(net, x, y, eps=0.05, p="inf", method=method, kappa=0.5, beta=0.5).loss
+    eps = 0.05 if p == "inf" else 0.3
+    want = robust_loss(net, x, y, eps=eps, p=p, method=method, kappa=0.5, beta=0.5).loss
     with foreign_default_device():
-        got = robust_loss(net, x, y, eps=0.05, p="inf", method=method, kappa=0.5, beta=0.5).loss
+        got = robust_loss(net, x, y, eps=eps, p=p, method=method, kappa=0.5, beta=0.5).loss
         (g,) = torch.autograd.grad(got, [module[0].weight])
     assert got.device.type == "cpu" and g.device.type == "cpu"
     assert got.item() == want.item()
