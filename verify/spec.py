@@ -136,8 +136,8 @@ class LpBall:
         eps = self.eps.to(a.dtype).reshape(n, 1, 1)
         base = (a2 * x0).sum(-1)
         if self.p == 1.0:
-            return base + l1_box_min(a2, x0, eps, self.lo, self.hi)
-        return base + l2_box_min(a2, x0, eps, self.lo, self.hi)
+            return base + _l1_box_min(a2, x0, eps, self.lo, self.hi)
+        return base + _l2_box_min(a2, x0, eps, self.lo, self.hi)
 
     def contains(self, x: Tensor, rtol: float = 0.0) -> Tensor:
         """Float64 membership test per example (no slack beyond ``rtol`` * eps)."""
@@ -167,7 +167,7 @@ class LpBall:
         return out.clamp(self.lo, self.hi)
 
 
-def l1_box_min(a: Tensor, x0: Tensor, eps: Tensor, lo: float, hi: float) -> Tensor:
+def _l1_box_min(a: Tensor, x0: Tensor, eps: Tensor, lo: float, hi: float) -> Tensor:
     """min <a, d> s.t. ||d||_1 <= eps, lo <= x0 + d <= hi: spend the budget on the largest |a_i| first."""
     room = torch.where(a > 0, x0 - lo, hi - x0).clamp(min=0).expand_as(a)  # how far each coordinate may move
     gain = a.abs()
@@ -179,7 +179,7 @@ def l1_box_min(a: Tensor, x0: Tensor, eps: Tensor, lo: float, hi: float) -> Tens
     return -(g * take).sum(-1)
 
 
-def l2_box_min(a: Tensor, x0: Tensor, eps: Tensor, lo: float, hi: float, iters: int = 60) -> Tensor:
+def _l2_box_min(a: Tensor, x0: Tensor, eps: Tensor, lo: float, hi: float, iters: int = 60) -> Tensor:
     """Lower bound on min <a, d> s.t. ||d||_2 <= eps, lo <= x0 + d <= hi (see LpBall.min_linear)."""
     d_lo, d_hi = lo - x0, hi - x0
     eps = eps[..., 0]  # (N, 1)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..network import ChannelAffine, Conv2d, Network, ReLU, _ConvLike
-from ..spec import LpBall, l1_box_min, l2_box_min
+from ..spec import LpBall
 from .backward import _through_relu
 from .relax import ReluRelaxation
 
@@ -125,7 +125,7 @@ class LocalBounds:
         self.grid = (node.shape[1], node.shape[2])
         self.n_pos = self.grid[0] * self.grid[1]
         self.like = pset.center.new_zeros(())
-        self.ball: LpBall | None = None  # set for p = 1, 2 (the input window's ball)
+        self.ball: LpBall | None = None  # p = 1, 2: one ball per (example, position) row, on its input window
         self.relu: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
         self.valid: dict[int, Tensor] = {}
         self.window_t: dict[int, tuple[Tensor, tuple[int, int, int]]] = {}
@@ -137,12 +137,11 @@ class LocalBounds:
                     lo, hi = pset.box()
                     self.box = (windows(lo, frame, self.grid), windows(hi, frame, self.grid))
                 else:
-                    self.ball = pset
                     # padding positions get a centre inside the box (they carry no coefficient;
                     # a centre outside the box would make the box constraint spend radius there)
                     c0 = min(max(0.0, pset.lo), pset.hi)
-                    self.center = windows(pset.center - c0, frame, self.grid) + c0
-                    self.eps = pset.eps.repeat_interleave(self.n_pos)  # per (example, position) row
+                    center = windows(pset.center - c0, frame, self.grid) + c0
+                    self.ball = LpBall(center, pset.eps.repeat_interleave(self.n_pos), pset.p, pset.lo, pset.hi)
                 continue
             op = net.graph[idx].op
             if isinstance(op, ReLU):
@@ -201,9 +200,10 @@ class LocalBounds:
                     break
                 if self.ball is not None:
                     a = a * self.valid[0].index_select(0, pos)
-                    total = total + self._ball_min(row, a)
+                    ball = self.ball.select(row)
+                    total = total + ball.min_linear(a.unsqueeze(1))[:, 0]
                     if two_sided:
-                        total_up = total_up - self._ball_min(row, -a)
+                        total_up = total_up - ball.min_linear(-a.unsqueeze(1))[:, 0]
                     break
                 lo_box, hi_box = (t.index_select(0, row) for t in self.box)
                 plus, minus = a.clamp(min=0), a.clamp(max=0)
@@ -238,17 +238,6 @@ class LocalBounds:
             else:  # a wide window: the dense matrix would be too large
                 a = op.linear_t_window(a)  # type: ignore[union-attr]
         return total, total_up, a
-
-    def _ball_min(self, row: Tensor, a: Tensor) -> Tensor:
-        """min of <a, x> over the window's coordinates of the Lp ball (p = 1, 2) and the box."""
-        assert self.ball is not None
-        p = a.shape[0]
-        x0 = self.center.index_select(0, row).reshape(p, 1, -1).to(a.dtype)
-        eps = self.eps.index_select(0, row).to(a.dtype).reshape(p, 1, 1)
-        a2 = a.reshape(p, 1, -1)
-        lo, hi = self.ball.lo, self.ball.hi
-        off = l1_box_min(a2, x0, eps, lo, hi) if self.ball.p == 1.0 else l2_box_min(a2, x0, eps, lo, hi)
-        return (a2 * x0).sum(-1)[:, 0] + off[:, 0]
 
 
 def _sum(t: Tensor) -> Tensor:
