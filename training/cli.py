@@ -69,6 +69,9 @@ def _opt(*names: str, **kw):  # type: ignore[no-untyped-def]
       help="torch threads on the CPU (default: torch's, one per core). On a node shared with other jobs give "
            "the cores you own: torch's thread pool slows down badly on cores another process is using.")
 @_opt("--resume", is_flag=True, help="Continue from the run directory's last epoch checkpoint.")
+@_opt("--stop-after", type=int, default=None, metavar="EPOCH",
+      help="Stop after this epoch of the --epochs schedule and export (the learning rate and the ramps stay "
+           "those of the full run); --resume without it later continues the same run.")
 @_opt("--data-dir", default=None, type=click.Path(file_okay=False), help="Folder with the dataset files.")
 @_opt("--run-dir", default=None, type=click.Path(file_okay=False),
       help="Checkpoint, log.csv and curves.png; default: runs/<name of --out>.")
@@ -77,7 +80,7 @@ def _opt(*names: str, **kw):  # type: ignore[no-untyped-def]
       help="Output format; default from the extension (.mat: MMR layout). --method fpd writes a .pt2 program.")
 @_opt("--quiet", is_flag=True, help="No progress bar.")
 def train_mmr(arch: str, out: str, fmt: str | None, run_dir: str | None, resume: bool, quiet: bool,  # type: ignore[no-untyped-def]
-              threads: int | None, **options) -> None:
+              threads: int | None, stop_after: int | None, **options) -> None:
     """Train a ReLU network and export it for `verify`.
 
     \b
@@ -88,6 +91,7 @@ def train_mmr(arch: str, out: str, fmt: str | None, run_dir: str | None, resume:
       train-mmr --method kw --eps 0.1 --warmup-epochs 2 --epochs 4 --batch-size 32 --out kw.mat
       train-mmr --method at --eps 0.3 --p 2 --dataset fmnist --nn-type fc1 --out at.h5
       train-mmr ... --resume          # after an interruption: same flags, continues the last epoch
+      train-mmr ... --stop-after 6    # export epoch 6 of the schedule; --resume later goes on
       train-mmr ... --device cuda     # on a GPU (a run may resume on another device)
       train-mmr --dataset fmnist --nn-type ssp_mnist --block ssp2 --blocks 2 --width 8 \\
                 --method at --eps 0.1 --ae-frac 1 --pgd-steps 10 --out ssp2.h5
@@ -128,7 +132,7 @@ def train_mmr(arch: str, out: str, fmt: str | None, run_dir: str | None, resume:
     if config.arch.startswith("ssp") and (fmt or Path(out).suffix.lower().lstrip(".")).startswith("mat"):
         raise TrainConfigError("SSP networks have residual blocks, which the .mat layouts cannot hold: "
                                "write .h5, .pt or .onnx")
-    result = train(config, run_dir=run, resume=resume, progress=not quiet)
+    result = train(config, run_dir=run, resume=resume, progress=not quiet, stop_after=stop_after)
     if result.network is None:
         from .fpd import export_classifier
 

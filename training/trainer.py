@@ -153,8 +153,16 @@ def train(
     data: TrainData | None = None,
     progress: bool = True,
     on_batch: BatchHook | None = None,
+    stop_after: int | None = None,
 ) -> TrainResult:
-    """Train (or resume) a run whose checkpoint, CSV log and PNG live in ``run_dir``."""
+    """Train (or resume) a run whose checkpoint, CSV log and PNG live in ``run_dir``.
+
+    ``stop_after`` ends the run after that epoch of the ``config.epochs`` schedule (the learning
+    rate and the eps / lambda ramps stay those of the full run), so a later ``resume`` without it
+    continues exactly where the uninterrupted run would be.
+    """
+    if stop_after is not None and stop_after < 1:
+        raise TrainConfigError(f"--stop-after must be an epoch >= 1, got {stop_after}")
     run = Path(run_dir)
     ckpt_path, log_path, png_path = run / "checkpoint.pt", run / "log.csv", run / "curves.png"
     if config.deterministic:
@@ -186,7 +194,8 @@ def train(
         n_batches = min(n_batches, config.max_batches)
     step.n_batches = n_batches
     t_all = time.perf_counter()
-    for epoch in range(start, config.epochs + 1):
+    last = config.epochs if stop_after is None else min(stop_after, config.epochs)
+    for epoch in range(start, last + 1):
         rows.append(_run_epoch(config, step, module, opt, data, epoch, n_batches, progress, on_batch))
         save_checkpoint(ckpt_path, {"model": module.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
                                     "history": rows, "config": config.to_dict()})

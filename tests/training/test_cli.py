@@ -22,6 +22,7 @@ BAD = [
     (["--ae-frac", "1.5", "--method", "at"], "ae_frac"),
     (["--device", "tpu"], "unknown device"),
     (["--device", "cuda:99"], "cuda:99"),
+    (["--stop-after", "0"], "--stop-after"),
 ]
 
 

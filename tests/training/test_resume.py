@@ -50,6 +50,23 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, shared_data, method: 
     assert (tmp_path / "cut" / "curves.png").stat().st_size > 1000
 
 
+def test_stop_after_then_resume_equals_uninterrupted(tmp_path, shared_data) -> None:
+    # The step schedule depends on config.epochs (lr / 10 in the last 10%): stopping after epoch 1 of
+    # 2 must keep the 2-epoch schedule, so resuming finishes the same run.
+    cfg = TrainConfig(dataset="mnist", arch="cnn_lenet_small", method="plain", epochs=2, batch_size=32, seed=3,
+                      lr_schedule="step", eval_test=False)
+    data = _data(shared_data)
+    full = train(cfg, run_dir=tmp_path / "full", data=data, progress=False)
+    first = train(cfg, run_dir=tmp_path / "cut", data=data, progress=False, stop_after=1)
+    assert [r["epoch"] for r in first.history] == [1] and first.network is not None
+    again = train(cfg, run_dir=tmp_path / "cut", data=data, progress=False, resume=True, stop_after=1)
+    assert torch.equal(again.network.layers[-1].weight, first.network.layers[-1].weight)  # nothing retrained
+    resumed = train(cfg, run_dir=tmp_path / "cut", data=data, progress=False, resume=True)
+    assert [r["lr"] for r in resumed.history] == [r["lr"] for r in full.history] == [1e-3, 1e-4]
+    for (name, a), b in zip(full.module.state_dict().items(), resumed.module.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
 def test_resume_with_other_settings_is_refused(tmp_path, shared_data) -> None:
     from verify.errors import VerifyError
 
