@@ -48,6 +48,9 @@ def test_consistency_random_mlp(mlp_points, eps: float) -> None:
     assert s.clean_error == pytest.approx(4 / 40)
     assert s.unknown == 0 and s.lb == s.ub  # a small MLP: the MIP decides everything
     assert any(r.decided_by == "mip" for r in res) or eps == 0.02
+    for r in res:  # the JSON / CSV / store row says how large the MIP was
+        row = r.row()
+        assert (row["n_binaries"] is not None) == ("mip" in r.seconds), row
 
 
 def test_alpha_crown_mip_bounds_same_verdicts(mlp_points) -> None:

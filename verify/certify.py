@@ -88,7 +88,7 @@ class CertResult:
             "index": self.index, "label": self.label, "prediction": self.prediction, "status": self.status,
             "decided_by": self.decided_by, "margin_lb": self.margin_lb,
             "seconds": round(sum(self.seconds.values()), 6), "reason": self.reason,
-            "solver_status": self.solver_status,
+            "solver_status": self.solver_status, "gap": self.gap, "n_binaries": self.n_binaries,
         }
 
 

@@ -23,7 +23,7 @@ def rows_to_results(rows: list[dict]):
     return [
         CertResult(int(r["index"]), int(r["label"]), int(r["prediction"]), r["status"], r.get("decided_by"),
                    r.get("margin_lb"), None, {"total": float(r.get("seconds") or 0.0)},
-                   r.get("solver_status"), None, r.get("reason"))
+                   r.get("solver_status"), r.get("gap"), r.get("reason"), r.get("n_binaries"))
         for r in rows
     ]
 
