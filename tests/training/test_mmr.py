@@ -191,3 +191,32 @@ def hinge_closest_sum(relu: torch.Tensor, dec: torch.Tensor) -> torch.Tensor:
     from training.regularizers.mmr import hinge_closest
 
     return hinge_closest(relu, 20, 0.5).mean() + hinge_closest(dec, 5, 0.5).mean()
+
+
+def test_pull_back_to_a_node_only_where_it_separates() -> None:
+    """backward_coefficients(stop=j): coefficients on node j's value, composed with node j's map,
+    equal those on the input; a node that a skip connection bypasses is refused."""
+    from tests.bounds.nets import residual_net
+    from training.regularizers.mmr import _separates
+    from verify.bounds.backward import backward_coefficients
+    from verify.bounds.relax import ReluRelaxation
+
+    net = residual_net(2)
+    x = torch.rand(3, *net.input_shape, dtype=torch.float64)
+    values = net.forward(x, all_nodes=True)
+    rels = {}
+    for node in net.relu_nodes:
+        m = (values[node.inputs[0]] > 0).to(torch.float64)
+        rels[node.inputs[0]] = ReluRelaxation(m, m, torch.zeros_like(m), torch.zeros_like(m, dtype=torch.bool))
+    last = len(net.graph) - 1
+    spec = torch.randn(3, 2, *net.graph[last].shape, dtype=torch.float64)
+    assert _separates(net, 3, last) and _separates(net, 9, last)
+    assert not _separates(net, 5, last)  # node 8 adds node 3: the skip bypasses 4..7
+    full, c_full = backward_coefficients(net, last, spec, rels)
+    at9, c9 = backward_coefficients(net, last, spec, rels, stop=9)
+    # <spec, out> = <at9, value of node 9> + c9 and = <full, x> + c_full, for the points' own inputs
+    lhs = (at9 * values[9].unsqueeze(1)).flatten(2).sum(2) + c9
+    rhs = (full * x.unsqueeze(1)).flatten(2).sum(2) + c_full
+    torch.testing.assert_close(lhs, rhs, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="does not separate"):
+        backward_coefficients(net, last, spec, rels, stop=5)

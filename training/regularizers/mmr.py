@@ -27,11 +27,12 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from verify.bounds.backward import backward_coefficients, margin_spec
 from verify.bounds.intermediate import CHUNK_ELEMENTS, ancestors
-from verify.bounds.local import LocalBounds, local_plan
+from verify.bounds.local import Frame, LocalBounds, local_plan
 from verify.bounds.relax import ReluRelaxation
 from verify.errors import SpecError, UnsupportedLayerError
 from verify.network import AffineLayer, Add, Network, ReLU
@@ -151,8 +152,10 @@ def region_grad_norms(net: Network, x: Tensor, labels: Tensor, q: float) -> Regi
     verify's backward engine (:func:`verify.bounds.backward.backward_coefficients`), and for a
     conv layer fed by a chain of convs on the receptive-field windows only
     (:class:`verify.bounds.local.LocalBounds`): a neuron of the second 4x4/stride-2 conv of
-    cnn_lenet_small reads 100 of the 784 pixels. Layers before the first ReLU have the same map
-    for every point and are pulled back once. Differentiable in the network's parameters.
+    cnn_lenet_small reads 100 of the 784 pixels. Layers after such a conv are pulled back to it
+    and composed with its window gradients (:func:`_through_windows`) instead of going on through
+    the convs' transposes. Layers before the first ReLU have the same map for every point and are
+    pulled back once. Differentiable in the network's parameters.
     """
     n = x.shape[0]
     values = net.forward(x, all_nodes=True)
@@ -165,16 +168,122 @@ def region_grad_norms(net: Network, x: Tensor, labels: Tensor, q: float) -> Regi
     # shape and norm are read when pulling coefficients back)
     ball = LpBall(x.detach(), torch.zeros(n, dtype=torch.float64, device=x.device), math.inf, -math.inf, math.inf)
     pre, norms = [], []
+    cut: _WindowCut | None = None  # the last conv whose input gradients are known on windows
     for node in net.relu_nodes:
         k = node.inputs[0]
         pre.append(values[k].reshape(n, -1))
+        windowed = None if _shared(net, k) else _window_gradients(net, ball, k, rels)
+        if windowed is not None:
+            cut = windowed
+            norms.append(_window_norms(cut, q))
+            continue
+        if cut is not None and _separates(net, cut.node, k):
+            norms.append(_rows_norms(net, k, rels, cut, q))
+            continue
         norms.append(_node_grad_norms(net, ball, k, rels, q))
     logits = values[-1]
     kk = logits.shape[1]
     spec = margin_spec(labels, kk, x.dtype)
-    coef, _ = backward_coefficients(net, len(net.graph) - 1, spec, rels)
-    margin_norms = torch.linalg.vector_norm(coef.reshape(n, kk, -1), ord=q, dim=2)
+    last = len(net.graph) - 1
+    if cut is not None and _separates(net, cut.node, last):
+        margin_norms = _pulled_norms(net, last, spec, rels, cut, q)
+    else:
+        coef, _ = backward_coefficients(net, last, spec, rels)
+        margin_norms = torch.linalg.vector_norm(coef.reshape(n, kk, -1), ord=q, dim=2)
     return RegionGradNorms(tuple(pre), tuple(norms), margin_norms, logits)
+
+
+@dataclass(frozen=True, eq=False)
+class _WindowCut:
+    """Input gradients of every unit of conv node ``node`` on its receptive-field windows:
+    ``grads`` (N, P, C, c0, h, w) for P positions and C channels; ``frame`` places the windows."""
+
+    node: int
+    grads: Tensor
+    frame: Frame
+    input_shape: tuple[int, ...]
+
+
+def _window_gradients(net: Network, ball: LpBall, k: int, rels: dict[int, ReluRelaxation]) -> _WindowCut | None:
+    """Node k's input gradients on windows, when it is a conv fed by a chain of convs."""
+    plan = local_plan(net, ball, k)
+    if plan is None:
+        return None
+    local = LocalBounds(net, ball, k, plan, rels)
+    nk = math.prod(net.graph[k].shape)
+    widest = max(net.graph[i].shape[0] * f.h * f.w for i, f in plan)  # one neuron's widest window
+    chunk = max(1, CHUNK_ELEMENTS // (nk * widest))  # examples per pass
+    grads = torch.cat([local.all_coefficients(e0, min(e0 + chunk, ball.n)) for e0 in range(0, ball.n, chunk)])
+    return _WindowCut(k, grads, plan[-1][1], tuple(net.graph[0].shape))
+
+
+def _window_norms(cut: _WindowCut, q: float) -> Tensor:
+    g = cut.grads
+    nrm = torch.linalg.vector_norm(g.reshape(*g.shape[:3], -1), ord=q, dim=3)  # (N, P, C)
+    return nrm.transpose(1, 2).reshape(g.shape[0], -1)  # units in C order: channel-major
+
+
+def _shared(net: Network, k: int) -> bool:
+    """No ReLU before node k: its map is the same for every point."""
+    return not any(isinstance(net.graph[i].op, ReLU) for i in ancestors(net, k))
+
+
+def _separates(net: Network, j: int, k: int) -> bool:
+    """Every path from the input to node k passes through node j (j < k)."""
+    return all(min(net.graph[i].inputs) >= j for i in range(j + 1, k + 1))
+
+
+def _pulled_norms(net: Network, k: int, a: Tensor, rels: dict[int, ReluRelaxation], cut: _WindowCut,
+                  q: float) -> Tensor:
+    """(N, S): q-norms of the input gradients of <a[:, s], node k>, through the cut's windows."""
+    coef, _ = backward_coefficients(net, k, a, rels, stop=cut.node)  # (N, S, C, H, W) on the cut
+    s = coef.shape[1]
+    n_pos, k = cut.grads.shape[1], cut.grads[0, 0, 0].numel()
+    chunk = max(1, CHUNK_ELEMENTS // (s * n_pos * k))  # examples per pass: (E, P, S, K) products
+    out = []
+    # torch.split, not slicing: a slice's backward writes a zero tensor of the whole input each time
+    for c, g in zip(torch.split(coef, chunk), torch.split(cut.grads, chunk)):
+        g = _through_windows(c, g, cut.frame, cut.input_shape)
+        out.append(torch.linalg.vector_norm(g.reshape(g.shape[0], s, -1), ord=q, dim=2))
+    return torch.cat(out)
+
+
+def _rows_norms(net: Network, k: int, rels: dict[int, ReluRelaxation], cut: _WindowCut, q: float) -> Tensor:
+    """(N, n_k): q-norms of the input gradients of node k's units, through the cut's windows."""
+    n = cut.grads.shape[0]
+    shape = net.graph[k].shape
+    nk = math.prod(shape)
+    rows = max(1, CHUNK_ELEMENTS // (n * max(math.prod(net.graph[cut.node].shape), 1)))
+    eye = torch.eye(nk, dtype=cut.grads.dtype, device=cut.grads.device)
+    out = [_pulled_norms(net, k, eye[r0 : r0 + rows].reshape(1, -1, *shape).expand(n, -1, *shape), rels, cut, q)
+           for r0 in range(0, nk, rows)]
+    return torch.cat(out, dim=1) if out else cut.grads.new_zeros((n, 0))
+
+
+def _through_windows(coef: Tensor, grads: Tensor, frame: Frame, input_shape: tuple[int, ...]) -> Tensor:
+    """sum over the cut's units u of coef[b, s, u] * (u's input gradient): (B, S, *input_shape).
+
+    ``coef`` (B, S, C, H, W) on the conv's output, ``grads`` (B, P = H * W, C, c0, h, w) on windows
+    of the input: per position a (S x C) @ (C x c0*h*w) product, then the windows are summed into
+    the image (F.fold) and the padding around it cut off.
+    """
+    b, s, c = coef.shape[:3]
+    n_pos = grads.shape[1]
+    c0, hh, ww = input_shape
+    k = grads[0, 0, 0].numel()
+    per_pos = torch.matmul(coef.reshape(b, s, c, n_pos).permute(0, 3, 1, 2),  # (B, P, S, C)
+                           grads.reshape(b, n_pos, c, k))  # (B, P, S, K)
+    cols = per_pos.permute(0, 2, 3, 1).reshape(b * s, k, n_pos)
+    ny = coef.shape[3]
+    nx = coef.shape[4]
+    span_y, span_x = (ny - 1) * frame.sy + frame.h, (nx - 1) * frame.sx + frame.w
+    canvas = F.fold(cols, (span_y, span_x), (frame.h, frame.w), stride=(frame.sy, frame.sx))  # (B*S, c0, ., .)
+    # canvas row r is input row r + oy: pad where the windows do not reach, then cut the image out
+    top, left = max(0, frame.oy), max(0, frame.ox)
+    bottom, right = max(0, hh - frame.oy - span_y), max(0, ww - frame.ox - span_x)
+    canvas = F.pad(canvas, (left, right, top, bottom))
+    y0, x0 = top - frame.oy, left - frame.ox
+    return canvas[:, :, y0 : y0 + hh, x0 : x0 + ww].reshape(b, s, c0, hh, ww)
 
 
 def _node_grad_norms(net: Network, ball: LpBall, k: int, rels: dict[int, ReluRelaxation], q: float) -> Tensor:
@@ -182,32 +291,22 @@ def _node_grad_norms(net: Network, ball: LpBall, k: int, rels: dict[int, ReluRel
     n = ball.n
     shape = net.graph[k].shape
     nk = math.prod(shape)
-    plan = local_plan(net, ball, k)
-    if plan is not None:
-        local = LocalBounds(net, ball, k, plan, rels)
-        f0 = plan[-1][1]
-        d0 = net.graph[0].shape[0] * f0.h * f0.w
-        widest = max(net.graph[i].shape[0] * f.h * f.w for i, f in plan)
-        chunk = max(1, CHUNK_ELEMENTS // widest)
-        dev = ball.center.device
-        ex = torch.arange(n, device=dev).repeat_interleave(nk)
-        nb = torch.arange(nk, device=dev).repeat(n)
-        out = [torch.linalg.vector_norm(local.coefficients(ex[i : i + chunk], nb[i : i + chunk]).reshape(-1, d0),
-                                        ord=q, dim=1) for i in range(0, n * nk, chunk)]
-        return torch.cat(out).reshape(n, nk)
     anc = ancestors(net, k)
-    shared = not any(isinstance(net.graph[i].op, ReLU) for i in anc)  # the same map for every point
-    b = 1 if shared else n
+    if _shared(net, k) and n > 1:  # pulled back once, on the first point, and shared
+        one = LpBall(ball.center[:1], ball.eps[:1], ball.p, ball.lo, ball.hi)
+        return _node_grad_norms(net, one, k, {}, q).expand(n, -1)
+    cut = _window_gradients(net, ball, k, rels)
+    if cut is not None:
+        return _window_norms(cut, q)
     widest = max(math.prod(net.graph[i].shape) for i in anc)
-    rows = max(1, CHUNK_ELEMENTS // (b * widest))
+    rows = max(1, CHUNK_ELEMENTS // (n * widest))
     eye = torch.eye(nk, dtype=ball.center.dtype, device=ball.center.device)
     out = []
     for r0 in range(0, nk, rows):
-        a = eye[r0 : r0 + rows].reshape(1, -1, *shape).expand(b, -1, *shape)
+        a = eye[r0 : r0 + rows].reshape(1, -1, *shape).expand(n, -1, *shape)
         coef, _ = backward_coefficients(net, k, a, rels)
-        out.append(torch.linalg.vector_norm(coef.reshape(b, a.shape[1], -1), ord=q, dim=2))
-    res = torch.cat(out, dim=1) if out else ball.center.new_zeros((b, 0))
-    return res.expand(n, -1) if shared else res
+        out.append(torch.linalg.vector_norm(coef.reshape(n, a.shape[1], -1), ord=q, dim=2))
+    return torch.cat(out, dim=1) if out else ball.center.new_zeros((n, 0))
 
 
 def hinge_closest(dist: Tensor, k: int, gamma: float) -> Tensor:

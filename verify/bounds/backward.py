@@ -75,15 +75,18 @@ def backward_range(
     return lower, upper
 
 
-def backward_coefficients(net: Network, start: int, A: Tensor, relaxations: Mapping[int, ReluRelaxation]) -> tuple[Tensor, Tensor]:
+def backward_coefficients(net: Network, start: int, A: Tensor, relaxations: Mapping[int, ReluRelaxation], *,
+                          stop: int = 0) -> tuple[Tensor, Tensor]:
     """<A[b, s], node ``start``> as an affine function of the input: (coefficients (B, S, *input_shape), constant (B, S)).
 
     Exact for relaxations whose two lines coincide with zero intercept (a fixed activation
     pattern, ``lam_lo == lam_up``, ``mu_up == 0``): the rows of the network's affine map on a
     linear region, i.e. gradients w.r.t. the input, pulled back without any dense Jacobian.
+    With ``stop`` > 0, an affine function of node ``stop``'s value instead (coefficients
+    (B, S, *shape of stop)); every path from ``start`` down must pass through ``stop``.
     """
     a0, total, _ = _pull_back(net, start, A, {}, rule="kw", const=None, alpha=None, relaxations=relaxations,
-                              two_sided=True)
+                              two_sided=True, stop=stop)
     return a0, total
 
 
@@ -100,14 +103,14 @@ def _backward(net: Network, pset: LpBall, start: int, A: Tensor, bounds: NodeBou
 def _pull_back(net: Network, start: int, A: Tensor, bounds: NodeBounds, *, rule: Rule,
                const: Tensor | None, alpha: dict[int, Tensor] | None,
                relaxations: Mapping[int, ReluRelaxation] | None,
-               two_sided: bool) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Coefficients on the input and the constants (lower; upper when two-sided) of the spec."""
+               two_sided: bool, stop: int = 0) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Coefficients on the input (node ``stop``) and the constants (lower; upper when two-sided) of the spec."""
     graph = net.graph
     b, s = A.shape[:2]
     total = torch.zeros((b, s), dtype=A.dtype, device=A.device) if const is None else const.clone()
     total_up = total.clone() if two_sided else None
     acc: dict[int, Tensor] = {start: A}
-    for idx in range(start, 0, -1):
+    for idx in range(start, stop, -1):
         a = acc.pop(idx, None)
         if a is None:
             continue
@@ -147,7 +150,10 @@ def _pull_back(net: Network, start: int, A: Tensor, bounds: NodeBounds, *, rule:
                 total_up = total_up + off  # type: ignore[operator]
             a_in = op.linear_t(a.reshape(b * s, *node.shape), in_shape).reshape(b, s, *in_shape)  # type: ignore[union-attr]
         acc[src] = acc[src] + a_in if src in acc else a_in
-    return acc.pop(0), total, total_up
+    a_stop = acc.pop(stop)
+    if acc:
+        raise ValueError(f"node {stop} does not separate node {start} from the input (paths reach nodes {sorted(acc)})")
+    return a_stop, total, total_up
 
 
 def _through_relu(a: Tensor, rel: ReluRelaxation, alpha: Tensor | None) -> tuple[Tensor, Tensor]:

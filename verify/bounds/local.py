@@ -189,6 +189,41 @@ class LocalBounds:
         _, _, a = self._pass(row, pos, w, torch.zeros_like(ch, dtype=w.dtype), two_sided=True, box=False)
         return a * self.valid[0].index_select(0, pos)  # nothing on the input window's padding
 
+    def all_coefficients(self, start: int, stop: int) -> Tensor:
+        """Every neuron's coefficients on its input window for examples ``start:stop``:
+        (E, P, C, c0, h, w), E examples, P positions, C channels of node k, c0 input channels.
+
+        The same arithmetic as :meth:`coefficients` over all (example, neuron) pairs, with the
+        channels of a position kept together: they share that position's windows, which are then
+        read by slicing and broadcasting instead of a gather per (example, neuron) pair.
+        """
+        graph = self.net.graph
+        e, n_pos = stop - start, self.n_pos
+        rows = slice(start * n_pos, stop * n_pos)
+        w = self.net.graph[self.k].op.param("weight", self.like)  # (C, c, kh, kw)
+        a = w.expand(e * n_pos, *w.shape)  # (E*P, C, c, kh, kw)
+        for idx, _ in self.plan:
+            if idx == 0:
+                break
+            op = graph[idx].op
+            if isinstance(op, ReLU):
+                a = a * self.relu[idx][1][rows].unsqueeze(1)  # lam_up == lam_lo for fixed patterns
+                continue
+            valid = self.valid[idx]  # (P, c, h, w), the same for every example
+            a = (a.reshape(e, n_pos, *a.shape[1:]) * valid[None, :, None]).reshape(a.shape)
+            g = a.shape[1]
+            flat = a.reshape(-1, *a.shape[2:])
+            if isinstance(op, ChannelAffine):
+                flat = op.linear_t(flat, graph[idx].shape)
+            elif idx in self.window_t:
+                m, shape = self.window_t[idx]
+                flat = (flat.reshape(flat.shape[0], -1) @ m).reshape(-1, *shape)
+            else:
+                flat = op.linear_t_window(flat)  # type: ignore[union-attr]
+            a = flat.reshape(e * n_pos, g, *flat.shape[1:])
+        a = a.reshape(e, n_pos, *a.shape[1:])
+        return a * self.valid[0][None, :, None]  # nothing on the input window's padding
+
     def _pass(self, row: Tensor, pos: Tensor, a: Tensor, const: Tensor, *, two_sided: bool,
               box: bool = True) -> tuple[Tensor, Tensor, Tensor]:
         """(lower, upper, coefficients on the input window); ``box=False`` skips the bounds at the input."""
