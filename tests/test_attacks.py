@@ -189,6 +189,24 @@ def test_restarts_never_lose_and_seeds_reproduce(mnist_mlp):
     assert three.steps > one.steps == 20
 
 
+@pytest.mark.parametrize("p, eps", [("inf", 0.06), ("2", 1.0), ("1", 6.0)])
+def test_an_examples_result_does_not_depend_on_its_batch(mnist_mlp, p, eps):
+    """Keyed by data-set index, an example gets the same random starts, and so the same point,
+    alone, inside a larger call, at another position, or in another internal chunk."""
+    _, net, x, y = mnist_mlp
+    keys = torch.arange(100, 160)
+    ball = LpBall.make(x[:60], eps, p)
+    whole = pgd_attack(net, ball, y[:60], steps=5, restarts=2, keys=keys, seed=7)
+    pick = torch.tensor([41, 3, 17])  # another order, a subset
+    part = pgd_attack(net, ball.select(pick), y[pick], steps=5, restarts=2, keys=keys[pick], seed=7)
+    torch.testing.assert_close(part.x_adv, whole.x_adv[pick], rtol=0, atol=1e-6)
+    chunked = PGD(steps=5, restarts=2, seed=7, batch_size=7)(net, ball, y[:60], keys=keys)
+    torch.testing.assert_close(chunked.x_adv, whole.x_adv, rtol=0, atol=1e-6)
+    assert torch.equal(part.success, whole.success[pick])
+    with pytest.raises(Exception, match="attack keys"):
+        pgd_attack(net, ball, y[:60], keys=keys[:3])
+
+
 def test_options_cross_entropy_and_decay(mnist_mlp):
     _, net, x, y = mnist_mlp
     correct = net.predict(x) == y

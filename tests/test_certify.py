@@ -178,3 +178,22 @@ def test_mip_time_limit_holds_in_lp_tightening(mnist_test) -> None:
     assert "mip" in r.seconds  # the bounds leave it to the MIP
     assert r.status != "verified" or r.decided_by == "mip"
     assert r.seconds["mip"] < 20.0, r.seconds
+
+
+def test_a_points_verdict_does_not_depend_on_its_batch(pgd_net: Network, mnist_test) -> None:
+    """PGD's random starts are keyed by data-set index: certifying points 0..39 at once, or a few of
+    them alone and in another order (as -n, --shard, --workers and --indices runs do), gives each
+    the same verdict, by the same stage, with the same counterexample."""
+    x, y = mnist_test
+    cfg = CertifyConfig(p=math.inf, eps=0.1, no_mip=True, attack_steps=10, strong_attack_steps=20)
+    ball = LpBall.make(x[:40].to(torch.float64), 0.1, "inf")
+    whole = certify(pgd_net, ball, y[:40], list(range(40)), cfg, progress=False)
+    falsified = [r.index for r in whole if r.status == "falsified"]
+    assert falsified, "the at model has PGD counterexamples at eps 0.1 among the first 40 points"
+    pick = sorted(set(falsified[:3]) | {0, 1}, reverse=True)
+    part = certify(pgd_net, ball.select(pick), y[pick], pick, cfg, progress=False)
+    for r in part:
+        w = whole[r.index]
+        assert (r.status, r.decided_by) == (w.status, w.decided_by), r.index
+        if r.counterexample is not None:
+            torch.testing.assert_close(r.counterexample, w.counterexample, rtol=0, atol=1e-6)

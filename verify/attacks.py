@@ -42,9 +42,14 @@ class AttackResult:
 class Attack:
     """Base class: subclasses implement :meth:`run`, returning candidate points (float32) and a step count."""
 
-    def __call__(self, net: Network, pset: LpBall, labels: Tensor | Sequence[int] | np.ndarray) -> AttackResult:
+    def __call__(self, net: Network, pset: LpBall, labels: Tensor | Sequence[int] | np.ndarray, *,
+                 keys: Tensor | Sequence[int] | np.ndarray | None = None) -> AttackResult:
+        """``keys``: one integer per example (its index in the data set) that fixes its random draws,
+        so an example's result does not depend on which other examples share the call; default:
+        the positions 0..N-1."""
         y = validate_attack_inputs(net, pset, labels)
         n = pset.n
+        keys_t = _keys(keys, n)
         if n == 0:
             empty = pset.center.new_zeros(0, dtype=torch.float64)
             return AttackResult(pset.center.clone(), pset.center.new_zeros(0, dtype=torch.bool), empty, 0)
@@ -53,14 +58,31 @@ class Attack:
         x_adv = pset.center.detach().clone()
         steps = 0
         if todo.numel():
-            cand, steps = self.run(net, pset.select(todo).to(torch.float32), y[todo])
+            cand, steps = self.run(net, pset.select(todo).to(torch.float32), y[todo], keys_t[todo.cpu()])
             x_adv[todo] = inside_set(pset.select(todo), cand.detach())
         success = check_counterexample(net, pset, y, x_adv)
         margin = margins_f64(net, x_adv, y)
         return AttackResult(x_adv, success, margin, steps)
 
-    def run(self, net: Network, pset: LpBall, labels: Tensor) -> tuple[Tensor, int]:
+    def run(self, net: Network, pset: LpBall, labels: Tensor, keys: Tensor | None = None) -> tuple[Tensor, int]:
+        """Candidates for the examples of ``pset``; ``keys`` (CPU int64, one per example) seed their random draws."""
         raise NotImplementedError
+
+
+def _keys(keys: Tensor | Sequence[int] | np.ndarray | None, n: int) -> Tensor:
+    if keys is None:
+        return torch.arange(n, device="cpu")
+    k = keys.detach().to("cpu", torch.long) if isinstance(keys, Tensor) else torch.as_tensor(np.asarray(keys), dtype=torch.long, device="cpu")
+    k = k.reshape(-1)
+    if k.numel() != n:
+        raise SpecError(f"{n} examples but {k.numel()} attack keys")
+    return k
+
+
+def example_generator(seed: int, key: int, restart: int) -> torch.Generator:
+    """The CPU generator of one example's restart: a function of (seed, key, restart) only."""
+    mixed = ((seed * 1_000_003 + key) * 1_000_033 + restart) % (2**63 - 1)
+    return torch.Generator(device="cpu").manual_seed(mixed)
 
 
 def validate_attack_inputs(net: Network, pset: LpBall, labels: Tensor | Sequence[int] | np.ndarray) -> Tensor:
@@ -254,17 +276,17 @@ class PGD(Attack):
         if self.batch_size < 1:
             raise SpecError(f"batch_size must be >= 1, got {self.batch_size!r}")
 
-    def run(self, net: Network, pset: LpBall, labels: Tensor) -> tuple[Tensor, int]:
-        gen = torch.Generator().manual_seed(self.seed)
+    def run(self, net: Network, pset: LpBall, labels: Tensor, keys: Tensor | None = None) -> tuple[Tensor, int]:
+        keys = _keys(keys, pset.n)
         outs, steps = [], 0
         for start in range(0, pset.n, self.batch_size):
             idx = torch.arange(start, min(pset.n, start + self.batch_size), device=pset.center.device)
-            x, s = self._run_batch(net, pset.select(idx), labels[idx], gen)
+            x, s = self._run_batch(net, pset.select(idx), labels[idx], keys[start : start + len(idx)])
             outs.append(x)
             steps = max(steps, s)
         return torch.cat(outs), steps
 
-    def _run_batch(self, net: Network, ball: LpBall, y: Tensor, gen: torch.Generator) -> tuple[Tensor, int]:
+    def _run_batch(self, net: Network, ball: LpBall, y: Tensor, keys: Tensor) -> tuple[Tensor, int]:
         best_x = ball.center.clone()
         best_m = ball.center.new_full((ball.n,), -math.inf)
         steps = 0
@@ -273,7 +295,7 @@ class PGD(Attack):
             if idx.numel() == 0:
                 break
             sub, ys = ball.select(idx), y[idx]
-            x = self._start(sub, gen, random=self.random_start or r > 0)
+            x = self._start(sub, keys[idx.cpu()], r, random=self.random_start or r > 0)
             base = self._base_step(sub, x)
             k_l1 = int(round(self.l1_sparsity * x[0].numel()))
             for t in range(self.steps + 1):
@@ -302,26 +324,33 @@ class PGD(Attack):
             return x.new_full((ball.n,), self.step_size).reshape(view)
         return (2.5 * ball.eps.to(x.dtype) / self.steps).reshape(view)
 
-    def _start(self, ball: LpBall, gen: torch.Generator, random: bool) -> Tensor:
+    def _start(self, ball: LpBall, keys: Tensor, restart: int, random: bool) -> Tensor:
         c = ball.center
         if not random:
             return c.clone()
+        # one CPU generator per example, seeded by (seed, key, restart), and moved: the same start
+        # for an example whatever else is in the call, and on every device
+        d = torch.stack([self._offset(c.shape[1:], example_generator(self.seed, int(k), restart), ball.p, c.dtype)
+                         for k in keys.tolist()]).to(c.device) if c.shape[0] else torch.zeros_like(c)
         eps = ball.eps.to(c.dtype).reshape((-1,) + (1,) * (c.ndim - 1))
-        # drawn on the CPU generator and moved: the same start on every device
-        def rand(shape: torch.Size, fn=torch.rand) -> Tensor:  # type: ignore[no-untyped-def]
-            return fn(shape, generator=gen, dtype=c.dtype, device="cpu").to(c.device)
+        return project(ball, c + d * eps)
 
-        radius = rand(eps.shape) * eps
-        if math.isinf(ball.p):
-            d = (2 * rand(c.shape) - 1) * eps
-        elif ball.p == 2.0:
-            d = rand(c.shape, torch.randn)
-            d = d / _flat_norm(d, 2.0).clamp(min=1e-12) * radius
-        else:  # Laplace samples, scaled to a random L1 radius
-            d = -rand(c.shape).clamp(min=1e-12).log()
-            d = d * torch.sign(rand(c.shape) - 0.5)
-            d = d / _flat_norm(d, 1.0).clamp(min=1e-12) * radius
-        return project(ball, c + d)
+    @staticmethod
+    def _offset(shape: torch.Size, gen: torch.Generator, p: float, dtype: torch.dtype) -> Tensor:
+        """A random point of the unit Lp ball: uniform in the box for Linf; a random radius in a
+        random direction (Gaussian for L2, signed Laplace for L1) otherwise."""
+        def rand(sh: torch.Size | tuple[int, ...], fn=torch.rand) -> Tensor:  # type: ignore[no-untyped-def]
+            return fn(sh, generator=gen, dtype=dtype, device="cpu")
+
+        radius = rand((1,))
+        if math.isinf(p):
+            return 2 * rand(shape) - 1
+        if p == 2.0:
+            d = rand(shape, torch.randn)
+            return d / torch.linalg.vector_norm(d).clamp(min=1e-12) * radius
+        d = -rand(shape).clamp(min=1e-12).log()
+        d = d * torch.sign(rand(shape) - 0.5)
+        return d / d.abs().sum().clamp(min=1e-12) * radius
 
 
 @dataclass(frozen=True)
@@ -331,7 +360,7 @@ class FGSM(Attack):
 
     loss: LossName = "ce"
 
-    def run(self, net: Network, pset: LpBall, labels: Tensor) -> tuple[Tensor, int]:
+    def run(self, net: Network, pset: LpBall, labels: Tensor, keys: Tensor | None = None) -> tuple[Tensor, int]:
         if self.loss not in ("margin", "ce"):
             raise SpecError(f"unknown attack loss {self.loss!r}: use margin or ce")
         x = pset.center.detach().clone().requires_grad_(True)
@@ -359,11 +388,13 @@ def pgd_attack(
     seed: int = 0,
     schedule: Schedule = "constant",
     l1_sparsity: float = 0.01,
+    keys: Tensor | Sequence[int] | np.ndarray | None = None,
 ) -> AttackResult:
-    """PGD in the set ``pset`` (see :class:`PGD`); successes are float64-confirmed counterexamples."""
+    """PGD in the set ``pset`` (see :class:`PGD`); successes are float64-confirmed counterexamples.
+    ``keys`` (one per example, e.g. its index in the data set) fix each example's random starts."""
     attack = PGD(steps=steps, restarts=restarts, step_size=step_size, random_start=random_start, loss=loss,
                  schedule=schedule, l1_sparsity=l1_sparsity, seed=seed)
-    return attack(net, pset, labels)
+    return attack(net, pset, labels, keys=keys)
 
 
 def fgsm(net: Network, pset: LpBall, labels: Tensor | Sequence[int] | np.ndarray, *, loss: LossName = "ce") -> AttackResult:

@@ -172,8 +172,10 @@ def certify(
             return todo
         idx = [pp.pos for pp in todo]
         t0 = time.perf_counter()
+        # keyed by data-set index: an example's random starts, and so its verdict, do not depend on
+        # the batch it came in (-n, --shard, --workers and --indices runs agree)
         att = pgd_attack(net, pset.select(idx), labels[idx], steps=steps, restarts=restarts,
-                         schedule=schedule, seed=seed)  # type: ignore[arg-type]
+                         schedule=schedule, seed=seed, keys=[int(indices[i]) for i in idx])  # type: ignore[arg-type]
         share = (time.perf_counter() - t0) / len(idx)
         left = []
         for k, pp in enumerate(todo):
