@@ -43,19 +43,22 @@ class AdversarialConfig:
 
 
 def adversarial_points(net: Network, x: Tensor, labels: Tensor, *, config: AdversarialConfig, seed: int) -> Tensor:
-    """Adversarial versions of x (same shape and dtype) inside the eps-ball and the input box."""
+    """Adversarial versions of x (same shape and dtype) inside the eps-ball and the input box.
+
+    Every point is attacked, also those the network already misclassifies (as in Madry et al.'s
+    and MMR's training: their loss can still grow); :class:`verify.attacks.Attack` itself skips
+    those, since for verification a misclassified centre is already its own counterexample.
+    """
     from verify import attacks
 
     pset = LpBall.make(x.detach(), config.eps, config.p, net.input_range)
     if config.attack == "fgsm":
-        res = attacks.fgsm(net, pset, labels)
+        attack: attacks.Attack = attacks.FGSM()
     else:
-        res = attacks.pgd_attack(
-            net, pset, labels,
-            steps=config.steps, restarts=config.restarts, step_size=2.0 * config.eps / config.steps,
-            random_start=True, loss="ce", seed=seed,
-        )
-    return res.x_adv.detach().to(x.dtype)
+        attack = attacks.PGD(steps=config.steps, restarts=config.restarts, step_size=2.0 * config.eps / config.steps,
+                             random_start=True, loss="ce", seed=seed)
+    cand, _ = attack.run(net, pset.to(torch.float32), labels.to(torch.long).reshape(-1))
+    return attacks.inside_set(pset, cand.detach()).to(x.dtype)
 
 
 def mix_adversarial(module: nn.Module, input_shape: tuple[int, ...], x: Tensor, labels: Tensor, *,
