@@ -101,3 +101,61 @@ def test_wide_windows_use_the_transpose(monkeypatch):
     monkeypatch.setattr(L, "WINDOW_MATRIX_MAX", 0)  # every conv through conv_transpose2d
     test_windows_equal_full_backward("kw", "inf", (0.0, 1.0))
     test_windows_equal_full_backward("crown", "2", (0.2, 1.2))
+
+
+def _two_convs(c0: int, k1: int, s1: int, pad1, k2: int, s2: int, pad2, size: int, normalize: bool, seed: int = 0) -> Network:
+    g = torch.Generator().manual_seed(seed)
+    layers = [ChannelAffine.normalize([0.4] * c0, [0.3 + 0.1 * i for i in range(c0)])] if normalize else []
+    layers += [Conv2d(_w(g, 5, c0, k1, k1, scale=1.5), torch.randn(5, generator=g, dtype=torch.float64) * 0.2, s1, pad1),
+               ReLU(), Conv2d(_w(g, 6, 5, k2, k2, scale=1.5), torch.randn(6, generator=g, dtype=torch.float64) * 0.2, s2, pad2),
+               ReLU()]
+    shape: tuple[int, ...] = (c0, size, size)
+    for layer in layers:
+        shape = layer.out_shape(shape) if hasattr(layer, "out_shape") else shape
+    n = shape[0] * shape[1] * shape[2]
+    layers += [Flatten(), Linear(_w(g, 3, n), torch.zeros(3, dtype=torch.float64))]
+    return Network(layers, (c0, size, size), name="two_convs")
+
+
+@pytest.mark.parametrize("shape", [
+    (1, 4, 2, (1, 1, 1, 1), 4, 2, (1, 1, 1, 1), 28, False),  # cnn_lenet_small's two convs
+    (2, 3, 1, 1, 3, 2, (0, 1, 1, 0), 9, True),  # stride 1, asymmetric padding, normalisation folded in
+    (3, 3, 2, 0, 2, 1, 1, 11, False),  # conv1's kernel not a multiple of its stride
+    (1, 5, 3, (2, 1, 0, 2), 3, 2, 2, 25, True),  # stride 3, a kernel larger than the stride
+])
+def test_composed_coefficients_equal_the_window_chain(shape, monkeypatch):
+    """The batched two-kernel product (_composed_coefficients) == the chain of window transposes,
+    and == autograd's input gradient of every conv2 neuron with the ReLU pattern fixed."""
+    net = _two_convs(*shape)
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand((3, *net.input_shape), generator=g, dtype=torch.float64)
+    pset = LpBall.make(x, 0.0, "inf", net.input_range)
+    k = [n.index for n in net.graph if isinstance(n.op, Conv2d)][-1]
+    values = net.forward(x, all_nodes=True)
+    relu_in = [n.inputs[0] for n in net.graph if isinstance(n.op, ReLU)][0]
+    m = (values[relu_in] > 0).double()
+    from verify.bounds.relax import ReluRelaxation
+
+    rels = {relu_in: ReluRelaxation(m, m, torch.zeros_like(m), torch.zeros_like(m, dtype=torch.bool))}
+    plan = local_plan(net, pset, k)
+    local = LocalBounds(net, pset, k, plan, rels)
+    assert local._conv_pair() is not None
+    fast = local.all_coefficients(1, 3)
+    monkeypatch.setattr(LocalBounds, "_conv_pair", lambda self: None)
+    slow = local.all_coefficients(1, 3)
+    torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-12)
+    # autograd: d(conv2 unit) / d(input) with the pattern fixed, placed on the unit's window
+    f = plan[-1][1]
+    c2, hh, ww = net.graph[k].shape
+    for ex in (1, 2):
+        xi = x[ex : ex + 1].clone().requires_grad_(True)
+        z = xi
+        for node in net.graph[1 : k + 1]:
+            z = z * m[ex : ex + 1] if isinstance(node.op, ReLU) else node.op.forward(z)
+        for unit in (0, 7, c2 * hh * ww - 1):
+            (grad,) = torch.autograd.grad(z.reshape(-1)[unit], xi, retain_graph=True)
+            ch, pos = divmod(unit, hh * ww)
+            oy, ox = f.oy + (pos // ww) * f.sy, f.ox + (pos % ww) * f.sx
+            padded = torch.nn.functional.pad(grad[0], (f.w, f.w, f.h, f.h))
+            expect = padded[:, oy + f.h : oy + 2 * f.h, ox + f.w : ox + 2 * f.w]
+            torch.testing.assert_close(fast[pos, ex - 1, ch], expect, rtol=1e-12, atol=1e-12)

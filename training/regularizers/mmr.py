@@ -27,7 +27,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from verify.bounds.backward import backward_coefficients, margin_spec
@@ -41,6 +40,8 @@ from verify.spec import LpBall, dual_norm
 # denominators are floored here: a ReLU whose pre-activation is constant inside the region
 # (zero gradient) has no hyperplane there, and gets a huge distance instead of a division by 0
 _MIN_NORM = 1e-12
+# examples per pass of region_grad_norms (measured on cnn_lenet_small, batch 128: see the commit)
+EXAMPLES_PER_PASS = 8
 
 
 @dataclass(frozen=True, eq=False)
@@ -153,11 +154,17 @@ def region_grad_norms(net: Network, x: Tensor, labels: Tensor, q: float) -> Regi
     conv layer fed by a chain of convs on the receptive-field windows only
     (:class:`verify.bounds.local.LocalBounds`): a neuron of the second 4x4/stride-2 conv of
     cnn_lenet_small reads 100 of the 784 pixels. Layers after such a conv are pulled back to it
-    and composed with its window gradients (:func:`_through_windows`) instead of going on through
+    and composed with its window gradients (:func:`_pulled_norms`) instead of going on through
     the convs' transposes. Layers before the first ReLU have the same map for every point and are
     pulled back once. Differentiable in the network's parameters.
     """
     n = x.shape[0]
+    if n > EXAMPLES_PER_PASS:  # a few examples at a time: their windows and rows stay in the cache
+        parts = [region_grad_norms(net, xs, ys, q)
+                 for xs, ys in zip(torch.split(x, EXAMPLES_PER_PASS), torch.split(labels, EXAMPLES_PER_PASS))]
+        return RegionGradNorms(tuple(torch.cat(t) for t in zip(*(r.pre for r in parts))),
+                               tuple(torch.cat(t) for t in zip(*(r.relu_norms for r in parts))),
+                               torch.cat([r.margin_norms for r in parts]), torch.cat([r.logits for r in parts]))
     values = net.forward(x, all_nodes=True)
     rels: dict[int, ReluRelaxation] = {}
     for node in net.relu_nodes:
@@ -196,11 +203,13 @@ def region_grad_norms(net: Network, x: Tensor, labels: Tensor, q: float) -> Regi
 @dataclass(frozen=True, eq=False)
 class _WindowCut:
     """Input gradients of every unit of conv node ``node`` on its receptive-field windows:
-    ``grads`` (N, P, C, c0, h, w) for P positions and C channels; ``frame`` places the windows."""
+    ``grads`` (P, N, C, c0 * h * w), position-major, for P positions (``grid``), N examples and
+    C channels; ``frame`` places the windows on the input (``input_shape``)."""
 
     node: int
     grads: Tensor
     frame: Frame
+    grid: tuple[int, int]
     input_shape: tuple[int, ...]
 
 
@@ -213,14 +222,13 @@ def _window_gradients(net: Network, ball: LpBall, k: int, rels: dict[int, ReluRe
     nk = math.prod(net.graph[k].shape)
     widest = max(net.graph[i].shape[0] * f.h * f.w for i, f in plan)  # one neuron's widest window
     chunk = max(1, CHUNK_ELEMENTS // (nk * widest))  # examples per pass
-    grads = torch.cat([local.all_coefficients(e0, min(e0 + chunk, ball.n)) for e0 in range(0, ball.n, chunk)])
-    return _WindowCut(k, grads, plan[-1][1], tuple(net.graph[0].shape))
+    grads = torch.cat([local.all_coefficients(e0, min(e0 + chunk, ball.n)) for e0 in range(0, ball.n, chunk)], dim=1)
+    return _WindowCut(k, grads.flatten(3), plan[-1][1], local.grid, tuple(net.graph[0].shape))
 
 
 def _window_norms(cut: _WindowCut, q: float) -> Tensor:
-    g = cut.grads
-    nrm = torch.linalg.vector_norm(g.reshape(*g.shape[:3], -1), ord=q, dim=3)  # (N, P, C)
-    return nrm.transpose(1, 2).reshape(g.shape[0], -1)  # units in C order: channel-major
+    nrm = torch.linalg.vector_norm(cut.grads, ord=q, dim=3)  # (P, N, C)
+    return nrm.permute(1, 2, 0).reshape(nrm.shape[1], -1)  # units in C order: channel-major
 
 
 def _shared(net: Network, k: int) -> bool:
@@ -233,57 +241,79 @@ def _separates(net: Network, j: int, k: int) -> bool:
     return all(min(net.graph[i].inputs) >= j for i in range(j + 1, k + 1))
 
 
+def _relu_after(net: Network, j: int, k: int) -> int | None:
+    """The ReLU node that reads node j, when it separates j from node k with no ReLU after it:
+    then node k is an affine function of that ReLU's output, the same for every point."""
+    readers = [n.index for n in net.graph if j in n.inputs]
+    if len(readers) != 1 or not isinstance(net.graph[readers[0]].op, ReLU):
+        return None
+    r = readers[0]
+    if not _separates(net, r, k) or any(isinstance(net.graph[i].op, ReLU) for i in range(r + 1, k + 1)):
+        return None
+    return r
+
+
 def _pulled_norms(net: Network, k: int, a: Tensor, rels: dict[int, ReluRelaxation], cut: _WindowCut,
                   q: float) -> Tensor:
-    """(N, S): q-norms of the input gradients of <a[:, s], node k>, through the cut's windows."""
-    coef, _ = backward_coefficients(net, k, a, rels, stop=cut.node)  # (N, S, C, H, W) on the cut
-    s = coef.shape[1]
-    n_pos, k = cut.grads.shape[1], cut.grads[0, 0, 0].numel()
-    chunk = max(1, CHUNK_ELEMENTS // (s * n_pos * k))  # examples per pass: (E, P, S, K) products
-    out = []
-    # torch.split, not slicing: a slice's backward writes a zero tensor of the whole input each time
-    for c, g in zip(torch.split(coef, chunk), torch.split(cut.grads, chunk)):
-        g = _through_windows(c, g, cut.frame, cut.input_shape)
-        out.append(torch.linalg.vector_norm(g.reshape(g.shape[0], s, -1), ord=q, dim=2))
-    return torch.cat(out)
+    """(N, S): q-norms of the input gradients of <a[:, s], node k>, through the cut's windows.
+
+    The rows are pulled back to the cut, V (P, N, C, S) per position, and composed with the
+    window gradients there: per (position, example) a (K x C) @ (C x S) product, the windows then
+    summed into the image (:class:`_FoldWindows`). When ``a`` is the same for every point (batch
+    1) and node k is affine in the ReLU after the cut, V is that shared map times each point's
+    pattern, and needs no per-point backward pass.
+    """
+    p_n, n, c, kk = cut.grads.shape
+    s = a.shape[1]
+    relu = _relu_after(net, cut.node, k) if a.shape[0] == 1 else None
+    if relu is not None:
+        coef, _ = backward_coefficients(net, k, a, {}, stop=relu)  # (1, S, C, H, W), shared
+        pattern = rels[cut.node].lam_up.reshape(n, c, p_n).permute(2, 0, 1)  # (P, N, C)
+        v = coef.reshape(s, c, p_n).permute(2, 1, 0).unsqueeze(1) * pattern.unsqueeze(3)
+    else:
+        coef, _ = backward_coefficients(net, k, a.expand(n, *a.shape[1:]), rels, stop=cut.node)  # (N, S, C, H, W)
+        v = coef.reshape(n, s, c, p_n).permute(3, 0, 2, 1)
+    blocks = torch.bmm(cut.grads.reshape(p_n * n, c, kk).transpose(1, 2), v.reshape(p_n * n, c, s))  # (P*N, K, S)
+    f, (c0, hh, ww) = cut.frame, cut.input_shape
+    img = _FoldWindows.apply(blocks.reshape(p_n, n, c0, f.h, f.w, s), cut.grid, f)  # (N, c0, span_y, span_x, S)
+    # canvas row r is input row r + oy: the norm over the part that lies on the image (the rest is padding)
+    y0, x0 = max(0, -f.oy), max(0, -f.ox)
+    img = img[:, :, y0 : hh - f.oy, x0 : ww - f.ox]
+    return torch.linalg.vector_norm(img, ord=q, dim=(1, 2, 3))
+
+
+class _FoldWindows(torch.autograd.Function):
+    """Sum per-position window blocks (P, N, c0, h, w, S) into one canvas (N, c0, span_y, span_x, S)
+    with the frame's strides (F.fold's sum, in a layout it cannot take: positions outermost,
+    rows S innermost, so every block lands as contiguous runs of w * S values)."""
+
+    @staticmethod
+    def forward(ctx, blocks: Tensor, grid: tuple[int, int], frame: Frame) -> Tensor:  # type: ignore[override]
+        ny, nx = grid
+        p_n, n, c0, h, w, s = blocks.shape
+        canvas = blocks.new_zeros((n, c0, (ny - 1) * frame.sy + h, (nx - 1) * frame.sx + w, s))
+        for p in range(p_n):
+            y, x = (p // nx) * frame.sy, (p % nx) * frame.sx
+            canvas[:, :, y : y + h, x : x + w] += blocks[p]
+        ctx.geometry = (grid, frame, h, w)
+        return canvas
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        (ny, nx), frame, h, w = ctx.geometry
+        y, x = lambda p: (p // nx) * frame.sy, lambda p: (p % nx) * frame.sx  # noqa: E731
+        return torch.stack([grad[:, :, y(p) : y(p) + h, x(p) : x(p) + w] for p in range(ny * nx)]), None, None
 
 
 def _rows_norms(net: Network, k: int, rels: dict[int, ReluRelaxation], cut: _WindowCut, q: float) -> Tensor:
     """(N, n_k): q-norms of the input gradients of node k's units, through the cut's windows."""
-    n = cut.grads.shape[0]
+    n = cut.grads.shape[1]
     shape = net.graph[k].shape
     nk = math.prod(shape)
     rows = max(1, CHUNK_ELEMENTS // (n * max(math.prod(net.graph[cut.node].shape), 1)))
     eye = torch.eye(nk, dtype=cut.grads.dtype, device=cut.grads.device)
-    out = [_pulled_norms(net, k, eye[r0 : r0 + rows].reshape(1, -1, *shape).expand(n, -1, *shape), rels, cut, q)
-           for r0 in range(0, nk, rows)]
+    out = [_pulled_norms(net, k, eye[r0 : r0 + rows].reshape(1, -1, *shape), rels, cut, q) for r0 in range(0, nk, rows)]
     return torch.cat(out, dim=1) if out else cut.grads.new_zeros((n, 0))
-
-
-def _through_windows(coef: Tensor, grads: Tensor, frame: Frame, input_shape: tuple[int, ...]) -> Tensor:
-    """sum over the cut's units u of coef[b, s, u] * (u's input gradient): (B, S, *input_shape).
-
-    ``coef`` (B, S, C, H, W) on the conv's output, ``grads`` (B, P = H * W, C, c0, h, w) on windows
-    of the input: per position a (S x C) @ (C x c0*h*w) product, then the windows are summed into
-    the image (F.fold) and the padding around it cut off.
-    """
-    b, s, c = coef.shape[:3]
-    n_pos = grads.shape[1]
-    c0, hh, ww = input_shape
-    k = grads[0, 0, 0].numel()
-    per_pos = torch.matmul(coef.reshape(b, s, c, n_pos).permute(0, 3, 1, 2),  # (B, P, S, C)
-                           grads.reshape(b, n_pos, c, k))  # (B, P, S, K)
-    cols = per_pos.permute(0, 2, 3, 1).reshape(b * s, k, n_pos)
-    ny = coef.shape[3]
-    nx = coef.shape[4]
-    span_y, span_x = (ny - 1) * frame.sy + frame.h, (nx - 1) * frame.sx + frame.w
-    canvas = F.fold(cols, (span_y, span_x), (frame.h, frame.w), stride=(frame.sy, frame.sx))  # (B*S, c0, ., .)
-    # canvas row r is input row r + oy: pad where the windows do not reach, then cut the image out
-    top, left = max(0, frame.oy), max(0, frame.ox)
-    bottom, right = max(0, hh - frame.oy - span_y), max(0, ww - frame.ox - span_x)
-    canvas = F.pad(canvas, (left, right, top, bottom))
-    y0, x0 = top - frame.oy, left - frame.ox
-    return canvas[:, :, y0 : y0 + hh, x0 : x0 + ww].reshape(b, s, c0, hh, ww)
 
 
 def _node_grad_norms(net: Network, ball: LpBall, k: int, rels: dict[int, ReluRelaxation], q: float) -> Tensor:

@@ -191,7 +191,8 @@ class LocalBounds:
 
     def all_coefficients(self, start: int, stop: int) -> Tensor:
         """Every neuron's coefficients on its input window for examples ``start:stop``:
-        (E, P, C, c0, h, w), E examples, P positions, C channels of node k, c0 input channels.
+        (P, E, C, c0, h, w), position-major: P positions, E examples, C channels of node k,
+        c0 input channels.
 
         The same arithmetic as :meth:`coefficients` over all (example, neuron) pairs, with the
         channels of a position kept together: they share that position's windows, which are then
@@ -200,6 +201,9 @@ class LocalBounds:
         graph = self.net.graph
         e, n_pos = stop - start, self.n_pos
         rows = slice(start * n_pos, stop * n_pos)
+        pair = self._conv_pair()
+        if pair is not None:
+            return self._composed_coefficients(pair, rows, e)
         w = self.net.graph[self.k].op.param("weight", self.like)  # (C, c, kh, kw)
         a = w.expand(e * n_pos, *w.shape)  # (E*P, C, c, kh, kw)
         for idx, _ in self.plan:
@@ -221,8 +225,61 @@ class LocalBounds:
             else:
                 flat = op.linear_t_window(flat)  # type: ignore[union-attr]
             a = flat.reshape(e * n_pos, g, *flat.shape[1:])
-        a = a.reshape(e, n_pos, *a.shape[1:])
-        return a * self.valid[0][None, :, None]  # nothing on the input window's padding
+        a = a.reshape(e, n_pos, *a.shape[1:]) * self.valid[0][None, :, None]  # nothing on the input window's padding
+        return a.transpose(0, 1).contiguous()
+
+    def _conv_pair(self) -> tuple[int, int, tuple[int, ...]] | None:
+        """(ReLU node, conv node, ChannelAffine nodes before it) when node k's chain is
+        input -> ChannelAffine* -> Conv2d -> ReLU -> node k: a second conv layer, whose window
+        coefficients :meth:`_composed_coefficients` computes as one batched product."""
+        graph = self.net.graph
+        idx = [i for i, _ in self.plan]
+        if len(idx) < 3 or not isinstance(graph[idx[0]].op, ReLU) or type(graph[idx[1]].op) is not Conv2d:
+            return None
+        if not all(isinstance(graph[i].op, ChannelAffine) for i in idx[2:-1]):
+            return None
+        return idx[0], idx[1], tuple(idx[2:-1])
+
+    def _composed_coefficients(self, pair: tuple[int, int, tuple[int, ...]], rows: slice, e: int) -> Tensor:
+        """:meth:`all_coefficients` for conv2(slopes * conv1(x)): the same numbers, computed as
+
+            coef[u, v] = sum_{c1, a, b} W2[c2, c1, a, b] * slope[c1, a, b] * W1[c1, c0, u - s a, v - s b]
+
+        (s: conv1's stride; a, b run over conv2's taps, u, v over the input window). Splitting
+        u = s * t + r, the taps that reach pixel (t, r) are a = t - j with r + s * j < kh1, a
+        handful of j; so for each tile (t, t') it is one product of a (C2 * c0 * s * s) x
+        (C1 * J * J) matrix, built from the two kernels, with the slopes gathered to
+        (C1 * J * J) x (examples * positions): a batched matmul in place of
+        (examples * positions * C2) window transposes, and the kernels' zero taps are skipped.
+        """
+        graph = self.net.graph
+        relu_idx, conv_idx, affines = pair
+        op1, op2 = graph[conv_idx].op, graph[self.k].op
+        w1 = op1.param("weight", self.like)  # (C1, c0, kh1, kw1)
+        for i in affines:  # input normalisation: y = scale * x + shift scales the input gradient
+            w1 = w1 * graph[i].op.param("scale", self.like)[None, :, None, None]
+        w2 = op2.param("weight", self.like)  # (C2, C1, kh2, kw2)
+        c2, c1, kh2, kw2 = w2.shape
+        c0, kh1, kw1 = w1.shape[1:]
+        frame = self.plan[-1][1]
+        ty, ay, ky = _taps(kh2, kh1, op1.stride[0], frame.h, w2.device)
+        tx, ax, kx = _taps(kw2, kw1, op1.stride[1], frame.w, w2.device)
+        jy, jx = ay.shape[1], ax.shape[1]
+        sy, sx = op1.stride
+        # kernel: (t, t', C2, c0, r, r', C1, j, j'); an index of -1 (no such tap) reads the zero pad
+        w2g = F.pad(w2, (0, 1, 0, 1))[:, :, ay][:, :, :, :, ax]  # (C2, C1, T, J, T', J')
+        w1g = F.pad(w1, (0, 1, 0, 1))[:, :, ky][:, :, :, :, kx]  # (C1, c0, r, J, r', J')
+        kern = torch.einsum("dctjuk,cesjrk->tudesrcjk", w2g, w1g).reshape(ty * tx, c2 * c0 * sy * sx, c1 * jy * jx)
+        slope = self.relu[relu_idx][1][rows]  # (E*P, C1, kh2, kw2): lam_up == lam_lo for fixed patterns
+        sg = F.pad(slope, (0, 1, 0, 1))[:, :, ay][:, :, :, :, ax]  # (E*P, C1, T, J, T', J')
+        sg = sg.permute(2, 4, 1, 3, 5, 0).reshape(ty * tx, c1 * jy * jx, -1)
+        out = torch.bmm(kern, sg).reshape(ty, tx, c2, c0, sy, sx, e, self.n_pos)
+        # nothing on the input window's padding: the mask in the tiles' layout, before the one copy
+        valid = F.pad(self.valid[0], (0, tx * sx - frame.w, 0, ty * sy - frame.h))  # (P, c0, T*s, T'*s')
+        valid = valid.reshape(self.n_pos, c0, ty, sy, tx, sx).permute(2, 4, 1, 3, 5, 0)
+        out = out * valid[:, :, None, :, :, :, None, :]
+        out = out.permute(7, 6, 2, 3, 0, 4, 1, 5).reshape(self.n_pos, e, c2, c0, ty * sy, tx * sx)
+        return out[..., : frame.h, : frame.w].contiguous()
 
     def _pass(self, row: Tensor, pos: Tensor, a: Tensor, const: Tensor, *, two_sided: bool,
               box: bool = True) -> tuple[Tensor, Tensor, Tensor]:
@@ -273,6 +330,22 @@ class LocalBounds:
             else:  # a wide window: the dense matrix would be too large
                 a = op.linear_t_window(a)  # type: ignore[union-attr]
         return total, total_up, a
+
+
+def _taps(k2: int, k1: int, s: int, size: int, device: torch.device) -> tuple[int, Tensor, Tensor]:
+    """Along one axis of conv2(conv1(.)) (kernels k2 and k1, conv1's stride s, input window
+    ``size``): window pixel u = s * t + r gets conv2's taps a = t - j through conv1's taps
+    r + s * j, for j < J = ceil(k1 / s). Returns T, a[t, j] and kh[r, j]; -1 where there is
+    no such tap (it indexes the zero padding appended to the kernels)."""
+    t_n, j_n = -(-size // s), -(-k1 // s)
+    t = torch.arange(t_n, device=device)[:, None]
+    r = torch.arange(s, device=device)[:, None]
+    j = torch.arange(j_n, device=device)[None, :]
+    a = t - j
+    a = torch.where((a >= 0) & (a < k2), a, -1)
+    kh = r + s * j
+    kh = torch.where(kh < k1, kh, -1)
+    return t_n, a, kh
 
 
 def _sum(t: Tensor) -> Tensor:
