@@ -28,6 +28,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
+from .. import highs_run
 from ..errors import SpecError
 from ..network import Network
 from ..spec import LpBall
@@ -84,7 +85,7 @@ def lp_margins(net: Network, pset: LpBall, labels: Tensor, bounds: NodeBounds) -
                 continue
             cost, offset = form.margin_expr(y, j)
             h.changeColsCost(ncols, all_cols, cost.astype(np.float64))
-            h.run()  # warm-started from the previous margin's basis
+            highs_run.run(h)  # warm-started from the previous margin's basis
             status = h.getModelStatus()
             if status == highspy.HighsModelStatus.kInfeasible:
                 # the relaxation contains the true set, which is non-empty: cannot happen unless

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import highs_run
 from ..network import Network
 from ..spec import LpBall, check_counterexample
 from . import VERIFY_TOL, MipResult
@@ -110,7 +111,7 @@ def run_highs(h: highspy.Highs, *, deadline: float, integer: bool, warm: np.ndar
     h.setOptionValue("objective_bound", bound if integer else highspy.kHighsInf)
     if warm is not None and integer:
         h.setSolution(len(warm), np.arange(len(warm), dtype=np.int32), warm)
-    h.run()
+    highs_run.run(h)
     st = h.getModelStatus()
     info = h.getInfo()
     obj = info.objective_function_value if info.primal_solution_status == 2 else None

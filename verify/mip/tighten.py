@@ -20,6 +20,7 @@ from typing import Literal
 import highspy
 import numpy as np
 
+from .. import highs_run
 from .formulation import Expr, Formulation
 
 Level = Literal["lp", "mip"]
@@ -106,7 +107,7 @@ def optimize_rows(
                 h.setOptionValue("time_limit", min(neuron_time_s, left))
             else:  # an LP's counts the object's accumulated run time: one LP can take minutes
                 h.setOptionValue("time_limit", left + h.getRunTime())
-            h.run()
+            highs_run.run(h)
             solves += 1
             if mip:
                 bound = h.getInfo().mip_dual_bound
