@@ -220,3 +220,38 @@ def test_pull_back_to_a_node_only_where_it_separates() -> None:
     torch.testing.assert_close(lhs, rhs, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="does not separate"):
         backward_coefficients(net, last, spec, rels, stop=5)
+
+
+@pytest.mark.parametrize("p", [math.inf, 2.0])
+@pytest.mark.parametrize("k", [5, 40, 10_000])
+def test_deferred_rows_give_the_same_terms_and_gradients(p: float, k: int, monkeypatch) -> None:
+    """mmr_terms differentiates the dense layers after a windowed conv only where they are among
+    the k closest (recomputed then): same value and parameter gradients as differentiating every
+    distance; also when the batch is split into passes (offsets of the deferred blocks)."""
+    import training.regularizers.mmr as mmr
+    from training.regularizers.mmr import hinge_closest
+
+    monkeypatch.setattr(mmr, "EXAMPLES_PER_PASS", 3)
+    module = _two_conv_cnn()
+    net = to_network(module, (1, 16, 16), share_parameters=True)
+    x = torch.rand(8, 1, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    y = torch.randint(0, 5, (8,), generator=torch.Generator().manual_seed(6))
+    d = region_distances(net, x, y, p=p, defer=True)
+    n_dense = 12  # the fc layer's ReLUs, the last columns of d.relu
+    chosen = torch.topk(d.relu.detach(), min(k, d.relu.shape[1]), dim=1, largest=False).indices
+    n_chosen = int((chosen >= d.relu.shape[1] - n_dense).sum())
+    assert n_chosen > 0, "the closest must reach into the deferred rows"
+    assert k < 10_000 or n_chosen == 8 * n_dense
+    results = []
+    for deferred in (True, False):
+        module.zero_grad()
+        if deferred:
+            v = mmr_terms(net, x, y, p=p, k_relu=k, k_decision=5, gamma_relu=0.5, gamma_decision=0.5)
+            rb, db = v.relu_term, v.decision_term
+        else:
+            ref = region_distances(net, x, y, p=p)
+            rb, db = hinge_closest(ref.relu, k, 0.5).mean(), hinge_closest(ref.decision, 5, 0.5).mean()
+        (rb + db).backward()
+        results.append((rb.detach(), torch.cat([prm.grad.reshape(-1) for prm in module.parameters()])))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-9, atol=1e-12)

@@ -23,10 +23,13 @@ layers' own ``linear`` rules do the work, so any affine layer of verify.network 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from verify.bounds.backward import backward_coefficients, margin_spec
@@ -57,6 +60,15 @@ class RegionDistances:
     decision: Tensor
     logits: Tensor
     p: float
+    # the k smallest of ``relu`` per example, differentiable; with deferred rows
+    # (region_distances(..., defer=True)) those among them are recomputed with the autograd graph
+    closest_relu: Callable[[int], Tensor] | None = None
+
+    def closest(self, k: int) -> Tensor:
+        """(N, min(k, n_relu)): each example's k smallest ReLU distances, ascending."""
+        if self.closest_relu is not None:
+            return self.closest_relu(k)
+        return torch.topk(self.relu, min(k, self.relu.shape[1]), dim=1, largest=False).values
 
 
 @dataclass(frozen=True, eq=False)
@@ -112,25 +124,55 @@ def region_jacobians(net: Network, x: Tensor) -> RegionJacobians:
     return RegionJacobians(tuple(pre), tuple(grads), logits, lj.reshape(lj.shape[0], d, -1))
 
 
-def region_distances(net: Network, x: Tensor, labels: Tensor, *, p: float | str) -> RegionDistances:
+def region_distances(net: Network, x: Tensor, labels: Tensor, *, p: float | str, defer: bool = False) -> RegionDistances:
     """Lp distances to the ReLU hyperplanes and (signed) to the decision boundaries of each point's region.
 
     The gradient norms come from :func:`region_grad_norms` (receptive-field windows for conv
     neurons, reverse mode elsewhere); :func:`region_jacobians` is the plain forward-mode
     reference it is tested against.
+
+    ``defer``: the dense layers after a windowed conv (rarely among a point's closest
+    hyperplanes, and the dearest to differentiate) get their distances without the autograd
+    graph; :meth:`RegionDistances.closest` recomputes with it the few that are among the k
+    closest. Values and the gradients of ``closest`` are the same either way; ``relu`` itself is
+    then not differentiable in those columns.
     """
     pv = _p_value(p)
     q = dual_norm(pv)
     net.check_input(x)
     y = labels.to(torch.long).reshape(-1)
-    g = region_grad_norms(net, x, y, q)
+    g = region_grad_norms(net, x, y, q, defer=defer)
     relu_d = [z.abs() / nrm.clamp(min=_MIN_NORM) for z, nrm in zip(g.pre, g.relu_norms)]
     relu = torch.cat(relu_d, dim=1) if relu_d else x.new_zeros((x.shape[0], 0))
     f_y = g.logits.gather(1, y[:, None])
     numer = f_y - g.logits
     is_label = torch.zeros_like(numer, dtype=torch.bool).scatter_(1, y[:, None], True)
     decision = torch.where(is_label, torch.full_like(numer, math.inf), numer / g.margin_norms.clamp(min=_MIN_NORM))
-    return RegionDistances(relu, decision, g.logits, pv)
+    closest = (lambda k: _closest_recomputed(relu, g, k)) if g.deferred else None
+    return RegionDistances(relu, decision, g.logits, pv, closest)
+
+
+def _closest_recomputed(relu: Tensor, g: "RegionGradNorms", k: int) -> Tensor:
+    """The k smallest distances per example, the deferred ones among them recomputed with gradients."""
+    vals, idx = torch.topk(relu, min(k, relu.shape[1]), dim=1, largest=False)
+    offsets = [0]
+    for nrm in g.relu_norms:
+        offsets.append(offsets[-1] + nrm.shape[1])
+    for d in g.deferred:
+        c0, c1 = offsets[d.slot], offsets[d.slot + 1]
+        e0, e1 = d.start, d.start + d.n
+        sub = idx[e0:e1]
+        inside = (sub >= c0) & (sub < c1)
+        if not bool(inside.any()):
+            continue
+        r = int(inside.sum(1).max())
+        order = torch.argsort((~inside).to(torch.int8), dim=1, stable=True)[:, :r]  # the deferred entries first
+        units = (sub.gather(1, order) - c0).clamp(0, c1 - c0 - 1)  # (n, r); padding rows repeat a valid unit
+        exact = g.pre[d.slot][e0:e1].gather(1, units).abs() / d.recompute(units).clamp(min=_MIN_NORM)
+        block = vals[e0:e1]
+        block = block.scatter(1, order, torch.where(inside.gather(1, order), exact, block.gather(1, order)))
+        vals = torch.cat([vals[:e0], block, vals[e1:]])
+    return vals
 
 
 @dataclass(frozen=True, eq=False)
@@ -142,9 +184,21 @@ class RegionGradNorms:
     relu_norms: tuple[Tensor, ...]
     margin_norms: Tensor
     logits: Tensor
+    deferred: tuple["_Deferred", ...] = ()
 
 
-def region_grad_norms(net: Network, x: Tensor, labels: Tensor, q: float) -> RegionGradNorms:
+@dataclass(frozen=True, eq=False)
+class _Deferred:
+    """``relu_norms[slot]`` of examples start .. start + n, computed without the autograd graph;
+    ``recompute(units)`` gives them with it for ``units`` (n, R): R unit indices per example."""
+
+    slot: int
+    start: int
+    n: int
+    recompute: Callable[[Tensor], Tensor]
+
+
+def region_grad_norms(net: Network, x: Tensor, labels: Tensor, q: float, *, defer: bool = False) -> RegionGradNorms:
     """q-norms of the input gradients of every ReLU's pre-activation and of every margin, in the
     linear region of each point, without forming the (N, d, n) Jacobians.
 
@@ -160,11 +214,14 @@ def region_grad_norms(net: Network, x: Tensor, labels: Tensor, q: float) -> Regi
     """
     n = x.shape[0]
     if n > EXAMPLES_PER_PASS:  # a few examples at a time: their windows and rows stay in the cache
-        parts = [region_grad_norms(net, xs, ys, q)
+        parts = [region_grad_norms(net, xs, ys, q, defer=defer)
                  for xs, ys in zip(torch.split(x, EXAMPLES_PER_PASS), torch.split(labels, EXAMPLES_PER_PASS))]
+        deferred = tuple(_Deferred(d.slot, d.start + i * EXAMPLES_PER_PASS, d.n, d.recompute)
+                         for i, r in enumerate(parts) for d in r.deferred)
         return RegionGradNorms(tuple(torch.cat(t) for t in zip(*(r.pre for r in parts))),
                                tuple(torch.cat(t) for t in zip(*(r.relu_norms for r in parts))),
-                               torch.cat([r.margin_norms for r in parts]), torch.cat([r.logits for r in parts]))
+                               torch.cat([r.margin_norms for r in parts]), torch.cat([r.logits for r in parts]),
+                               deferred)
     values = net.forward(x, all_nodes=True)
     rels: dict[int, ReluRelaxation] = {}
     for node in net.relu_nodes:
@@ -175,6 +232,7 @@ def region_grad_norms(net: Network, x: Tensor, labels: Tensor, q: float) -> Regi
     # shape and norm are read when pulling coefficients back)
     ball = LpBall(x.detach(), torch.zeros(n, dtype=torch.float64, device=x.device), math.inf, -math.inf, math.inf)
     pre, norms = [], []
+    deferred: list[_Deferred] = []
     cut: _WindowCut | None = None  # the last conv whose input gradients are known on windows
     for node in net.relu_nodes:
         k = node.inputs[0]
@@ -185,7 +243,10 @@ def region_grad_norms(net: Network, x: Tensor, labels: Tensor, q: float) -> Regi
             norms.append(_window_norms(cut, q))
             continue
         if cut is not None and _separates(net, cut.node, k):
-            norms.append(_rows_norms(net, k, rels, cut, q))
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not defer):
+                norms.append(_rows_norms(net, k, rels, cut, q))
+            if defer:
+                deferred.append(_Deferred(len(norms) - 1, 0, n, functools.partial(_unit_norms, net, k, rels, cut, q)))
             continue
         norms.append(_node_grad_norms(net, ball, k, rels, q))
     logits = values[-1]
@@ -197,7 +258,7 @@ def region_grad_norms(net: Network, x: Tensor, labels: Tensor, q: float) -> Regi
     else:
         coef, _ = backward_coefficients(net, last, spec, rels)
         margin_norms = torch.linalg.vector_norm(coef.reshape(n, kk, -1), ord=q, dim=2)
-    return RegionGradNorms(tuple(pre), tuple(norms), margin_norms, logits)
+    return RegionGradNorms(tuple(pre), tuple(norms), margin_norms, logits, tuple(deferred))
 
 
 @dataclass(frozen=True, eq=False)
@@ -305,6 +366,14 @@ class _FoldWindows(torch.autograd.Function):
         return torch.stack([grad[:, :, y(p) : y(p) + h, x(p) : x(p) + w] for p in range(ny * nx)]), None, None
 
 
+def _unit_norms(net: Network, k: int, rels: dict[int, ReluRelaxation], cut: _WindowCut, q: float,
+                units: Tensor) -> Tensor:
+    """(N, R): the q-norms of the input gradients of node k's units ``units[i]`` on example i."""
+    shape = net.graph[k].shape
+    a = F.one_hot(units, math.prod(shape)).to(cut.grads.dtype).reshape(*units.shape, *shape)
+    return _pulled_norms(net, k, a, rels, cut, q)
+
+
 def _rows_norms(net: Network, k: int, rels: dict[int, ReluRelaxation], cut: _WindowCut, q: float) -> Tensor:
     """(N, n_k): q-norms of the input gradients of node k's units, through the cut's windows."""
     n = cut.grads.shape[1]
@@ -343,9 +412,14 @@ def hinge_closest(dist: Tensor, k: int, gamma: float) -> Tensor:
     """Per example: sum over the k smallest distances of max(0, 1 - d / gamma), divided by k."""
     if dist.shape[1] == 0 or k <= 0:
         return dist.new_zeros(dist.shape[0])
-    k = min(k, dist.shape[1])
-    closest = torch.topk(dist, k, dim=1, largest=False).values
-    return torch.clamp(1.0 - closest / gamma, min=0.0).sum(1) / k
+    return _hinge(torch.topk(dist, min(k, dist.shape[1]), dim=1, largest=False).values, k, gamma)
+
+
+def _hinge(closest: Tensor, k: int, gamma: float) -> Tensor:
+    """sum of max(0, 1 - d / gamma) over the given closest distances (N, <= k), divided by min(k, their number)."""
+    if closest.shape[1] == 0 or k <= 0:
+        return closest.new_zeros(closest.shape[0])
+    return torch.clamp(1.0 - closest / gamma, min=0.0).sum(1) / closest.shape[1]
 
 
 @dataclass(frozen=True, eq=False)
@@ -371,8 +445,8 @@ def mmr_terms(
     """Batch means of the ReLU-hyperplane and decision-boundary hinge terms (differentiable)."""
     if gamma_relu <= 0 or gamma_decision <= 0:
         raise SpecError(f"MMR gammas must be positive, got gamma_rb={gamma_relu:g}, gamma_db={gamma_decision:g}")
-    dist = region_distances(net, x, labels, p=p)
-    rb = hinge_closest(dist.relu, k_relu, gamma_relu).mean()
+    dist = region_distances(net, x, labels, p=p, defer=True)
+    rb = _hinge(dist.closest(k_relu), k_relu, gamma_relu).mean()
     db = hinge_closest(dist.decision, k_decision, gamma_decision).mean()
     return MMRValue(rb, db, dist.logits)
 
