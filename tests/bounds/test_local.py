@@ -140,9 +140,13 @@ def test_composed_coefficients_equal_the_window_chain(shape, monkeypatch):
     plan = local_plan(net, pset, k)
     local = LocalBounds(net, pset, k, plan, rels)
     assert local._conv_pair() is not None
-    fast = local.all_coefficients(1, 3)
+    from verify.bounds.local import window_view
+
+    full = window_view(local.all_coefficients(1, 3))
+    fast = full[..., : plan[-1][1].h, : plan[-1][1].w]
+    assert not full[..., plan[-1][1].h :, :].any() and not full[..., plan[-1][1].w :].any()  # beyond the window
     monkeypatch.setattr(LocalBounds, "_conv_pair", lambda self: None)
-    slow = local.all_coefficients(1, 3)
+    slow = window_view(local.all_coefficients(1, 3))
     torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-12)
     # autograd: d(conv2 unit) / d(input) with the pattern fixed, placed on the unit's window
     f = plan[-1][1]

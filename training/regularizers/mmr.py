@@ -264,8 +264,9 @@ def region_grad_norms(net: Network, x: Tensor, labels: Tensor, q: float, *, defe
 @dataclass(frozen=True, eq=False)
 class _WindowCut:
     """Input gradients of every unit of conv node ``node`` on its receptive-field windows:
-    ``grads`` (P, N, C, c0 * h * w), position-major, for P positions (``grid``), N examples and
-    C channels; ``frame`` places the windows on the input (``input_shape``)."""
+    ``grads`` (P, N, C, T, T', c0, r, r'), position-major, for P positions (``grid``), N examples
+    and C channels, windows in tiles (:meth:`LocalBounds.all_coefficients`); ``frame`` places
+    the windows on the input (``input_shape``)."""
 
     node: int
     grads: Tensor
@@ -284,11 +285,11 @@ def _window_gradients(net: Network, ball: LpBall, k: int, rels: dict[int, ReluRe
     widest = max(net.graph[i].shape[0] * f.h * f.w for i, f in plan)  # one neuron's widest window
     chunk = max(1, CHUNK_ELEMENTS // (nk * widest))  # examples per pass
     grads = torch.cat([local.all_coefficients(e0, min(e0 + chunk, ball.n)) for e0 in range(0, ball.n, chunk)], dim=1)
-    return _WindowCut(k, grads.flatten(3), plan[-1][1], local.grid, tuple(net.graph[0].shape))
+    return _WindowCut(k, grads, plan[-1][1], local.grid, tuple(net.graph[0].shape))
 
 
 def _window_norms(cut: _WindowCut, q: float) -> Tensor:
-    nrm = torch.linalg.vector_norm(cut.grads, ord=q, dim=3)  # (P, N, C)
+    nrm = torch.linalg.vector_norm(cut.grads.flatten(3), ord=q, dim=3)  # (P, N, C)
     return nrm.permute(1, 2, 0).reshape(nrm.shape[1], -1)  # units in C order: channel-major
 
 
@@ -324,7 +325,9 @@ def _pulled_norms(net: Network, k: int, a: Tensor, rels: dict[int, ReluRelaxatio
     1) and node k is affine in the ReLU after the cut, V is that shared map times each point's
     pattern, and needs no per-point backward pass.
     """
-    p_n, n, c, kk = cut.grads.shape
+    p_n, n, c = cut.grads.shape[:3]
+    tiles = cut.grads.shape[3:]
+    kk = math.prod(tiles)
     s = a.shape[1]
     relu = _relu_after(net, cut.node, k) if a.shape[0] == 1 else None
     if relu is not None:
@@ -336,7 +339,7 @@ def _pulled_norms(net: Network, k: int, a: Tensor, rels: dict[int, ReluRelaxatio
         v = coef.reshape(n, s, c, p_n).permute(3, 0, 2, 1)
     blocks = torch.bmm(cut.grads.reshape(p_n * n, c, kk).transpose(1, 2), v.reshape(p_n * n, c, s))  # (P*N, K, S)
     f, (c0, hh, ww) = cut.frame, cut.input_shape
-    img = _FoldWindows.apply(blocks.reshape(p_n, n, c0, f.h, f.w, s), cut.grid, f)  # (N, c0, span_y, span_x, S)
+    img = _FoldWindows.apply(blocks.reshape(p_n, n, *tiles, s), cut.grid, f)  # (N, c0, span_y, span_x, S)
     # canvas row r is input row r + oy: the norm over the part that lies on the image (the rest is padding)
     y0, x0 = max(0, -f.oy), max(0, -f.ox)
     img = img[:, :, y0 : hh - f.oy, x0 : ww - f.ox]
@@ -344,26 +347,34 @@ def _pulled_norms(net: Network, k: int, a: Tensor, rels: dict[int, ReluRelaxatio
 
 
 class _FoldWindows(torch.autograd.Function):
-    """Sum per-position window blocks (P, N, c0, h, w, S) into one canvas (N, c0, span_y, span_x, S)
-    with the frame's strides (F.fold's sum, in a layout it cannot take: positions outermost,
-    rows S innermost, so every block lands as contiguous runs of w * S values)."""
+    """Sum per-position window blocks (P, N, T, T', c0, r, r', S), tiled as the cut's gradients,
+    into one canvas (N, c0, span_y, span_x, S) with the frame's strides: F.fold's sum, in a
+    layout it cannot take (positions outermost, rows S innermost), so every block is added as
+    contiguous runs of S values and nothing is transposed."""
+
+    @staticmethod
+    def _window(canvas: Tensor, p: int, grid: tuple[int, int], frame: Frame, tiles: tuple[int, ...]) -> Tensor:
+        """Position p's window of the canvas as (N, T, T', c0, r, r', S): a view."""
+        ty, tx, c0, ry, rx = tiles
+        y, x = (p // grid[1]) * frame.sy, (p % grid[1]) * frame.sx
+        win = canvas[:, :, y : y + ty * ry, x : x + tx * rx]  # (N, c0, T*r, T'*r', S)
+        return win.unflatten(3, (tx, rx)).unflatten(2, (ty, ry)).permute(0, 2, 4, 1, 3, 5, 6)
 
     @staticmethod
     def forward(ctx, blocks: Tensor, grid: tuple[int, int], frame: Frame) -> Tensor:  # type: ignore[override]
         ny, nx = grid
-        p_n, n, c0, h, w, s = blocks.shape
-        canvas = blocks.new_zeros((n, c0, (ny - 1) * frame.sy + h, (nx - 1) * frame.sx + w, s))
+        p_n, n, ty, tx, c0, ry, rx, s = blocks.shape
+        tiles = (ty, tx, c0, ry, rx)
+        canvas = blocks.new_zeros((n, c0, (ny - 1) * frame.sy + ty * ry, (nx - 1) * frame.sx + tx * rx, s))
         for p in range(p_n):
-            y, x = (p // nx) * frame.sy, (p % nx) * frame.sx
-            canvas[:, :, y : y + h, x : x + w] += blocks[p]
-        ctx.geometry = (grid, frame, h, w)
+            _FoldWindows._window(canvas, p, grid, frame, tiles).add_(blocks[p])
+        ctx.geometry = (grid, frame, tiles)
         return canvas
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
-        (ny, nx), frame, h, w = ctx.geometry
-        y, x = lambda p: (p // nx) * frame.sy, lambda p: (p % nx) * frame.sx  # noqa: E731
-        return torch.stack([grad[:, :, y(p) : y(p) + h, x(p) : x(p) + w] for p in range(ny * nx)]), None, None
+        grid, frame, tiles = ctx.geometry
+        return torch.stack([_FoldWindows._window(grad, p, grid, frame, tiles) for p in range(grid[0] * grid[1])]), None, None
 
 
 def _unit_norms(net: Network, k: int, rels: dict[int, ReluRelaxation], cut: _WindowCut, q: float,

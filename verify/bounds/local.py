@@ -191,8 +191,10 @@ class LocalBounds:
 
     def all_coefficients(self, start: int, stop: int) -> Tensor:
         """Every neuron's coefficients on its input window for examples ``start:stop``:
-        (P, E, C, c0, h, w), position-major: P positions, E examples, C channels of node k,
-        c0 input channels.
+        (P, E, C, T, T', c0, r, r'), position-major (P positions, E examples, C channels of node
+        k, c0 input channels), the window split into T x T' tiles of r x r' pixels: window pixel
+        (t * r + i, t' * r' + j) is entry [..., t, t', :, i, j] (:func:`window_view` gives the
+        plain (P, E, C, c0, T * r, T' * r') view); pixels beyond the window's h x w are 0.
 
         The same arithmetic as :meth:`coefficients` over all (example, neuron) pairs, with the
         channels of a position kept together: they share that position's windows, which are then
@@ -226,7 +228,7 @@ class LocalBounds:
                 flat = op.linear_t_window(flat)  # type: ignore[union-attr]
             a = flat.reshape(e * n_pos, g, *flat.shape[1:])
         a = a.reshape(e, n_pos, *a.shape[1:]) * self.valid[0][None, :, None]  # nothing on the input window's padding
-        return a.transpose(0, 1).contiguous()
+        return a.permute(1, 0, 2, 4, 5, 3).unsqueeze(-1).unsqueeze(-1).contiguous()  # tiles of 1 x 1 pixels
 
     def _conv_pair(self) -> tuple[int, int, tuple[int, ...]] | None:
         """(ReLU node, conv node, ChannelAffine nodes before it) when node k's chain is
@@ -269,17 +271,19 @@ class LocalBounds:
         # kernel: (t, t', C2, c0, r, r', C1, j, j'); an index of -1 (no such tap) reads the zero pad
         w2g = F.pad(w2, (0, 1, 0, 1))[:, :, ay][:, :, :, :, ax]  # (C2, C1, T, J, T', J')
         w1g = F.pad(w1, (0, 1, 0, 1))[:, :, ky][:, :, :, :, kx]  # (C1, c0, r, J, r', J')
-        kern = torch.einsum("dctjuk,cesjrk->tudesrcjk", w2g, w1g).reshape(ty * tx, c2 * c0 * sy * sx, c1 * jy * jx)
+        kern = torch.einsum("dctjuk,cesjrk->tudesrjkc", w2g, w1g).reshape(ty * tx, c2 * c0 * sy * sx, jy * jx * c1)
         slope = self.relu[relu_idx][1][rows]  # (E*P, C1, kh2, kw2): lam_up == lam_lo for fixed patterns
-        sg = F.pad(slope, (0, 1, 0, 1))[:, :, ay][:, :, :, :, ax]  # (E*P, C1, T, J, T', J')
-        sg = sg.permute(2, 4, 1, 3, 5, 0).reshape(ty * tx, c1 * jy * jx, -1)
-        out = torch.bmm(kern, sg).reshape(ty, tx, c2, c0, sy, sx, e, self.n_pos)
-        # nothing on the input window's padding: the mask in the tiles' layout, before the one copy
-        valid = F.pad(self.valid[0], (0, tx * sx - frame.w, 0, ty * sy - frame.h))  # (P, c0, T*s, T'*s')
-        valid = valid.reshape(self.n_pos, c0, ty, sy, tx, sx).permute(2, 4, 1, 3, 5, 0)
-        out = out * valid[:, :, None, :, :, :, None, :]
-        out = out.permute(7, 6, 2, 3, 0, 4, 1, 5).reshape(self.n_pos, e, c2, c0, ty * sy, tx * sx)
-        return out[..., : frame.h, : frame.w].contiguous()
+        # (kh2 + 1) * (kw2 + 1) taps (the last ones the zero pad) x (P, E, C1), position-major
+        taps = F.pad(slope, (0, 1, 0, 1)).reshape(e, self.n_pos, c1, -1).permute(3, 1, 0, 2)
+        tap = (ay.reshape(ty, 1, jy, 1) % (kh2 + 1)) * (kw2 + 1) + ax.reshape(1, tx, 1, jx) % (kw2 + 1)
+        sg = taps[tap.reshape(-1)].reshape(ty, tx, jy, jx, self.n_pos * e, c1)  # (T, T', J, J', P*E, C1)
+        sg = sg.permute(0, 1, 4, 2, 3, 5).reshape(ty * tx, self.n_pos * e, jy * jx * c1)
+        out = torch.bmm(sg, kern.transpose(1, 2))  # (T*T', P*E, C2*c0*r*r')
+        out = out.reshape(ty, tx, self.n_pos, e, c2, c0, sy, sx).permute(2, 3, 4, 0, 1, 5, 6, 7).contiguous()
+        # nothing on the input window's padding (the mask's entries are the last, contiguous dims)
+        valid = F.pad(self.valid[0], (0, tx * sx - frame.w, 0, ty * sy - frame.h))  # (P, c0, T*r, T'*r')
+        valid = valid.reshape(self.n_pos, c0, ty, sy, tx, sx).permute(0, 2, 4, 1, 3, 5).contiguous()
+        return out.mul_(valid[:, None, None])  # (P, E, C2, T, T', c0, r, r')
 
     def _pass(self, row: Tensor, pos: Tensor, a: Tensor, const: Tensor, *, two_sided: bool,
               box: bool = True) -> tuple[Tensor, Tensor, Tensor]:
@@ -330,6 +334,13 @@ class LocalBounds:
             else:  # a wide window: the dense matrix would be too large
                 a = op.linear_t_window(a)  # type: ignore[union-attr]
         return total, total_up, a
+
+
+def window_view(t: Tensor) -> Tensor:
+    """(..., T, T', c0, r, r') tiles -> (..., c0, T * r, T' * r') window pixels (a copy)."""
+    *lead, ty, tx, c0, ry, rx = t.shape
+    n = len(lead)
+    return t.permute(*range(n), n + 2, n, n + 3, n + 1, n + 4).reshape(*lead, c0, ty * ry, tx * rx)
 
 
 def _taps(k2: int, k1: int, s: int, size: int, device: torch.device) -> tuple[int, Tensor, Tensor]:
