@@ -163,3 +163,65 @@ def test_composed_coefficients_equal_the_window_chain(shape, monkeypatch):
             padded = torch.nn.functional.pad(grad[0], (f.w, f.w, f.h, f.h))
             expect = padded[:, oy + f.h : oy + 2 * f.h, ox + f.w : ox + 2 * f.w]
             torch.testing.assert_close(fast[pos, ex - 1, ch], expect, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [
+    (1, 4, 2, (1, 1, 1, 1), 4, 2, (1, 1, 1, 1), 28, False),
+    (2, 3, 1, 1, 3, 2, (0, 1, 1, 0), 9, True),
+    (3, 3, 2, 0, 2, 1, 1, 11, False),
+    (1, 5, 3, (2, 1, 0, 2), 3, 2, 2, 25, True),
+])
+@pytest.mark.parametrize("box", [(0.0, 1.0), (0.2, 1.2)])
+def test_all_ranges_equal_the_pairwise_windows(shape, box):
+    """LocalBounds.all_ranges (convolutions plus weighted L1 norms of the composed window
+    coefficients) == LocalBounds.range on every (example, neuron) pair, for Kolter-Wong's
+    parallel relaxation; and None where it does not apply (crown's two slopes, an L2 ball)."""
+    net = _two_convs(*shape)
+    g = torch.Generator().manual_seed(7)
+    x = box[0] + torch.rand((4, *net.input_shape), generator=g, dtype=torch.float64)
+    x[:, :, :2] = box[0]  # on the box's face
+    pset = LpBall.make(x, [0.05, 0.02, 0.1, 0.0], "inf", box)
+    bounds = interval_bounds(net, pset, dtype=torch.float64)
+    k = [n.index for n in net.graph if isinstance(n.op, Conv2d)][-1]
+    relu_in = [n.inputs[0] for n in net.graph if isinstance(n.op, ReLU)][0]
+    r = relu_relaxation(*bounds[relu_in], "kw")
+    rels = {relu_in: type(r)(r.lam_up, r.lam_up, r.mu_up, r.unstable)}
+    local = LocalBounds(net, pset, k, local_plan(net, pset, k), rels)
+    lo, hi = local.all_ranges(examples_per_pass=3)
+    n_neurons = lo[0].numel()
+    ex = torch.arange(4).repeat_interleave(n_neurons)
+    nb = torch.arange(n_neurons).repeat(4)
+    ref_lo, ref_hi = local.range(ex, nb, two_sided=True)
+    torch.testing.assert_close(lo.reshape(-1), ref_lo, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(hi.reshape(-1), ref_hi, rtol=1e-10, atol=1e-10)
+    crown = {relu_in: relu_relaxation(*bounds[relu_in], "crown")}
+    assert LocalBounds(net, pset, k, local_plan(net, pset, k), crown).all_ranges() is None
+    ball = LpBall.make(x, 0.1, 2, box)
+    assert LocalBounds(net, ball, k, local_plan(net, ball, k), rels).all_ranges() is None
+
+
+def test_kw_intermediate_bounds_the_same_with_all_at_once(monkeypatch):
+    """linear_intermediate(rule kw) gives the same bounds whether a second conv layer's unstable
+    neurons are bounded pairwise or all at once (LocalBounds.all_ranges)."""
+    import verify.bounds.intermediate as I
+
+    calls = []
+    real = LocalBounds.all_ranges
+
+    def counted(self, **kw):
+        out = real(self, **kw)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(LocalBounds, "all_ranges", counted)
+    for net in (deep_conv(seed=3), _two_convs(1, 4, 2, (1, 1, 1, 1), 4, 2, (1, 1, 1, 1), 28, True)):
+        x = torch.rand((3, *net.input_shape), generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+        pset = LpBall.make(x, 0.05, "inf", net.input_range)
+        results = []
+        for fraction in (0.0, 2.0):  # 0: always all at once; 2: never
+            monkeypatch.setattr(I, "ALL_AT_ONCE_FRACTION", fraction)
+            results.append(linear_intermediate(net, pset, rule="kw", dtype=torch.float64))
+        for i in results[0]:
+            torch.testing.assert_close(results[0][i][0], results[1][i][0], rtol=1e-10, atol=1e-10)
+            torch.testing.assert_close(results[0][i][1], results[1][i][1], rtol=1e-10, atol=1e-10)
+    assert sum(calls) == 2  # bounded all at once: one conv pair per network, with the fraction 0

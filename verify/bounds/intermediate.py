@@ -27,6 +27,8 @@ from .types import NodeBounds
 
 # elements of the largest coefficient tensor per chunk (float64: 8 bytes each)
 CHUNK_ELEMENTS = 1 << 23
+# unstable share of a conv layer's neurons above which LocalBounds.all_ranges bounds them all
+ALL_AT_ONCE_FRACTION = 0.25
 
 
 def ancestors(net: Network, k: int) -> set[int]:
@@ -116,6 +118,16 @@ def _tighten(net: Network, pset: LpBall, k: int, lo: Tensor, hi: Tensor, bounds:
     begin = node.inputs[0] if first_affine else k
     plan = local_plan(net, pset, k)
     local = LocalBounds(net, pset, k, plan, rels) if plan is not None else None
+    # a second conv layer over a box: every neuron at once, layer-wise -- when enough of them are
+    # unstable (measured on the zoo's F-MNIST CNNs, 50 points, kw: as fast as the pairs below at
+    # 45 % unstable, 1.6x faster at 97-99 %)
+    many = pairs.shape[0] >= ALL_AT_ONCE_FRACTION * lo_f.numel()
+    both = local.all_ranges() if local is not None and rule == "kw" and many else None
+    if both is not None:
+        unstable = (lo_f < 0) & (hi_f > 0)
+        lo_f = torch.where(unstable, torch.maximum(lo_f, both[0].reshape(n, -1)), lo_f)
+        hi_f = torch.where(unstable, torch.minimum(hi_f, both[1].reshape(n, -1)), hi_f)
+        return lo_f.reshape(n, *shape), hi_f.reshape(n, *shape)
     if plan is not None:  # receptive-field windows: coefficients live on windows only
         widest = max(net.graph[i].shape[0] * f.h * f.w for i, f in plan)
     else:

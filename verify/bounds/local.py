@@ -129,12 +129,15 @@ class LocalBounds:
         self.relu: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
         self.valid: dict[int, Tensor] = {}
         self.window_t: dict[int, tuple[Tensor, tuple[int, int, int]]] = {}
+        self.relaxations = relaxations
+        self.input_box: tuple[Tensor, Tensor] | None = None  # Linf: the box itself
         for idx, frame in plan:
             if idx == 0:
                 ones = torch.ones((1, *net.graph[0].shape), dtype=pset.center.dtype, device=pset.center.device)
                 self.valid[0] = windows(ones, frame, self.grid)  # input positions that are not padding
                 if math.isinf(pset.p):  # the set is a box: its windows are all the input stage reads
                     lo, hi = pset.box()
+                    self.input_box = (lo, hi)
                     self.box = (windows(lo, frame, self.grid), windows(hi, frame, self.grid))
                 else:
                     # padding positions get a centre inside the box (they carry no coefficient;
@@ -230,6 +233,52 @@ class LocalBounds:
         a = a.reshape(e, n_pos, *a.shape[1:]) * self.valid[0][None, :, None]  # nothing on the input window's padding
         return a.permute(1, 0, 2, 4, 5, 3).unsqueeze(-1).unsqueeze(-1).contiguous()  # tiles of 1 x 1 pixels
 
+    def all_ranges(self, examples_per_pass: int = 16) -> tuple[Tensor, Tensor] | None:
+        """(lower, upper) on every neuron of node k for every example, (N, C, H, W) each: the same
+        numbers as :meth:`range` with ``two_sided=True`` on all (example, neuron) pairs, computed
+        layer-wise. None unless node k is a second conv layer (:meth:`_conv_pair`), the set is a
+        box (Linf) and the ReLU's relaxation has parallel lines (rule kw, ``lam_lo is lam_up``).
+
+        Over the box [lo, hi] = mid -+ rad, the relaxed network's affine lines give
+
+            lower, upper = conv2(lam * conv1(mid)) + conv2_{W2 < 0 | W2 > 0}(mu) -+ <|A|, rad>
+
+        (conv1 with the input normalisation before it): everything but the last term is a
+        convolution of the whole batch; only the weighted L1 norms of the input coefficients A
+        need the window coefficients (:meth:`all_coefficients`, a few examples per pass).
+        """
+        pair = self._conv_pair()
+        if pair is None or self.input_box is None:
+            return None
+        graph = self.net.graph
+        relu_idx, conv_idx, affines = pair
+        rel = self.relaxations[graph[relu_idx].inputs[0]]
+        if rel.lam_lo is not rel.lam_up:
+            return None
+        op2 = graph[self.k].op
+
+        def conv1(t: Tensor) -> Tensor:  # the affine map from the input to conv1's output
+            for i in (*affines, conv_idx):
+                t = graph[i].op.forward(t)
+            return t
+
+        lo, hi = self.input_box
+        center = op2.forward(rel.lam_up * conv1((lo + hi) / 2))
+        w2 = op2.param("weight", self.like)
+        xp, pad = op2._pad(rel.mu_up)
+        mu_lo = F.conv2d(xp, w2.clamp(max=0), None, op2.stride, pad)
+        mu_hi = F.conv2d(xp, w2.clamp(min=0), None, op2.stride, pad)
+        rad = windows((hi - lo) / 2, self.plan[-1][1], self.grid)  # (N*P, c0, h, w)
+        n, c2 = lo.shape[0], w2.shape[0]
+        spread = []
+        for e0 in range(0, n, examples_per_pass):
+            e1 = min(n, e0 + examples_per_pass)
+            a = self.all_coefficients(e0, e1)  # (P, E, C2, T, T', c0, r, r')
+            r = _tiles(rad[e0 * self.n_pos : e1 * self.n_pos], a.shape[3:], e1 - e0, self.n_pos)
+            spread.append((a.abs() * r.unsqueeze(2)).flatten(3).sum(3))  # (P, E, C2)
+        dev = torch.cat(spread, dim=1).permute(1, 2, 0).reshape(n, c2, *self.grid)
+        return center + mu_lo - dev, center + mu_hi + dev
+
     def _conv_pair(self) -> tuple[int, int, tuple[int, ...]] | None:
         """(ReLU node, conv node, ChannelAffine nodes before it) when node k's chain is
         input -> ChannelAffine* -> Conv2d -> ReLU -> node k: a second conv layer, whose window
@@ -276,7 +325,7 @@ class LocalBounds:
         # (kh2 + 1) * (kw2 + 1) taps (the last ones the zero pad) x (P, E, C1), position-major
         taps = F.pad(slope, (0, 1, 0, 1)).reshape(e, self.n_pos, c1, -1).permute(3, 1, 0, 2)
         tap = (ay.reshape(ty, 1, jy, 1) % (kh2 + 1)) * (kw2 + 1) + ax.reshape(1, tx, 1, jx) % (kw2 + 1)
-        sg = taps[tap.reshape(-1)].reshape(ty, tx, jy, jx, self.n_pos * e, c1)  # (T, T', J, J', P*E, C1)
+        sg = taps.index_select(0, tap.reshape(-1)).reshape(ty, tx, jy, jx, self.n_pos * e, c1)  # (T, T', J, J', P*E, C1)
         sg = sg.permute(0, 1, 4, 2, 3, 5).reshape(ty * tx, self.n_pos * e, jy * jx * c1)
         out = torch.bmm(sg, kern.transpose(1, 2))  # (T*T', P*E, C2*c0*r*r')
         out = out.reshape(ty, tx, self.n_pos, e, c2, c0, sy, sx).permute(2, 3, 4, 0, 1, 5, 6, 7).contiguous()
@@ -334,6 +383,15 @@ class LocalBounds:
             else:  # a wide window: the dense matrix would be too large
                 a = op.linear_t_window(a)  # type: ignore[union-attr]
         return total, total_up, a
+
+
+def _tiles(win: Tensor, tiles: tuple[int, ...], e: int, n_pos: int) -> Tensor:
+    """Windows (E * P, c0, h, w), example-major, -> (P, E, T, T', c0, r, r') in the tiles of
+    :meth:`LocalBounds.all_coefficients`, zero beyond h x w."""
+    ty, tx, c0, ry, rx = tiles
+    h, w = win.shape[2:]
+    t = F.pad(win, (0, tx * rx - w, 0, ty * ry - h)).reshape(e, n_pos, c0, ty, ry, tx, rx)
+    return t.permute(1, 0, 3, 5, 2, 4, 6)
 
 
 def window_view(t: Tensor) -> Tensor:
