@@ -298,10 +298,10 @@ class LocalBounds:
 
         (s: conv1's stride; a, b run over conv2's taps, u, v over the input window). Splitting
         u = s * t + r, the taps that reach pixel (t, r) are a = t - j with r + s * j < kh1, a
-        handful of j; so for each tile (t, t') it is one product of a (C2 * c0 * s * s) x
-        (C1 * J * J) matrix, built from the two kernels, with the slopes gathered to
-        (C1 * J * J) x (examples * positions): a batched matmul in place of
-        (examples * positions * C2) window transposes, and the kernels' zero taps are skipped.
+        handful of j; so for each tile (t, t') it is one product of the slopes gathered to
+        (positions * examples) x (J * J * C1) with a (J * J * C1) x (C2 * c0 * s * s) matrix built
+        from the two kernels: a batched matmul in place of (examples * positions * C2) window
+        transposes, and the kernels' zero taps are skipped.
         """
         graph = self.net.graph
         relu_idx, conv_idx, affines = pair
