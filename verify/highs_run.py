@@ -6,12 +6,19 @@ model's ``threads`` option; a later model asking for another count fails at once
 ``unknown`` after an LP had run with HiGHS's default threads. :func:`run` is the one place
 the project calls ``Highs.run()``: it recreates the scheduler when the count changes. The
 calls are sequential in a process (Dask workers are processes), so no solve is in flight then.
+:func:`new` is the one place it constructs a ``Highs``: silent, and without the banner HiGHS
+prints on standard output the first time a process constructs one (it would corrupt CSV or
+JSON a command writes to stdout).
 """
 
 from __future__ import annotations
 
+import os
+import sys
+
 import highspy
 
+_banner_shown = False  # HiGHS prints its banner once per process, at the first construction
 _scheduler_threads: int | None = None  # the count the process's scheduler was created with
 
 
@@ -28,3 +35,25 @@ def run(h: highspy.Highs) -> highspy.HighsStatus:
         highspy.Highs.resetThreadScheduler(True)  # blocking: its worker threads have ended
     _scheduler_threads = want
     return h.run()
+
+
+def new(threads: int | None = None) -> highspy.Highs:
+    """A silent ``Highs`` (``output_flag`` off), with ``threads`` set if given."""
+    global _banner_shown
+    if _banner_shown:
+        h = highspy.Highs()
+    else:  # the first construction writes the banner to file descriptor 1: send it to devnull
+        sys.stdout.flush()
+        saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, 1)
+            h = highspy.Highs()
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            os.close(null)
+        _banner_shown = True
+    h.setOptionValue("output_flag", False)
+    if threads is not None:
+        h.setOptionValue("threads", int(threads))
+    return h

@@ -44,3 +44,22 @@ def test_models_with_other_thread_counts_solve_in_one_process() -> None:
         assert h.getModelStatus() == highspy.HighsModelStatus.kOptimal
         if integer:
             assert abs(-h.getInfo().objective_function_value - best) < 1e-9
+
+
+def test_new_models_print_nothing_on_stdout() -> None:
+    # HiGHS writes a banner to file descriptor 1 at a process's first construction of a model;
+    # verify's CSV/JSON on stdout must not contain it. A fresh process, since the banner is once.
+    import subprocess
+    import sys
+
+    code = ("from verify import highs_run\n"
+            "import highspy\n"
+            "h = highs_run.new(1)\n"
+            "h.addVar(0.0, 1.0); h.changeColCost(0, -1.0)\n"
+            "assert highs_run.run(h) == highspy.HighsStatus.kOk\n"
+            "print(h.getInfo().objective_function_value)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "-1.0"
+    # the oracle: a plain highspy.Highs() in a fresh process does print the banner
+    raw = subprocess.run([sys.executable, "-c", "import highspy; highspy.Highs()"], capture_output=True, text=True, check=True)
+    assert "HiGHS" in raw.stdout

@@ -18,7 +18,6 @@ layer by layer on the model built so far (see :mod:`verify.mip.tighten`).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -28,6 +27,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
+from .. import highs_run
 from ..errors import UnsupportedLayerError
 from ..network import Add, AffineLayer, Network, ReLU
 from ..spec import LpBall
@@ -192,13 +192,11 @@ def _add_input(f: Formulation) -> Expr:
         # t_i >= |x_i - c_i|, sum t <= eps: the L1 ball exactly, with d auxiliary columns.
         eps = float(ps.eps[i])
         t = f.add_cols(np.zeros(d), np.maximum(hi - center, center - lo), KIND_ABS, 0, np.arange(d))
-        eye = sp.identity(d, format="csr")
         sel_x = sp.csr_matrix((np.ones(d), (np.arange(d), cols)), shape=(d, f.n_cols))
         sel_t = sp.csr_matrix((np.ones(d), (np.arange(d), t)), shape=(d, f.n_cols))
         f.add_rows(sel_x - sel_t, np.full(d, -INF), center)
         f.add_rows(sel_x + sel_t, center, np.full(d, INF))
         f.add_rows(sp.csr_matrix((np.ones(d), (np.zeros(d, dtype=int), t)), shape=(1, f.n_cols)), np.array([-INF]), np.array([eps]))
-        del eye
     a = sp.csr_matrix((np.ones(d), (np.arange(d), cols)), shape=(d, f.n_cols))
     return Expr(a, np.zeros(d))
 
@@ -262,8 +260,7 @@ def build_model(
     the binaries are continuous (the LP relaxation); call ``form.set_integer()`` later.
     """
     if highs is None:
-        highs = highspy.Highs()
-        highs.setOptionValue("output_flag", False)
+        highs = highs_run.new()
     f = Formulation(highs, net, pset, example_index)
     f.exprs[0] = _add_input(f)
     for node in net.graph[1:]:

@@ -59,17 +59,6 @@ class _TargetOutcome:
     x: Tensor | None = None
 
 
-def _set_threads(h: highspy.Highs, threads: int) -> None:
-    h.setOptionValue("threads", int(threads))
-
-
-def _new_highs(threads: int) -> highspy.Highs:
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
-    _set_threads(h, threads)
-    return h
-
-
 def _single_ball(pset: LpBall, i: int) -> LpBall:
     return pset.select([i]).to(torch.float64)
 
@@ -205,7 +194,7 @@ def solve_example(
     t0 = time.perf_counter()
     deadline = t0 + options.time_limit
     ball = _single_ball(pset, example_index)
-    h = _new_highs(options.threads)
+    h = highs_run.new(options.threads)
     rins = relu_input_nodes(net)
     tight = Tightener(options.tighten, rins[0] if rins else -1).start(deadline)
     form = build_model(net, pset, example_index, bounds, integer=False, highs=h, refine=tight)

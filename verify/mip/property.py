@@ -37,6 +37,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
+from .. import highs_run
 from ..network import Network
 from . import VERIFY_TOL
 from .formulation import INF, KIND_VALUE, Expr, Formulation, NodeBounds, build_model, relu_input_nodes
@@ -160,9 +161,7 @@ def solve_property(
     t0 = time.perf_counter()
     n_out = int(np.prod(net.output_shape))
     prop = OutputProperty(box.lower.reshape(-1).numpy(), box.upper.reshape(-1).numpy(), tuple(disjuncts), n_out)
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
-    h.setOptionValue("threads", int(threads))
+    h = highs_run.new(threads)
     rins = relu_input_nodes(net)
     tight = Tightener(tighten, rins[0] if rins else -1).start(deadline)
     form = build_model(net, box, 0, bounds, integer=False, highs=h, refine=tight)
