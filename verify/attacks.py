@@ -33,6 +33,7 @@ class AttackResult:
     success: Tensor  # bool (N,): inside the set and misclassified, checked in float64
     margin: Tensor  # float64 (N,): max_{j != y} f_j - f_y at x_adv (> 0 iff misclassified)
     steps: int  # gradient steps run (over all restarts)
+    example_steps: Tensor  # int64 (N,): gradient steps run on each example (0: misclassified, not searched)
 
     @property
     def success_rate(self) -> float:
@@ -52,20 +53,23 @@ class Attack:
         keys_t = _keys(keys, n)
         if n == 0:
             empty = pset.center.new_zeros(0, dtype=torch.float64)
-            return AttackResult(pset.center.clone(), pset.center.new_zeros(0, dtype=torch.bool), empty, 0)
+            return AttackResult(pset.center.clone(), pset.center.new_zeros(0, dtype=torch.bool), empty, 0,
+                                torch.zeros(0, dtype=torch.long))
         center_margin = margins_f64(net, pset.center, y)
         todo = (center_margin <= 0).nonzero()[:, 0]  # misclassified points need no search
         x_adv = pset.center.detach().clone()
-        steps = 0
+        per_example = torch.zeros(n, dtype=torch.long)
         if todo.numel():
-            cand, steps = self.run(net, pset.select(todo).to(torch.float32), y[todo], keys_t[todo.cpu()])
+            cand, ran = self.run(net, pset.select(todo).to(torch.float32), y[todo], keys_t[todo.cpu()])
             x_adv[todo] = inside_set(pset.select(todo), cand.detach())
+            per_example[todo.cpu()] = ran.to("cpu", torch.long) if isinstance(ran, Tensor) else int(ran)
         success = check_counterexample(net, pset, y, x_adv)
         margin = margins_f64(net, x_adv, y)
-        return AttackResult(x_adv, success, margin, steps)
+        return AttackResult(x_adv, success, margin, int(per_example.max()) if n else 0, per_example)
 
-    def run(self, net: Network, pset: LpBall, labels: Tensor, keys: Tensor | None = None) -> tuple[Tensor, int]:
-        """Candidates for the examples of ``pset``; ``keys`` (CPU int64, one per example) seed their random draws."""
+    def run(self, net: Network, pset: LpBall, labels: Tensor, keys: Tensor | None = None) -> tuple[Tensor, int | Tensor]:
+        """Candidates for the examples of ``pset``, and the gradient steps run (a count for all, or one
+        per example); ``keys`` (CPU int64, one per example) seed their random draws."""
         raise NotImplementedError
 
 
@@ -276,20 +280,20 @@ class PGD(Attack):
         if self.batch_size < 1:
             raise SpecError(f"batch_size must be >= 1, got {self.batch_size!r}")
 
-    def run(self, net: Network, pset: LpBall, labels: Tensor, keys: Tensor | None = None) -> tuple[Tensor, int]:
+    def run(self, net: Network, pset: LpBall, labels: Tensor, keys: Tensor | None = None) -> tuple[Tensor, Tensor]:
         keys = _keys(keys, pset.n)
-        outs, steps = [], 0
+        outs, steps = [], []
         for start in range(0, pset.n, self.batch_size):
             idx = torch.arange(start, min(pset.n, start + self.batch_size), device=pset.center.device)
             x, s = self._run_batch(net, pset.select(idx), labels[idx], keys[start : start + len(idx)])
             outs.append(x)
-            steps = max(steps, s)
-        return torch.cat(outs), steps
+            steps.append(s)
+        return torch.cat(outs), torch.cat(steps)
 
-    def _run_batch(self, net: Network, ball: LpBall, y: Tensor, keys: Tensor) -> tuple[Tensor, int]:
+    def _run_batch(self, net: Network, ball: LpBall, y: Tensor, keys: Tensor) -> tuple[Tensor, Tensor]:
         best_x = ball.center.clone()
         best_m = ball.center.new_full((ball.n,), -math.inf)
-        steps = 0
+        steps = torch.zeros(ball.n, dtype=torch.long)
         for r in range(self.restarts):
             idx = torch.arange(ball.n, device=best_m.device) if r == 0 else (best_m <= 0).nonzero()[:, 0]
             if idx.numel() == 0:
@@ -310,7 +314,7 @@ class PGD(Attack):
                 loss = m.sum() if self.loss == "margin" else F.cross_entropy(logits, ys, reduction="sum")
                 (g,) = torch.autograd.grad(loss, x)
                 x = project(sub, x.detach() + self._factor(t) * base * ascent_direction(g, x.detach(), sub, k_l1))
-                steps += 1
+                steps[idx.cpu()] += 1
         return best_x, steps
 
     def _factor(self, t: int) -> float:

@@ -65,9 +65,21 @@ class CertifyConfig:
             raise SpecError(f"unknown MIP starting bounds {self.mip_bounds!r}: use crown or alpha-crown")
 
 
+# The columns of a result row, in this order in every CSV, JSON and store (see CertResult.row).
+ROW_FIELDS = ("index", "label", "prediction", "status", "decided_by", "margin_lb", "margin_ub", "gap", "seconds",
+              "reason", "solver_status", "n_binaries")
+
+
 @dataclass(frozen=True)
 class CertResult:
-    """One example's verdict. ``counterexample`` is set for falsified examples (float64-checked)."""
+    """One example's verdict. ``counterexample`` is set for falsified examples (float64-checked).
+
+    The *worst margin* of an example is min over the set of f_y(x) - max_{j != y} f_j(x) (> 0:
+    robust). ``margin_lb`` is the best proven lower bound on it (bound methods, or the MIP's
+    dual bound), ``margin_ub`` the best upper bound (the smallest float64 margin at a concrete
+    point: the centre, attack points, MIP incumbents). ``seconds`` holds this example's share
+    of each stage's wall time (see :func:`certify`).
+    """
 
     index: int
     label: int
@@ -78,18 +90,38 @@ class CertResult:
     counterexample: Tensor | None
     seconds: dict[str, float]
     solver_status: str | None = None
-    gap: float | None = None
     reason: str | None = None
     n_binaries: int | None = None  # after tightening, for examples that reached the MIP
+    margin_ub: float | None = None
+
+    @property
+    def gap(self) -> float | None:
+        """margin_ub - margin_lb: how far the example is from being decided by its bounds (0 or less: decided)."""
+        if self.margin_lb is None or self.margin_ub is None:
+            return None
+        g = self.margin_ub - self.margin_lb
+        return g if math.isfinite(g) else None
 
     def row(self) -> dict:
-        """The JSON/CSV row (without the counterexample)."""
+        """The JSON/CSV row (without the counterexample), columns in ROW_FIELDS order."""
         return {
             "index": self.index, "label": self.label, "prediction": self.prediction, "status": self.status,
-            "decided_by": self.decided_by, "margin_lb": self.margin_lb,
+            "decided_by": self.decided_by, "margin_lb": _finite_or_none(self.margin_lb),
+            "margin_ub": _finite_or_none(self.margin_ub), "gap": self.gap,
             "seconds": round(sum(self.seconds.values()), 6), "reason": self.reason,
-            "solver_status": self.solver_status, "gap": self.gap, "n_binaries": self.n_binaries,
+            "solver_status": self.solver_status, "n_binaries": self.n_binaries,
         }
+
+
+def _finite_or_none(v: float | None) -> float | None:
+    return v if v is not None and math.isfinite(v) else None
+
+
+def order_row(row: dict) -> dict:
+    """A row with the ROW_FIELDS columns first, in that order (stores written before kept sorted keys)."""
+    out = {k: row.get(k) for k in ROW_FIELDS if k in row}
+    out.update({k: v for k, v in row.items() if k not in out})
+    return out
 
 
 @dataclass
@@ -97,6 +129,41 @@ class _Pending:
     pos: int
     seconds: dict[str, float] = field(default_factory=dict)
     margin_lb: float | None = None
+    margin_ub: float | None = None
+
+    def lower(self, v: float | None) -> None:
+        if v is not None and math.isfinite(v):
+            self.margin_lb = v if self.margin_lb is None else max(self.margin_lb, v)
+
+    def upper(self, v: float | None) -> None:
+        if v is not None and not math.isnan(v):
+            self.margin_ub = v if self.margin_ub is None else min(self.margin_ub, v)
+
+
+class _Clock:
+    """Per-example wall time: consecutive segments of the run, each split among the examples open in it.
+
+    Every second from the start of :func:`certify` to the last verdict lands in exactly one
+    segment, so the examples' times add up to the run's wall time. A batched stage is split
+    by work (PGD: by the gradient steps each example ran; a bound method: equally, as every
+    example costs the same there); a MIP segment belongs to its one example. Bookkeeping
+    between stages (writing finished rows, the progress bar) is charged to the examples still open.
+    """
+
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+
+    def charge(self, stage: str, open_: Sequence[_Pending], weights: Sequence[float] | None = None) -> None:
+        now = time.perf_counter()
+        dt, self.last = now - self.last, now
+        if not open_:
+            return
+        w = [float(v) for v in weights] if weights is not None else [1.0] * len(open_)
+        total = sum(w)
+        if not total > 0:
+            w, total = [1.0] * len(open_), float(len(open_))
+        for pp, wi in zip(open_, w):
+            pp.seconds[stage] = pp.seconds.get(stage, 0.0) + dt * wi / total
 
 
 def _mip_solver(name: str) -> Callable:
@@ -127,8 +194,10 @@ def certify(
     """Decide every example of ``pset``; ``indices`` are their positions in the data set (for reporting).
 
     Results are returned in the order of ``indices``; ``on_result`` sees each as soon as it
-    is final (batched stages first, then MIP examples one by one).
+    is final (batched stages first, then MIP examples one by one). The examples' ``seconds``
+    add up to this call's wall time (see :class:`_Clock` for how batched stages are split).
     """
+    clock = _Clock()
     from .attacks import pgd_attack
     from .bounds import certify_with_bounds
 
@@ -142,8 +211,8 @@ def certify(
     bar = _Bar(n, progress)
 
     def finish(pp: _Pending, status: Status, by: Stage | None, pred: int, **kw) -> None:
-        r = CertResult(int(indices[pp.pos]), int(labels[pp.pos]), pred, status, by,
-                       kw.pop("margin_lb", pp.margin_lb), kw.pop("counterexample", None), dict(pp.seconds), **kw)
+        r = CertResult(int(indices[pp.pos]), int(labels[pp.pos]), pred, status, by, pp.margin_lb,
+                       kw.pop("counterexample", None), dict(pp.seconds), margin_ub=pp.margin_ub, **kw)
         results[pp.pos] = r
         bar.update(r)
         if on_result is not None:
@@ -151,12 +220,11 @@ def certify(
 
     with torch.no_grad():
         preds = net.predict(pset.center.to(torch.float64))
-    t0 = time.perf_counter()
     m = margins_f64(net, pset.center, labels)
-    share = (time.perf_counter() - t0) / max(n, 1)
+    clock.charge("clean", pending)
     rest = []
     for pp in pending:
-        pp.seconds["clean"] = share
+        pp.upper(-float(m[pp.pos]))
         # clean misclassification (or a tie) in float64: the centre itself is no proof of anything
         if m[pp.pos] >= 0:
             finish(pp, "misclassified", "clean", int(preds[pp.pos]))
@@ -171,16 +239,16 @@ def certify(
         if not todo or steps <= 0 or restarts <= 0 or not float(pset.eps.max()) > 0:
             return todo
         idx = [pp.pos for pp in todo]
-        t0 = time.perf_counter()
         # keyed by data-set index: an example's random starts, and so its verdict, do not depend on
         # the batch it came in (-n, --shard, --workers and --indices runs agree)
         att = pgd_attack(net, pset.select(idx), labels[idx], steps=steps, restarts=restarts,
                          schedule=schedule, seed=seed, keys=[int(indices[i]) for i in idx])  # type: ignore[arg-type]
-        share = (time.perf_counter() - t0) / len(idx)
+        # each example's share: one forward pass per step it ran, plus the final check
+        clock.charge("pgd", todo, [float(s) + 1.0 for s in att.example_steps.tolist()])
         left = []
         for k, pp in enumerate(todo):
-            pp.seconds["pgd"] = pp.seconds.get("pgd", 0.0) + share
             warm[pp.pos] = att.x_adv[k : k + 1]
+            pp.upper(-float(att.margin[k]))
             if bool(att.success[k]):
                 finish(pp, "falsified", "pgd", int(preds[pp.pos]), counterexample=att.x_adv[k : k + 1])
             else:
@@ -193,16 +261,13 @@ def certify(
         if not pending:
             break
         idx = [pp.pos for pp in pending]
-        t0 = time.perf_counter()
         cb = certify_with_bounds(net, pset.select(idx), labels[idx], method=method)  # type: ignore[arg-type]
-        share = (time.perf_counter() - t0) / len(idx)
+        clock.charge(method, pending)
         rest = []
         for k, pp in enumerate(pending):
-            pp.seconds[method] = share
-            lb = float(cb.margin_lb[k])
-            pp.margin_lb = lb if pp.margin_lb is None or not math.isfinite(pp.margin_lb) else max(pp.margin_lb, lb)
+            pp.lower(float(cb.margin_lb[k]))
             if bool(cb.certified[k]):
-                finish(pp, "verified", method, int(preds[pp.pos]), margin_lb=lb)  # type: ignore[arg-type]
+                finish(pp, "verified", method, int(preds[pp.pos]))  # type: ignore[arg-type]
             else:
                 rest.append(pp)
         pending = rest
@@ -215,14 +280,18 @@ def certify(
             finish(pp, "unknown", None, int(preds[pp.pos]), reason="no mip")
             continue
         i = pp.pos
-        t0 = time.perf_counter()
         kwargs = _mip_inputs(net, pset, labels, i, config)
         r = solve(net, pset, int(labels[i]), i, warm_start=warm.get(i), **kwargs)
-        pp.seconds["mip"] = time.perf_counter() - t0
+        clock.charge("mip", [pp])
         status: Status = r.status
+        if r.status == "verified" and r.dual_bound is not None:
+            pp.lower(-r.dual_bound)  # the MIP's proven bound on the largest violation
+        if r.counterexample is not None:
+            pp.upper(-float(margins_f64(net, r.counterexample, labels[i : i + 1])[0]))
+        elif r.objective is not None:
+            pp.upper(-r.objective)
         finish(pp, status, "mip" if status != "unknown" else None, int(preds[i]), counterexample=r.counterexample,
-               solver_status=r.solver_status, gap=r.gap, reason=r.reason, n_binaries=r.n_binaries,
-               margin_lb=(-r.dual_bound if r.status == "verified" and r.dual_bound is not None else pp.margin_lb))
+               solver_status=r.solver_status, reason=r.reason, n_binaries=r.n_binaries)
     bar.close()
     return [results[i] for i in range(n)]
 
@@ -308,15 +377,17 @@ class Summary:
         return dict(self.__dict__)
 
 
-def summarize(results: Sequence[CertResult]) -> Summary:
-    n = len(results)
+def summarize(results: Sequence[CertResult] | Sequence[dict]) -> Summary:
+    """The summary of results, or of their rows (a store's or a JSON file's: the same numbers)."""
+    rows = [r.row() if isinstance(r, CertResult) else r for r in results]
+    n = len(rows)
     if n == 0:
         return Summary(0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0.0, 0.0)
-    st = [r.status for r in results]
+    st = [r["status"] for r in rows]
     mis = st.count("misclassified")
-    pgd = sum(r.decided_by == "pgd" for r in results)
-    bound_ver = sum(r.status == "verified" and r.decided_by in BOUND_METHODS for r in results)
-    secs = [sum(r.seconds.values()) for r in results]
+    pgd = sum(r.get("decided_by") == "pgd" for r in rows)
+    bound_ver = sum(r["status"] == "verified" and r.get("decided_by") in BOUND_METHODS for r in rows)
+    secs = [float(r.get("seconds") or 0.0) for r in rows]
     return Summary(
         n=n,
         clean_error=mis / n,
@@ -330,4 +401,4 @@ def summarize(results: Sequence[CertResult]) -> Summary:
     )
 
 
-__all__ = ["CertResult", "CertifyConfig", "Summary", "certify", "summarize"]
+__all__ = ["CertResult", "CertifyConfig", "ROW_FIELDS", "Summary", "certify", "order_row", "summarize"]
