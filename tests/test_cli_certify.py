@@ -42,7 +42,7 @@ def test_certify_third_party_layouts(cnn: Network, fmt: str, suffix: str, tmp_pa
                     "--data-dir", str(shared_data / "mnist"), "-n", "6", "--timeout", "30", "-q", "--output", str(out)])
     assert code == 0, capsys.readouterr().err
     res = json.loads(out.read_text())
-    for key in ("n", "clean_error", "lb", "ub", "unknown", "seconds", "config", "examples"):
+    for key in ("n", "clean_error", "lb", "ub", "unknown", "median_seconds", "total_seconds", "config", "examples"):
         assert key in res
     assert res["n"] == 6 and len(res["examples"]) == 6
     assert res["clean_error"] <= res["lb"] <= res["ub"] <= 1

@@ -16,18 +16,23 @@ import hashlib
 import json
 import sqlite3
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
+from ..certify import order_row
 from ..errors import VerifyError
 
 SCHEMA_VERSION = 1
 
-# keys of the configuration that do not change the results (and so may differ between shards)
-_NON_IDENTIFYING = {"shard", "workers", "scheduler", "cluster", "output", "model_path", "progress", "threads"}
+# keys of the configuration that do not change the results (and so may differ between shards).
+# The selection of examples is not part of a run's identity: rows are keyed by their data-set
+# index, so a store made with -n 200 grows when the same command runs with -n 220.
+_NON_IDENTIFYING = {"shard", "workers", "scheduler", "cluster", "output", "model_path", "progress", "threads",
+                    "n_selected", "selection_sha"}
 
 
 class StoreError(VerifyError):
@@ -119,13 +124,15 @@ class ResultsStore:
         idx = int(row["index"])
         blob = shape = None
         if counterexample is not None:
-            arr = np.asarray(counterexample, dtype=np.float64)
-            blob, shape = arr.tobytes(), json.dumps(list(arr.shape))
+            # the float64 point itself (what the re-check confirmed), zlib-compressed: an Linf
+            # counterexample's pixels sit mostly at the centre +- eps or at the box, ~5x smaller
+            arr = np.ascontiguousarray(counterexample, dtype=np.float64)
+            blob, shape = zlib.compress(arr.tobytes(), 6), json.dumps({"shape": list(arr.shape), "codec": "zlib"})
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             self._conn.execute(
                 "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?)",
-                (idx, json.dumps(dict(row), sort_keys=True, default=_jsonable), str(row["status"]), blob, shape, time.time()),
+                (idx, json.dumps(dict(row), default=_jsonable), str(row["status"]), blob, shape, time.time()),
             )
             self._conn.execute("COMMIT")
         except BaseException:
@@ -133,15 +140,29 @@ class ResultsStore:
             raise
 
     def rows(self) -> list[dict[str, Any]]:
-        return [json.loads(r[0]) for r in self._conn.execute("SELECT row FROM results ORDER BY idx")]
+        """Every row, by data-set index, with the columns in the order of ``verify.certify.ROW_FIELDS``."""
+        return [order_row(json.loads(r[0])) for r in self._conn.execute("SELECT row FROM results ORDER BY idx")]
 
     def iter_stored(self) -> Iterator[StoredRow]:
         for idx, row, blob, shape in self._conn.execute("SELECT idx, row, counterexample, shape FROM results ORDER BY idx"):
-            ce = np.frombuffer(blob, dtype=np.float64).reshape(json.loads(shape)) if blob is not None else None
-            yield StoredRow(int(idx), json.loads(row), ce)
+            yield StoredRow(int(idx), json.loads(row), _decode(blob, shape))
+
+    def counterexamples(self) -> dict[int, np.ndarray]:
+        """Every stored counterexample (float64, the model's input shape plus a leading 1), by data-set index."""
+        rows = self._conn.execute("SELECT idx, counterexample, shape FROM results WHERE counterexample IS NOT NULL ORDER BY idx")
+        return {int(i): _decode(b, s) for i, b, s in rows}  # type: ignore[misc]
 
     def __len__(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM results").fetchone()[0])
+
+
+def _decode(blob: bytes | None, shape: str | None) -> np.ndarray | None:
+    if blob is None or shape is None:
+        return None
+    meta = json.loads(shape)
+    if isinstance(meta, dict):  # schema 1 stores after compression came in
+        return np.frombuffer(bytearray(zlib.decompress(blob)), dtype=np.float64).reshape(meta["shape"])
+    return np.frombuffer(bytearray(blob), dtype=np.float64).reshape(meta)  # bytearray: a writable array
 
 
 def _check_same(path: Path, have: dict[str, Any], want: dict[str, Any]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .batch import print_summary, rows_to_results
+from .batch import print_summary, results_document, write_counterexamples
 from .common import data_options, load_examples, load_model, make_ball, model_option, output_option, p_label, spec_options, write_rows
 
 
@@ -37,13 +37,15 @@ from .common import data_options, load_examples, load_model, make_ball, model_op
 @click.option("--memory", default="4GB", help="With --cluster slurm: memory per job.")
 @click.option("--walltime", default="01:00:00", help="With --cluster slurm: wall time per job.")
 @click.option("--cores", default=1, type=click.IntRange(min=1), help="With --cluster slurm: cores (= workers) per job.")
+@click.option("--counterexamples", "ce_path", default=None, type=click.Path(dir_okay=False),
+              help="Also write every counterexample (float64 input, re-checked) to this .npz: index, label, x_adv, eps, p.")
 @output_option
 def certify(model_path: str, model_format: str | None, arch: str | None, p: str, eps: float, dataset: str | None,
             data_dir: str | None, n: int | None, indices: str | None, inputs_path: str | None, solver: str,
             timeout: float, threads: int, methods: str, attack_steps: int, attack_restarts: int,
             strong_attack_restarts: int, mip_bounds: str, no_mip: bool, quiet: bool, shard: str | None, workers: int, scheduler: str | None, cluster: str | None, jobs: int,
             queue: str | None, account: str | None, memory: str, walltime: str, cores: int,
-            output: str | None) -> None:
+            ce_path: str | None, output: str | None) -> None:
     """Decide each example: misclassified, falsified (PGD or MIP), verified (bounds or MIP) or unknown.
 
     \b
@@ -51,7 +53,8 @@ def certify(model_path: str, model_format: str | None, arch: str | None, p: str,
       verify certify --model net.mat --p inf --eps 0.1 --dataset mnist -n 1000 --output res.json
       verify certify --model net.mat --p 2 --eps 0.3 --dataset fmnist --indices 0,5,9 --timeout 60
     \b
-    Resumable batch runs (SQLite store; re-run the same command to resume):
+    Resumable batch runs (SQLite store; re-run the same command to resume, or
+    with a larger -n to extend it: rows are kept per data-set index):
       verify certify ... -n 10000 --output run.sqlite --workers 2
       verify certify ... --output run.$SLURM_ARRAY_TASK_ID.sqlite --shard $SLURM_ARRAY_TASK_ID/8
       verify certify ... --output run.sqlite --cluster slurm --jobs 16 --queue short --walltime 04:00:00
@@ -65,6 +68,8 @@ def certify(model_path: str, model_format: str | None, arch: str | None, p: str,
     store = output is not None and output.endswith((".sqlite", ".db"))
     if output is not None and not (store or output.endswith(".json") or output.endswith(".csv")):
         raise SpecError(f"--output must end in .json, .csv or .sqlite, got {output!r}")
+    if ce_path is not None and not ce_path.endswith(".npz"):
+        raise SpecError(f"--counterexamples must end in .npz, got {ce_path!r}")
     shard_spec = parse_shard(shard)
     options = ClusterOptions(workers=workers, scheduler=scheduler, cluster=cluster, jobs=jobs, queue=queue,
                              account=account, memory=memory, walltime=walltime, cores=cores)
@@ -81,10 +86,11 @@ def certify(model_path: str, model_format: str | None, arch: str | None, p: str,
     net = load_model(model_path, model_format, arch)
     ex = load_examples(net, dataset, data_dir, n, indices, inputs_path)
     ball = make_ball(net, ex, p, eps)
-    header = {"model": model_path, "dataset": ex.source, "config": {**config.__dict__, "p": p_label(p)}}
     if store:
-        _run_store(net, model_path, ex, config, output, shard_spec, options, quiet, p, eps, solver)
+        _run_store(net, model_path, ex, config, output, shard_spec, options, quiet, p, eps, solver, ce_path)
         return
+    run_cfg = {**config.__dict__, "p": p_label(p), "methods": list(config.methods), "model_path": model_path,
+               "data": ex.source}
     rows: list[dict] = []
     done: list = []
 
@@ -93,16 +99,27 @@ def certify(model_path: str, model_format: str | None, arch: str | None, p: str,
         rows.append(r.row())
         if output is not None:
             # rewritten atomically after every example: an interrupted run keeps every finished row
-            write_rows(output, _header(header, summarize(done)), rows)
+            _write(output, summarize(done), run_cfg, rows)
 
     results = run(net, ball, ex.y, ex.indices, config, progress=not quiet, on_result=on_result)
     s = summarize(results)
     print_summary(s, f"p {p_label(p)}   eps {eps:g}   solver {solver}")
+    final = [r.row() for r in results]
     if output is not None:  # the final file lists the examples in input order
-        write_rows(output, _header(header, s), [r.row() for r in results])
+        _write(output, s, run_cfg, final)
+    if ce_path is not None:
+        points = {r.index: r.counterexample.detach().cpu().double().numpy() for r in results if r.counterexample is not None}
+        k = write_counterexamples(ce_path, points, final, run_cfg)
+        click.echo(f"wrote {k} counterexamples to {ce_path}")
 
 
-def _run_store(net, model_path, ex, config, output, shard_spec, options, quiet, p, eps, solver) -> None:
+def _write(output: str, s, run_cfg: dict, rows: list[dict]) -> None:
+    doc = results_document(s, run_cfg, rows)
+    write_rows(output, {k: v for k, v in doc.items() if k != "examples"}, rows)
+
+
+def _run_store(net, model_path, ex, config, output, shard_spec, options, quiet, p, eps, solver, ce_path) -> None:
+    from ..batch import ResultsStore
     from ..batch.run import run_to_store
     from ..certify import summarize
 
@@ -111,10 +128,10 @@ def _run_store(net, model_path, ex, config, output, shard_spec, options, quiet, 
     if skipped:
         click.echo(f"resumed {output}: skipped {skipped} examples already in the store")
     shard_txt = "" if shard_spec is None else f"   shard {shard_spec[0]}/{shard_spec[1]}"
-    print_summary(summarize(rows_to_results(rows)), f"p {p_label(p)}   eps {eps:g}   solver {solver}{shard_txt}")
-
-
-def _header(header: dict, s) -> dict:
-    return {"n": s.n, "clean_error": s.clean_error, "pgd_lb": s.pgd_lb, "bound_ub": s.bound_ub, "lb": s.lb,
-            "ub": s.ub, "unknown": s.unknown,
-            "seconds": {"median": s.median_seconds, "total": s.total_seconds}, **header}
+    print_summary(summarize(rows), f"p {p_label(p)}   eps {eps:g}   solver {solver}{shard_txt}")
+    if ce_path is not None:
+        wanted = {int(r["index"]) for r in rows}
+        with ResultsStore.open(output, create=False) as st:
+            points = {i: v for i, v in st.counterexamples().items() if i in wanted}
+            k = write_counterexamples(ce_path, points, rows, st.config)
+        click.echo(f"wrote {k} counterexamples to {ce_path}")
