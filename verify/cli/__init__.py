@@ -59,7 +59,7 @@ def cli() -> None:
 
     \b
     Typical use (MMR paper protocol: first 1000 test points, Linf eps 0.1):
-      verify info models/mnist_plain.mat --dataset mnist
+      verify info models/mnist_cnn_small_plain.mat --dataset mnist
       verify attack  --model net.mat --p inf --eps 0.1 --dataset mnist -n 1000
       verify bounds  --model net.mat --p inf --eps 0.1 --dataset mnist --method kw
       verify certify --model net.mat --p inf --eps 0.1 --dataset mnist -n 1000 --output res.json

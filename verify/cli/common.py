@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import click
 from torch import Tensor
@@ -35,7 +35,7 @@ def data_options(f: Callable) -> Callable:
                      help="An .npz with arrays x (in the model's input range) and y, instead of --dataset.")(f)
     f = click.option("--indices", default=None, help="Comma-separated test-set indices, e.g. 0,5,9 (overrides -n).")(f)
     f = click.option("-n", "n", default=None, type=click.IntRange(min=1),
-                     help="Use the first N test points (the MMR protocol uses 1000). Default: all.")(f)
+                     help="Use the first N test points (the MMR protocol uses 1000). Default: all (10,000 for MNIST).")(f)
     f = click.option("--data-dir", default=None, type=click.Path(file_okay=False),
                      help="Folder holding the dataset files (else $RELU_VERIFY_DATA, ./datasets, /usr/share/datasets, cache).")(f)
     f = click.option("--dataset", default=None, help="mnist, fmnist (fashion-mnist), cifar10, or a MMR-style .mat dataset file.")(f)
@@ -103,6 +103,9 @@ def load_examples(
         raise DataError("no data: give --dataset NAME (e.g. mnist) or --inputs points.npz")
     total = len(ds.y)
     if idx is None:
+        if n is None and total > 1000:
+            click.echo(f"note: no -n given: running on all {total} points of {source} (-n 1000 is the MMR protocol)",
+                       err=True)
         idx = list(range(total if n is None else min(n, total)))
     bad = [i for i in idx if i >= total]
     if bad:
@@ -111,6 +114,30 @@ def load_examples(
     y = ds.y[idx]
     x = data.fit_to_model(x, net, source)
     return Examples(x, y, idx, source)
+
+
+def chunked(n: int, size: int, desc: str, enabled: bool = True) -> Iterator[slice]:
+    """Slices of range(n) of at most ``size``, with a progress bar on stderr (examples done, rate, ETA).
+
+    The bar appears once the first chunk is done, so bad input found by the first chunk is a
+    single error line, not a bar followed by the error."""
+    from tqdm import tqdm
+
+    bar = None
+    try:
+        for start in range(0, n, size):
+            stop = min(n, start + size)
+            yield slice(start, stop)
+            if bar is None:
+                bar = tqdm(total=n, desc=desc, unit="ex", disable=not enabled, leave=False, dynamic_ncols=True)
+            bar.update(stop - start)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def quiet_option(f: Callable) -> Callable:
+    return click.option("--quiet", "-q", is_flag=True, help="No progress bar.")(f)
 
 
 def make_ball(net: Network, ex: Examples, p: str, eps: float) -> LpBall:

@@ -18,7 +18,14 @@ from .common import load_examples, load_model
 @click.option("-n", "n", default=None, type=click.IntRange(min=1), help="Use the first N test points (default: all).")
 def info(model_path: str, model_format: str | None, arch: str | None, dataset: str | None,
          data_dir: str | None, n: int | None) -> None:
-    """Show a model's layers, shapes, parameter and ReLU counts, input shape and range."""
+    """Show a model's layers, shapes, parameter and ReLU counts, input shape and range.
+
+    \b
+    Examples:
+      verify info models/mnist_cnn_small_kw.mat
+      verify info models/mnist_cnn_small_kw.mat --dataset mnist --data-dir ../shared/datasets -n 1000
+      verify info net.onnx --format onnx
+    """
     net = load_model(model_path, model_format, arch)
     click.echo(net.summary())
     if dataset is None:
