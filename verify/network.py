@@ -109,6 +109,17 @@ class AffineLayer(Layer):
         zero = torch.zeros((1, *in_shape), dtype=like.dtype, device=like.device)
         return self.forward(zero)[0]
 
+    def row_norms(self, in_shape: Shape, q: float, like: Tensor) -> Tensor:
+        """||row k of L||_q for every output k, shaped like the output (no batch dimension), or an
+        upper bound on it. Here from the sparse matrix (constant: no gradient); layers override it."""
+        m = self.matrix(in_shape)
+        if math.isinf(q):
+            v = abs(m).max(axis=1).toarray().reshape(-1)
+        else:
+            v = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).reshape(-1)) if q == 2.0 else np.asarray(abs(m).sum(axis=1)).reshape(-1)
+        out = self.out_shape(in_shape)
+        return torch.as_tensor(v, dtype=like.dtype, device=like.device).reshape(out if isinstance(out, tuple) else (out,))
+
     def forward(self, x: Tensor) -> Tensor:
         return self.linear(x) + self.offset(tuple(x.shape[1:]), x)
 
@@ -173,6 +184,9 @@ class Linear(AffineLayer):
 
     def abs_linear(self, x: Tensor) -> Tensor:
         return self._flat(x) @ self.param("weight", x).abs().T
+
+    def row_norms(self, in_shape: Shape, q: float, like: Tensor) -> Tensor:
+        return torch.linalg.vector_norm(self.param("weight", like), ord=q, dim=1)
 
     def offset(self, in_shape: Shape, like: Tensor) -> Tensor:
         return self.param("bias", like)
@@ -261,6 +275,18 @@ class _ConvLike(AffineLayer):
     def abs_linear(self, x: Tensor) -> Tensor:
         xp, pad = self._pad(x)
         return F.conv2d(xp, self._kernel(x).abs(), None, self.stride, pad, 1, self._groups(x))
+
+    def row_norms(self, in_shape: Shape, q: float, like: Tensor) -> Tensor:
+        """q = 2: exact, the squared kernel over the taps inside the image; otherwise the whole
+        kernel's norm per output channel (an upper bound at the border, where taps fall on padding)."""
+        k = self._kernel(like)
+        out = self.out_shape(in_shape)
+        if q == 2.0:
+            ones = torch.ones((1, *in_shape), dtype=like.dtype, device=like.device)
+            xp, pad = self._pad(ones)
+            return F.conv2d(xp, k * k, None, self.stride, pad, 1, self._groups(ones))[0].sqrt()
+        per_kernel = torch.linalg.vector_norm(k.flatten(1), ord=q, dim=1)  # (C_out,) or (C,) depthwise
+        return per_kernel[:, None, None].expand(out)
 
     def linear_t(self, y: Tensor, in_shape: Shape) -> Tensor:
         _, h, w = in_shape
