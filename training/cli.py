@@ -43,7 +43,10 @@ def _opt(*names: str, **kw):  # type: ignore[no-untyped-def]
 @_opt("--optimizer", type=click.Choice(OPTIMIZERS), default="adam", show_default=True)
 @_opt("--lr-schedule", type=click.Choice(LR_SCHEDULES), default="step", show_default=True,
       help="step: lr/10 for the last 10% of epochs (MMR); cosine; constant.")
-@_opt("--warmup-epochs", type=int, default=-1, help="eps ramp (kw/ibp/crown-ibp) or lambda ramp (mmr); default: epochs/2, MMR 10.")
+@_opt("--warmup-epochs", type=click.IntRange(min=-1), default=-1,
+      help="Length in epochs of the linear ramp of eps (kw/ibp/crown-ibp: from 0 at the first batch "
+           "to --eps at the end of epoch N, moving every batch) or of lambda (mmr). 0: no ramp; 1: ramp over "
+           "the first epoch. Default: epochs/2 (at least 1), MMR 10.")
 @_opt("--pgd-steps", type=int, default=40, show_default=True, help="PGD iterations for at / mmr+at (step 2 eps / steps).")
 @_opt("--attack", type=click.Choice(["pgd", "fgsm"]), default="pgd", show_default=True)
 @_opt("--train-subset", type=int, default=None, help="Train on N training points only (a random subset, fixed by --seed).")
@@ -65,9 +68,10 @@ def _opt(*names: str, **kw):  # type: ignore[no-untyped-def]
            "the shuffling are drawn on the CPU, so a seed gives the same run's start on every device; the "
            "checkpoints and the exported model load anywhere.")
 @click.option("--deterministic/--no-deterministic", default=True, show_default=True)
-@_opt("--threads", type=click.IntRange(min=1), default=None,
-      help="torch threads on the CPU (default: torch's, one per core). On a node shared with other jobs give "
-           "the cores you own: torch's thread pool slows down badly on cores another process is using.")
+@_opt("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+      help="torch threads on the CPU. One by default: torch's thread pool slows down badly on cores another "
+           "process is using (one thread per core ran 5-6x slower than one thread on a busy 2-core machine, "
+           "benchmarks/threads.py); raise it on an idle machine or a node whose cores are all yours.")
 @_opt("--resume", is_flag=True, help="Continue from the run directory's last epoch checkpoint.")
 @_opt("--stop-after", type=int, default=None, metavar="EPOCH",
       help="Stop after this epoch of the --epochs schedule and export (the learning rate and the ramps stay "
@@ -80,7 +84,7 @@ def _opt(*names: str, **kw):  # type: ignore[no-untyped-def]
       help="Output format; default from the extension (.mat: MMR layout). --method fpd writes a .pt2 program.")
 @_opt("--quiet", is_flag=True, help="No progress bar.")
 def train_mmr(arch: str, out: str, fmt: str | None, run_dir: str | None, resume: bool, quiet: bool,  # type: ignore[no-untyped-def]
-              threads: int | None, stop_after: int | None, **options) -> None:
+              threads: int, stop_after: int | None, **options) -> None:
     """Train a ReLU network and export it for `verify`.
 
     \b
@@ -119,10 +123,9 @@ def train_mmr(arch: str, out: str, fmt: str | None, run_dir: str | None, resume:
     config = TrainConfig(arch=arch, **options)
     from verify.formats import save_model
 
-    if threads is not None:
-        import torch
+    import torch
 
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
 
     from .trainer import train
 

@@ -44,6 +44,34 @@ def test_help_has_examples(capsys) -> None:
     code, out, _ = _run_train(["--help"], capsys)
     assert code == 0
     assert "Examples:" in out and "--nn-type" in out and "--resume" in out
+    # the defaults that used to surprise are stated: one torch thread, and what the ramp length means
+    flat = " ".join(out.split())
+    assert "[default: 1;" in flat.split("--threads INTEGER", 1)[1].split(" --resume", 1)[0]
+    assert "1: ramp over the first epoch" in flat
+
+
+def test_threads_default_is_one(tmp_path, capsys, shared_data) -> None:
+    import torch
+
+    torch.set_num_threads(2)
+    seen: list[int] = []
+    import training.trainer as trainer
+
+    real = trainer.train
+
+    def spy(*a, **k):  # records the thread count the command set, then trains for real
+        seen.append(torch.get_num_threads())
+        return real(*a, **k)
+
+    trainer.train = spy
+    try:
+        code, _, err = _run_train(["--dataset", "mnist", "--data-dir", str(shared_data), "--epochs", "1",
+                                   "--train-subset", "32", "--batch-size", "32", "--quiet", "--out", str(tmp_path / "t.mat"),
+                                   "--run-dir", str(tmp_path / "run")], capsys)
+    finally:
+        trainer.train = real
+    assert code == 0, err
+    assert seen == [1]
 
 
 def test_trains_and_writes_a_loadable_model(tmp_path, capsys, shared_data) -> None:

@@ -60,6 +60,11 @@ def test_bounds_hold_on_samples_and_loss_upper_bounds_clean_ce() -> None:
 
 def test_eps_schedule_ramps_like_wong_et_al() -> None:
     s = RobustSchedule(eps=0.1, warmup_epochs=3, eps_start=0.0)
-    assert [round(s.eps_at(e), 6) for e in (1, 2, 3, 4)] == [0.0, 0.05, 0.1, 0.1]
+    # N warm-up epochs: from eps_start at the first batch to eps at the end of epoch N
+    assert [round(s.eps_at(e), 6) for e in (1, 2, 3, 4)] == [0.0, round(0.1 / 3, 6), round(0.2 / 3, 6), 0.1]
+    assert s.eps_at(3, 0.999999) < 0.1 and s.eps_at(4, 0.0) == 0.1
+    one = RobustSchedule(eps=0.1, warmup_epochs=1)  # one warm-up epoch is a ramp over epoch 1, not none
+    assert one.eps_at(1, 0.0) == 0.0 and abs(one.eps_at(1, 0.5) - 0.05) < 1e-12 and one.eps_at(2, 0.0) == 0.1
+    assert RobustSchedule(eps=0.1, warmup_epochs=0).eps_at(1, 0.0) == 0.1
     c = RobustSchedule(eps=0.1, warmup_epochs=4, method="crown-ibp", kappa_end=0.5)
     assert c.kappa_at(1) == 1.0 and c.kappa_at(5) == 0.5 and c.beta_at(1) == 1.0 and c.beta_at(5) == 0.0

@@ -62,12 +62,14 @@ def robust_ce(margin_lb: Tensor, labels: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class RobustSchedule:
-    """eps / kappa / beta by 1-based epoch and the fraction of it done: linear ramps (0: none).
+    """eps / kappa / beta by 1-based epoch and the fraction of it done: linear ramps over
+    ``warmup_epochs`` epochs (0: none).
 
-    ``frac`` (batch / batches per epoch) makes the ramps move every batch rather than jump
-    once per epoch: a sudden step in eps is what collapses certified training (IBP especially),
-    so the trainer always passes it. With ``frac = 0`` the values are Wong et al.'s per-epoch
-    ``np.linspace(starting_epsilon, epsilon, schedule_length)``.
+    A ramp of N epochs starts at the first batch of epoch 1 (eps = ``eps_start``) and ends at
+    the last batch of epoch N (eps reached), moving every batch: ``--warmup-epochs 1`` ramps
+    over the first epoch. ``frac`` (batch / batches per epoch) makes the ramps move every batch
+    rather than jump once per epoch: a sudden step in eps is what collapses certified training
+    (IBP especially), so the trainer always passes it.
     """
 
     eps: float
@@ -76,21 +78,14 @@ class RobustSchedule:
     kappa_end: float = 0.0
     method: RobustMethod = "kw"
 
-    def _progress(self, epoch: int, frac: float, length: int) -> float:
-        if self.warmup_epochs <= 1 or length <= 0:
-            return 1.0
-        return min(max(epoch - 1 + frac, 0.0) / length, 1.0)
-
     def ramp(self, epoch: int, frac: float = 0.0) -> float:
+        """How far the ramps have gone, in [0, 1], at ``frac`` of 1-based ``epoch``."""
         if self.warmup_epochs <= 0:
             return 1.0
-        return self._progress(epoch, frac, self.warmup_epochs)
+        return min(max(epoch - 1 + frac, 0.0) / self.warmup_epochs, 1.0)
 
     def eps_at(self, epoch: int, frac: float = 0.0) -> float:
-        if self.warmup_epochs <= 0:
-            return self.eps
-        t = self._progress(epoch, frac, self.warmup_epochs - 1)
-        return self.eps_start + t * (self.eps - self.eps_start)
+        return self.eps_start + self.ramp(epoch, frac) * (self.eps - self.eps_start)
 
     def kappa_at(self, epoch: int, frac: float = 0.0) -> float:
         """Weight of the clean loss: KW trains on the robust loss alone (kappa 0)."""
