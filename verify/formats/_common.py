@@ -59,11 +59,20 @@ def read_mat(path: PathLike) -> dict[str, np.ndarray]:
         head = fh.read(128)
     if head[:8] == b"\x89HDF\r\n\x1a\n" or b"MATLAB 7.3" in head:
         return _read_mat73(p)
+    if head[126:128] not in (b"IM", b"MI") and _looks_like_text(head):
+        # a v5 file carries its endian mark at bytes 126-127, a v4 file starts with binary header
+        # integers: text means another kind of file (scipy would call it "truncated")
+        start = head[:40].decode("ascii", "replace").split("\n")[0].strip()
+        raise ModelError(f"cannot read model file {os.fspath(path)}: not a MATLAB .mat file (it is text, starting {start!r})")
     try:
         raw = scipy.io.loadmat(str(p))
     except Exception as e:  # scipy raises many types (ValueError, TypeError, MatReadError, OSError ...)
         raise cannot_read(path, e) from None
     return {k: v for k, v in raw.items() if not k.startswith("__")}
+
+
+def _looks_like_text(head: bytes) -> bool:
+    return bool(head) and all(32 <= b < 127 or b in (9, 10, 13) for b in head)
 
 
 def _read_mat73(p: Path) -> dict[str, np.ndarray]:
