@@ -215,3 +215,21 @@ def test_every_command_help_has_examples(capsys) -> None:
     code, out, err = run_captured(["--help"], capsys)
     for path in (w for w in out.split() if w.startswith("models/")):
         assert (Path(__file__).resolve().parents[1] / path).exists(), path
+
+
+def test_mip_proof_gives_a_valid_margin_lower_bound(mnist) -> None:
+    """Regression: HiGHS run with an objective bound (cutoff) reported a 'dual bound' of 0.4944 for
+    the zoo KW CNN's test point 33 at Linf 0.1 while a point of the ball has margin 0.4878. The
+    verdict was right (the proof is only 'no margin below 1e-6'), the reported margin_lb was not."""
+    from verify.formats import load_model
+
+    net = load_model(Path(__file__).resolve().parents[1] / "models" / "mnist_cnn_small_kw.mat")
+    x, y = mnist.x[33:34].to(torch.float64), mnist.y[33:34]
+    ball = LpBall.make(x, 0.1, "inf")
+    (r,) = certify(net, ball, y, [33], CertifyConfig(p=math.inf, eps=0.1, timeout=60), progress=False)
+    assert r.status == "verified" and r.decided_by == "mip"
+    from verify.attacks import pgd_attack
+
+    att = pgd_attack(net, ball, y, steps=40, restarts=1, seed=0, keys=[33])
+    seen = -float(att.margin[0])  # a concrete point's float64 margin
+    assert 0 < r.margin_lb <= seen and r.margin_lb <= r.margin_ub
