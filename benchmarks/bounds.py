@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from verify.network import Conv2d, Flatten, Linear, Network, ReLU, same_padding  # noqa: E402
+from verify.torch_modules import network_to_torch  # noqa: E402
 
 EPS = 0.1
 
@@ -120,7 +121,7 @@ def compare_convex_adversarial(net_name: str, n: int, data_dir: str | None) -> d
     x, y = load_mnist(n, data_dir)
     x = x.reshape(n, *net.input_shape)
     try:
-        seq = net.to_torch(torch.float32).eval()
+        seq = network_to_torch(net, torch.float32).eval()
         if net_name == "fc1":
             seq = torch.nn.Sequential(torch.nn.Flatten(), *seq)
             xin = x.reshape(n, 1, 28, 28)

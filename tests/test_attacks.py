@@ -13,6 +13,7 @@ from torch import nn
 from verify.attacks import PGD, fgsm, inside_set, pgd_attack, project
 from verify.data import load_dataset
 from verify.network import Linear, Network
+from verify.torch_modules import network_from_torch
 from verify.spec import LpBall
 
 # --------------------------------------------------------------------------- oracles written out here
@@ -144,7 +145,7 @@ def mnist_mlp(shared_data):
             nn.functional.cross_entropy(module(train.x[idx]), train.y[idx]).backward()
             opt.step()
     test = load_dataset("mnist", data_dir=shared_data)
-    return module.eval(), Network.from_torch(module, (1, 28, 28)), test.x[:200], test.y[:200]
+    return module.eval(), network_from_torch(module, (1, 28, 28)), test.x[:200], test.y[:200]
 
 
 def reference_margins(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from torch import nn
 from verify.attacks import pgd_attack
 from verify.cli import main
 from verify.data import load_dataset
-from verify.network import Network
+from verify.torch_modules import network_from_torch
 from verify.spec import LpBall
 
 
@@ -31,7 +31,7 @@ def softmax_model(shared_data, tmp_path_factory):
         opt.zero_grad()
         nn.functional.cross_entropy(module(train.x[idx]), train.y[idx]).backward()
         opt.step()
-    net = Network.from_torch(module, (1, 28, 28))
+    net = network_from_torch(module, (1, 28, 28))
     path = tmp_path_factory.mktemp("attack") / "softmax.h5"
     save_model(net, path)
     return path

@@ -16,6 +16,7 @@ from torch import nn
 
 from verify.formats import load_model, save_model
 from verify.network import Network
+from verify.torch_modules import network_from_torch
 from tests.cli_util import run_cli
 
 
@@ -24,7 +25,7 @@ def cnn() -> Network:
     torch.manual_seed(0)
     m = nn.Sequential(nn.Conv2d(1, 4, 4, stride=2, padding=1), nn.ReLU(), nn.Conv2d(4, 8, 4, stride=2, padding=1), nn.ReLU(),
                       nn.Flatten(), nn.Linear(8 * 7 * 7, 32), nn.ReLU(), nn.Linear(32, 10))
-    return Network.from_torch(m, (1, 28, 28))
+    return network_from_torch(m, (1, 28, 28))
 
 
 @pytest.mark.parametrize("fmt,suffix", [("mat-mipverify", ".mat"), ("mat-mmr", ".mat"), ("pt", ".pth")])

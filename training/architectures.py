@@ -9,7 +9,7 @@ std sqrt(2 / fan_in)) weights with zero biases. The Kolter-Wong MNIST CNNs (``kw
 PyTorch's default initialisation.
 
 Every MMR / KW module built here contains only Linear, Conv2d, ZeroPad2d, ReLU, Flatten and
-FlattenNHWC, which :meth:`verify.network.Network.from_torch` reads exactly. The SSP networks
+FlattenNHWC, which :func:`verify.torch_modules.network_from_torch` reads exactly. The SSP networks
 (``ssp_mnist``, ``ssp_cifar``; training/ssp.py) convert themselves, BatchNorm folded; the
 feature pyramid decoder (``fpd_small``; training/fpd.py) is not piecewise linear and exports
 an attack-only program instead of a Network.
@@ -26,7 +26,7 @@ from torch import nn
 
 from verify.errors import ModelError
 from verify.network import Network, same_padding
-from verify.torch_modules import FlattenNHWC
+from verify.torch_modules import FlattenNHWC, network_from_torch
 
 Shape = tuple[int, ...]
 
@@ -227,4 +227,4 @@ def to_network(
     own = getattr(module, "to_network", None)
     if own is not None:
         return own(input_shape, input_range=input_range, name=name, share_parameters=share_parameters)
-    return Network.from_torch(module, input_shape, input_range, name, share_parameters=share_parameters)
+    return network_from_torch(module, input_shape, input_range, name, share_parameters=share_parameters)

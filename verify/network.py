@@ -29,7 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .errors import ModelError
 
@@ -61,7 +61,7 @@ class Layer:
         """The float64 parameter ``name`` cast to ``like``'s dtype and device (cached)."""
         src = getattr(self, name)
         if src.requires_grad:
-            # live nn.Parameters shared with a training module (Network.from_torch(share_parameters=True)):
+            # live nn.Parameters shared with a training module (torch_modules.network_from_torch(share_parameters=True)):
             # no cache, so autograd reaches the parameter and optimizer updates are seen at once
             return src.to(dtype=like.dtype, device=like.device)
         key = (name, like.dtype, like.device)
@@ -750,28 +750,3 @@ class Network:
             lines.append(f"  {i:2d}  {layer.describe():<60s} -> {shape}")
         lines.append(f"parameters: {self.num_params()}   ReLUs: {self.num_relus()}   classes: {self.n_classes}")
         return "\n".join(lines)
-
-    # ---- torch conversion
-    def to_torch(self, dtype: torch.dtype = torch.float32) -> nn.Sequential:
-        from .torch_modules import layers_to_torch
-
-        return layers_to_torch(self.layers).to(dtype)
-
-    @classmethod
-    def from_torch(
-        cls,
-        module: nn.Module,
-        input_shape: Sequence[int],
-        input_range: tuple[float, float] = (0.0, 1.0),
-        name: str = "network",
-        share_parameters: bool = False,
-    ) -> "Network":
-        """Layers from an ``nn.Sequential``: detached float64 copies of its parameters by default.
-
-        ``share_parameters=True`` (training) makes Linear/Conv2d layers hold the module's own
-        ``nn.Parameter`` objects, uncast and uncached, so bounds computed on this Network are
-        differentiable w.r.t. the weights and follow every optimizer step.
-        """
-        from .torch_modules import torch_to_layers
-
-        return cls(torch_to_layers(module, share_parameters=share_parameters), tuple(input_shape), input_range, name)

@@ -22,13 +22,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .errors import SpecError, UnsupportedLayerError
+from .mip.property import solve_property
 from .network import MaxPool2d, Network
 
 Status = Literal["sat", "unsat", "timeout", "unknown"]
@@ -198,6 +199,18 @@ def confirm(net: Network, prop: OutputProperty, box: Box, x: Tensor) -> tuple[Te
         if k is not None:
             return cand, y, k
     return None
+
+
+def disjunct_check(net: Network, box: Box, disjuncts: Sequence[Disjunct]) -> Callable[[Tensor], tuple[Tensor, int] | None]:
+    """:func:`confirm` against these disjuncts (indices into them), as the MIP's re-check of a candidate."""
+    lower, upper = box.lower.reshape(-1).numpy(), box.upper.reshape(-1).numpy()
+    sub = OutputProperty(lower, upper, tuple(disjuncts), int(np.prod(net.output_shape)))
+
+    def check(x: Tensor) -> tuple[Tensor, int] | None:
+        found = confirm(net, sub, box, x)
+        return (found[0], found[2]) if found is not None else None
+
+    return check
 
 
 # --------------------------------------------------------------------------- attack
@@ -427,16 +440,15 @@ def verify_property(net: Network, prop: OutputProperty, options: VerifyOptions =
         return done("timeout", None, "timeout in the bounds", open_disjuncts=len(open_k))
     if not options.mip:
         return done("unknown", None, "bounds inconclusive and the MIP is off", open_disjuncts=len(open_k))
-    from .mip.property import solve_property
-
     t = time.perf_counter()
     try:
         # closest to a counterexample first (by the attack's best point, which also warm-starts that MIP)
         with torch.no_grad():
             ys = net.forward(best.to(torch.float64)).reshape(len(best), -1).numpy()
         order = sorted(open_k, key=lambda i: prop.disjuncts[i].violation(ys[i]))
-        res = solve_property(net, box, [prop.disjuncts[i] for i in order], bounds=pb.intermediate, deadline=deadline,
-                             mode=options.mode, threads=options.threads, warm_starts=best[order])
+        given = [prop.disjuncts[i] for i in order]
+        res = solve_property(net, box, given, confirm=disjunct_check(net, box, given), bounds=pb.intermediate,
+                             deadline=deadline, mode=options.mode, threads=options.threads, warm_starts=best[order])
     except UnsupportedLayerError as e:
         sec["mip"] = time.perf_counter() - t
         return done("unknown", None, f"MIP: {e}", open_disjuncts=len(open_k))
@@ -462,4 +474,4 @@ def verify_property(net: Network, prop: OutputProperty, options: VerifyOptions =
 
 
 __all__ = ["Box", "Disjunct", "MIP_MODES", "OutputProperty", "PropertyBounds", "PropertyResult", "VerifyOptions",
-           "attack_property", "confirm", "outputs_f64", "property_bounds", "representable_point", "verify_property"]
+           "attack_property", "confirm", "disjunct_check", "outputs_f64", "property_bounds", "representable_point", "verify_property"]

@@ -1,9 +1,9 @@
 """Conversion between :class:`verify.network.Network` layers and ``torch.nn`` modules.
 
-``to_torch`` emits standard modules wherever PyTorch has one (Linear, Conv2d, ReLU,
+:func:`network_to_torch` emits standard modules wherever PyTorch has one (Linear, Conv2d, ReLU,
 Flatten, AvgPool2d, MaxPool2d, ZeroPad2d for asymmetric 'SAME' padding) and three
 small modules of ours where it has none: :class:`FlattenNHWC`, :class:`ChannelAffineModule`
-and :class:`ResidualModule`. ``from_torch`` reads all of those back, plus BatchNorm
+and :class:`ResidualModule`. :func:`network_from_torch` reads all of those back, plus BatchNorm
 (folded), nn.Identity and nested Sequentials.
 """
 
@@ -23,6 +23,7 @@ from .network import (
     Layer,
     Linear,
     MaxPool2d,
+    Network,
     ReLU,
     Residual,
 )
@@ -121,7 +122,7 @@ def torch_to_layers(module: nn.Module, share_parameters: bool = False) -> list[L
     """Layers of an ``nn.Sequential`` (nested Sequentials are flattened).
 
     ``share_parameters``: Linear/Conv2d layers hold the module's nn.Parameters themselves
-    (see :meth:`verify.network.Network.from_torch`).
+    (see :func:`verify.torch_modules.network_from_torch`).
     """
     mods = _modules(module)
     layers: list[Layer] = []
@@ -190,3 +191,24 @@ def torch_to_layers(module: nn.Module, share_parameters: bool = False) -> list[L
     if pending_pad is not None:
         raise ModelError("nn.ZeroPad2d at the end of the network")
     return layers
+
+
+def network_to_torch(net: Network, dtype: torch.dtype = torch.float32) -> nn.Sequential:
+    """The network as an ``nn.Sequential`` of standard modules (and ours where torch has none)."""
+    return layers_to_torch(net.layers).to(dtype)
+
+
+def network_from_torch(
+    module: nn.Module,
+    input_shape: Sequence[int],
+    input_range: tuple[float, float] = (0.0, 1.0),
+    name: str = "network",
+    share_parameters: bool = False,
+) -> Network:
+    """A Network from an ``nn.Sequential``: detached float64 copies of its parameters by default.
+
+    ``share_parameters=True`` (training) makes Linear/Conv2d layers hold the module's own
+    ``nn.Parameter`` objects, uncast and uncached, so bounds computed on this Network are
+    differentiable w.r.t. the weights and follow every optimizer step.
+    """
+    return Network(torch_to_layers(module, share_parameters=share_parameters), tuple(input_shape), input_range, name)

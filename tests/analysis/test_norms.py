@@ -14,7 +14,8 @@ from tests.bounds.nets import conv_net, residual_net
 from verify.analysis import conv_operator_norm, layer_norms, module_norms, network_norms, operator_norm, spectral_norm_estimate
 from verify.analysis.norms import conv_spectral_upper, plot_norm_history, plot_norms
 from verify.errors import ModelError, SpecError, UnsupportedLayerError
-from verify.network import AvgPool2d, ChannelAffine, Conv2d, Flatten, Linear, Network, ReLU
+from verify.network import AvgPool2d, ChannelAffine, Conv2d, Flatten, Linear, ReLU
+from verify.torch_modules import network_from_torch
 
 
 def _dense_norms(layer, in_shape) -> tuple[float, float, float]:
@@ -163,7 +164,7 @@ def _torch_net() -> nn.Sequential:
 def test_torch_module_norms_equal_network_layer_norms() -> None:
     m = _torch_net()
     mods = module_norms(m, (1, 7, 8), power_iters=300)
-    nets = network_norms(Network.from_torch(m, (1, 7, 8)), power_iters=300)
+    nets = network_norms(network_from_torch(m, (1, 7, 8)), power_iters=300)
     assert [r.kind for r in mods] == ["conv2d", "batchnorm", "conv2d", "linear"]
     assert [r.kind for r in nets] == ["conv2d", "channel_affine", "conv2d", "linear"]
     for a, b in zip(mods, nets):

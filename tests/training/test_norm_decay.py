@@ -13,7 +13,8 @@ from torch import nn
 from training.regularizers.norm_decay import bn_norms, norm_decay_penalty, norm_record, project_batchnorm
 from verify.analysis import network_norms
 from verify.errors import ModelError, SpecError
-from verify.network import AffineLayer, Flatten, Network
+from verify.network import AffineLayer, Flatten
+from verify.torch_modules import network_from_torch
 
 
 def _module(seed: int = 0) -> nn.Sequential:
@@ -31,7 +32,7 @@ def _module(seed: int = 0) -> nn.Sequential:
 
 def _dense_sum(m: nn.Module, shape, p: float) -> float:
     """Sum over the affine layers (BN folded) of the norms of their explicit dense matrices."""
-    net = Network.from_torch(m.eval(), shape)
+    net = network_from_torch(m.eval(), shape)
     total = 0.0
     for node in net.graph[1:]:
         if isinstance(node.op, AffineLayer) and not isinstance(node.op, Flatten):
@@ -112,7 +113,7 @@ def test_project_batchnorm_respects_the_bound() -> None:
 def test_norm_record_matches_the_network_records() -> None:
     m = _module(3).eval()
     rec = norm_record(m, (1, 7, 7), power_iters=200)
-    ref = network_norms(Network.from_torch(m, (1, 7, 7)), power_iters=200)
+    ref = network_norms(network_from_torch(m, (1, 7, 7)), power_iters=200)
     assert [r.kind for r in rec] == ["conv2d", "batchnorm", "conv2d", "linear"]
     for a, b in zip(rec, ref):
         assert a.l1 == pytest.approx(b.l1, rel=1e-9) and a.linf == pytest.approx(b.linf, rel=1e-9)

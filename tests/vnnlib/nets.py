@@ -11,6 +11,7 @@ from torch import nn
 
 from verify.data import load_dataset
 from verify.network import Network
+from verify.torch_modules import network_from_torch
 from verify.vnnlib import robustness_vnnlib
 
 
@@ -29,7 +30,7 @@ def train_fc(shared: Path, seed: int = 0, epochs: int = 2) -> Network:
             opt.zero_grad()
             nn.functional.cross_entropy(m(ds.x[idx]), ds.y[idx]).backward()
             opt.step()
-    return Network.from_torch(m.eval(), (1, 28, 28), name="fc_24_16")
+    return network_from_torch(m.eval(), (1, 28, 28), name="fc_24_16")
 
 
 def write_instances(folder: Path, onnx_name: str, x: torch.Tensor, y: torch.Tensor, indices: list[int],

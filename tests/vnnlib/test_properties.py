@@ -17,7 +17,7 @@ from scipy.optimize import linprog
 
 from verify.mip.property import solve_property
 from verify.network import Linear, Network, ReLU
-from verify.properties import (Box, Disjunct, OutputProperty, VerifyOptions, attack_property, property_bounds,
+from verify.properties import (Box, Disjunct, OutputProperty, VerifyOptions, attack_property, disjunct_check, property_bounds,
                                representable_point, verify_property)
 from verify.spec import LpBall
 
@@ -126,7 +126,7 @@ def test_mip_is_exact_against_brute_force(seed: int) -> None:
             continue
         single = OutputProperty(prop.lower, prop.upper, (dj,), prop.n_outputs)
         for mode in ("per-disjunct", "indicator"):
-            r = solve_property(net, box, [dj], deadline=math.inf, mode=mode)
+            r = solve_property(net, box, [dj], confirm=disjunct_check(net, box, [dj]), deadline=math.inf, mode=mode)
             assert r.status == ("sat" if truth[k] < 0 else "unsat"), (k, truth[k], mode)
             if r.status == "sat":
                 y = net.forward(r.counterexample).numpy()[0]

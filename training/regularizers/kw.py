@@ -5,7 +5,7 @@ bounds*: with m_j <= min over the set of f_y - f_j, the logits z_j = -m_j (z_y =
 the worst-case logit differences, so CE(z, y) upper-bounds the worst-case cross-entropy. The
 bounds come from :func:`verify.bounds.compute_bounds` -- one implementation, shared with
 certification -- run on a Network that holds the module's live parameters
-(``Network.from_torch(..., share_parameters=True)``) so the loss is differentiable w.r.t. them.
+(``network_from_torch(..., share_parameters=True)``) so the loss is differentiable w.r.t. them.
 
 Schedules: eps ramps linearly over the first epochs (Wong et al.'s ``starting_epsilon`` ->
 ``epsilon`` over ``schedule_length``); for IBP / CROWN-IBP the clean-loss weight kappa goes

@@ -382,7 +382,7 @@ def module_entries(module: nn.Module, input_shape: Sequence[int] | None) -> list
     Found by one forward pass of a zero batch of size 1 in eval mode without gradients
     (BatchNorm statistics are untouched; the module's train/eval flags are restored), cached
     per (module, input_shape). A ZeroPad2d whose output feeds a Conv2d directly is folded
-    into that conv's padding (as :meth:`verify.network.Network.from_torch` does), so the
+    into that conv's padding (as :func:`verify.torch_modules.network_from_torch` does), so the
     norm is that of the composed map on the unpadded input.
     """
     if input_shape is None:

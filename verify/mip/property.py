@@ -21,7 +21,7 @@ MLP with the attack off, the 22 instances that reach the MIP took 6.6 s in total
 17.5 s with the indicator MIP (same answers); on the CNN of ``models/`` both modes decide and
 time out on the same instances in about the same time. Per disjunct is the default.
 
-Every candidate goes through :func:`verify.properties.confirm` (inside the box exactly, a
+Every candidate goes through the caller's ``confirm`` (:func:`verify.properties.confirm`) (inside the box exactly, a
 float64 forward pass satisfies a disjunct); one that fails is ``numerics``, never ``sat``.
 """
 
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import highspy
 import numpy as np
@@ -145,6 +145,7 @@ def solve_property(
     box,
     disjuncts: Sequence,
     *,
+    confirm: Callable[[Tensor], tuple[Tensor, int] | None],
     bounds: NodeBounds | None = None,
     deadline: float,
     mode: Literal["per-disjunct", "indicator"] = "per-disjunct",
@@ -155,12 +156,10 @@ def solve_property(
     """Is some point of ``box`` (a single-example :class:`verify.properties.Box`) in a disjunct?
 
     ``warm_starts`` (K, *input_shape) are input points, one per disjunct (e.g. the attack's best).
+    ``confirm(x)`` is the float64 re-check of a candidate: (the confirmed point, the index of a
+    disjunct of ``disjuncts`` it satisfies), or None (:func:`verify.properties.disjunct_check`).
     """
-    from ..properties import OutputProperty, confirm
-
     t0 = time.perf_counter()
-    n_out = int(np.prod(net.output_shape))
-    prop = OutputProperty(box.lower.reshape(-1).numpy(), box.upper.reshape(-1).numpy(), tuple(disjuncts), n_out)
     h = highs_run.new(threads)
     rins = relu_input_nodes(net)
     tight = Tightener(tighten, rins[0] if rins else -1).start(deadline)
@@ -172,8 +171,7 @@ def solve_property(
         return PropertyMipResult(status, reason, x, j, time.perf_counter() - t0, n_relu + extra, mode)
 
     def check(x: Tensor | None) -> tuple[Tensor, int] | None:
-        found = confirm(net, prop, box, x) if x is not None else None
-        return (found[0], found[2]) if found is not None else None
+        return confirm(x) if x is not None else None
 
     def warm_for(k: int | None, x: Tensor | None, extra_cols: dict[int, float]) -> np.ndarray | None:
         if x is None:
