@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 
-def write_atomic_with(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+def write_atomic_with(path: str | os.PathLike[str], write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` on a temporary file in the target folder, fsync it, then rename it into place."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -28,7 +28,7 @@ def write_atomic_with(path: str | os.PathLike, write: Callable[[str], None]) -> 
         raise
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> None:
+def write_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Write a whole text file atomically."""
 
     def write(tmp: str) -> None:

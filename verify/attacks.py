@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import DataError, SpecError
-from .network import Network
+from .network import Classifier
 from .spec import P_VALUES, LpBall, check_counterexample, check_eps, margins_f64
 
 LossName = Literal["margin", "ce"]
@@ -43,7 +43,7 @@ class AttackResult:
 class Attack:
     """Base class: subclasses implement :meth:`run`, returning candidate points (float32) and a step count."""
 
-    def __call__(self, net: Network, pset: LpBall, labels: Tensor | Sequence[int] | np.ndarray, *,
+    def __call__(self, net: Classifier, pset: LpBall, labels: Tensor | Sequence[int] | np.ndarray, *,
                  keys: Tensor | Sequence[int] | np.ndarray | None = None) -> AttackResult:
         """``keys``: one integer per example (its index in the data set) that fixes its random draws,
         so an example's result does not depend on which other examples share the call; default:
@@ -67,7 +67,7 @@ class Attack:
         margin = margins_f64(net, x_adv, y)
         return AttackResult(x_adv, success, margin, int(per_example.max()) if n else 0, per_example)
 
-    def run(self, net: Network, pset: LpBall, labels: Tensor, keys: Tensor | None = None) -> tuple[Tensor, int | Tensor]:
+    def run(self, net: Classifier, pset: LpBall, labels: Tensor, keys: Tensor | None = None) -> tuple[Tensor, int | Tensor]:
         """Candidates for the examples of ``pset``, and the gradient steps run (a count for all, or one
         per example); ``keys`` (CPU int64, one per example) seed their random draws."""
         raise NotImplementedError
@@ -89,7 +89,7 @@ def example_generator(seed: int, key: int, restart: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(mixed)
 
 
-def validate_attack_inputs(net: Network, pset: LpBall, labels: Tensor | Sequence[int] | np.ndarray) -> Tensor:
+def validate_attack_inputs(net: Classifier, pset: LpBall, labels: Tensor | Sequence[int] | np.ndarray) -> Tensor:
     """Labels as a long tensor, after checking the set, the data and the labels against the model."""
     if not isinstance(pset, LpBall):
         raise SpecError(f"attacks need a verify.spec.LpBall, got {type(pset).__name__}")
@@ -218,7 +218,8 @@ def _margin(logits: Tensor, y: Tensor) -> Tensor:
 
 
 def _flat_norm(g: Tensor, p: float) -> Tensor:
-    return g.reshape(g.shape[0], -1).norm(p=p, dim=1).reshape((-1,) + (1,) * (g.ndim - 1))
+    norms: Tensor = g.reshape(g.shape[0], -1).norm(p=p, dim=1)
+    return norms.reshape((-1,) + (1,) * (g.ndim - 1))
 
 
 def ascent_direction(g: Tensor, x: Tensor, ball: LpBall, l1_coordinates: int = 1) -> Tensor:
@@ -280,7 +281,7 @@ class PGD(Attack):
         if self.batch_size < 1:
             raise SpecError(f"batch_size must be >= 1, got {self.batch_size!r}")
 
-    def run(self, net: Network, pset: LpBall, labels: Tensor, keys: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def run(self, net: Classifier, pset: LpBall, labels: Tensor, keys: Tensor | None = None) -> tuple[Tensor, Tensor]:
         keys = _keys(keys, pset.n)
         outs, steps = [], []
         for start in range(0, pset.n, self.batch_size):
@@ -290,7 +291,7 @@ class PGD(Attack):
             steps.append(s)
         return torch.cat(outs), torch.cat(steps)
 
-    def _run_batch(self, net: Network, ball: LpBall, y: Tensor, keys: Tensor) -> tuple[Tensor, Tensor]:
+    def _run_batch(self, net: Classifier, ball: LpBall, y: Tensor, keys: Tensor) -> tuple[Tensor, Tensor]:
         best_x = ball.center.clone()
         best_m = ball.center.new_full((ball.n,), -math.inf)
         steps = torch.zeros(ball.n, dtype=torch.long)
@@ -343,7 +344,7 @@ class PGD(Attack):
     def _offset(shape: torch.Size, gen: torch.Generator, p: float, dtype: torch.dtype) -> Tensor:
         """A random point of the unit Lp ball: uniform in the box for Linf; a random radius in a
         random direction (Gaussian for L2, signed Laplace for L1) otherwise."""
-        def rand(sh: torch.Size | tuple[int, ...], fn=torch.rand) -> Tensor:  # type: ignore[no-untyped-def]
+        def rand(sh: torch.Size | tuple[int, ...], fn: Callable[..., Tensor] = torch.rand) -> Tensor:
             return fn(sh, generator=gen, dtype=dtype, device="cpu")
 
         radius = rand((1,))
@@ -351,7 +352,8 @@ class PGD(Attack):
             return 2 * rand(shape) - 1
         if p == 2.0:
             d = rand(shape, torch.randn)
-            return d / torch.linalg.vector_norm(d).clamp(min=1e-12) * radius
+            norm: Tensor = torch.linalg.vector_norm(d)
+            return d / norm.clamp(min=1e-12) * radius
         d = -rand(shape).clamp(min=1e-12).log()
         d = d * torch.sign(rand(shape) - 0.5)
         return d / d.abs().sum().clamp(min=1e-12) * radius
@@ -364,7 +366,7 @@ class FGSM(Attack):
 
     loss: LossName = "ce"
 
-    def run(self, net: Network, pset: LpBall, labels: Tensor, keys: Tensor | None = None) -> tuple[Tensor, int]:
+    def run(self, net: Classifier, pset: LpBall, labels: Tensor, keys: Tensor | None = None) -> tuple[Tensor, int]:
         if self.loss not in ("margin", "ce"):
             raise SpecError(f"unknown attack loss {self.loss!r}: use margin or ce")
         x = pset.center.detach().clone().requires_grad_(True)
@@ -380,7 +382,7 @@ class FGSM(Attack):
 
 
 def pgd_attack(
-    net: Network,
+    net: Classifier,
     pset: LpBall,
     labels: Tensor | Sequence[int] | np.ndarray,
     *,
@@ -401,6 +403,6 @@ def pgd_attack(
     return attack(net, pset, labels, keys=keys)
 
 
-def fgsm(net: Network, pset: LpBall, labels: Tensor | Sequence[int] | np.ndarray, *, loss: LossName = "ce") -> AttackResult:
+def fgsm(net: Classifier, pset: LpBall, labels: Tensor | Sequence[int] | np.ndarray, *, loss: LossName = "ce") -> AttackResult:
     """One-step attack for adversarial training (see :class:`FGSM`)."""
     return FGSM(loss=loss)(net, pset, labels)

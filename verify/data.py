@@ -35,13 +35,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import numpy as np
+from numpy.typing import DTypeLike
 import torch
 from torch import Tensor
 
 from .errors import DataError
 
 if TYPE_CHECKING:
-    from .network import Network
+    from .network import Classifier
 
 Split = Literal["test", "train"]
 
@@ -78,7 +79,8 @@ class Dataset:
 @functools.lru_cache(maxsize=1)
 def manifest() -> dict[str, Any]:
     try:
-        return json.loads(MANIFEST_PATH.read_text())["datasets"]
+        datasets: dict[str, Any] = json.loads(MANIFEST_PATH.read_text())["datasets"]
+        return datasets
     except (OSError, ValueError, KeyError) as e:
         raise DataError(f"cannot read the dataset manifest {MANIFEST_PATH}: {e}") from None
 
@@ -101,7 +103,7 @@ def cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "relu-verify"
 
 
-def search_roots(data_dir: str | os.PathLike | None = None) -> list[Path]:
+def search_roots(data_dir: str | os.PathLike[str] | None = None) -> list[Path]:
     """The folders searched for datasets, in order (see the module docstring)."""
     roots: list[Path] = []
     if data_dir is not None:
@@ -126,10 +128,11 @@ def _existing(folder: Path, base: str) -> Path | None:
     return None
 
 
-def find_dataset_dir(name: str, split: str, data_dir: str | os.PathLike | None = None) -> Path | None:
+def find_dataset_dir(name: str, split: str, data_dir: str | os.PathLike[str] | None = None) -> Path | None:
     """The first folder (in look-up order) holding every file of ``name``'s ``split``."""
     entry = manifest()[name]
     files = _split_files(entry, split)
+    folder: Path
     for root in search_roots(data_dir):
         for folder in [root / f for f in entry["folders"]] + [root]:
             if all(_existing(folder, f) for f in files):
@@ -187,7 +190,7 @@ def read_checked(path: Path, md5_raw: str | None = None, md5_gz: str | None = No
     return raw
 
 
-_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+_IDX_TYPES: dict[int, DTypeLike] = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
@@ -296,7 +299,7 @@ def _load_cifar_split(entry: dict[str, Any], folder: Path, split: str, check: bo
     return _make(np.concatenate(xs), np.concatenate(ys), "cifar10", tuple(entry["classes"]), folder)
 
 
-def load_mat_dataset(path: str | os.PathLike) -> Dataset:
+def load_mat_dataset(path: str | os.PathLike[str]) -> Dataset:
     """An MMR-style .mat dataset: ``images`` uint8 (N,H,W,C) or (N,H,W) (floats: already in [0,1]) and ``labels``."""
     path = Path(path)
     d = _read_mat(path)
@@ -333,7 +336,8 @@ def _read_mat(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"dataset file {path} does not exist")
     try:
-        return scipy.io.loadmat(str(path))
+        mat: dict[str, Any] = scipy.io.loadmat(str(path))
+        return mat
     except NotImplementedError:  # MATLAB v7.3 files are HDF5, stored with the axes reversed
         import h5py
 
@@ -348,7 +352,8 @@ def _labels_from(y: np.ndarray, n: int, source: Path) -> np.ndarray:
     if y.ndim == 2 and y.shape[0] == n and y.shape[1] > 1:
         if not np.all((y == 0) | (y == 1)) or not np.all(y.sum(1) == 1):
             raise DataError(f"{source}: 2-D labels of shape {y.shape} are not one-hot")
-        return y.argmax(1).astype(np.int64)
+        labels: np.ndarray = y.argmax(1).astype(np.int64)
+        return labels
     flat = y.reshape(-1)
     if flat.size != n:
         raise DataError(f"{source}: {n} images but {flat.size} labels")
@@ -357,7 +362,7 @@ def _labels_from(y: np.ndarray, n: int, source: Path) -> np.ndarray:
     return flat.astype(np.int64)
 
 
-def load_inputs_npz(path: str | os.PathLike) -> Dataset:
+def load_inputs_npz(path: str | os.PathLike[str]) -> Dataset:
     """Points to certify: arrays ``x`` (N, *input_shape) in the model's input range and ``y`` (N,)."""
     path = Path(path)
     if not path.is_file():
@@ -394,7 +399,7 @@ def load_dataset(
     name: str,
     *,
     split: Split = "test",
-    data_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
     download: bool = False,
     check: bool = True,
 ) -> Dataset:
@@ -431,7 +436,7 @@ def load_dataset(
     return _load_idx_split(entry, folder, split, name_out, check)
 
 
-def _missing_message(canon: str, split: str, data_dir: str | os.PathLike | None) -> str:
+def _missing_message(canon: str, split: str, data_dir: str | os.PathLike[str] | None) -> str:
     entry = manifest()[canon]
     searched = "; ".join(str(r) for r in search_roots(data_dir))
     files = ", ".join(_split_files(entry, split))
@@ -478,7 +483,7 @@ def download_dataset(
     name: str,
     *,
     split: Split | None = None,
-    dest_root: str | os.PathLike | None = None,
+    dest_root: str | os.PathLike[str] | None = None,
     mirrors: Sequence[str] | None = None,
     timeout: float = DOWNLOAD_TIMEOUT_S,
 ) -> Path:
@@ -491,7 +496,7 @@ def download_dataset(
     root = Path(dest_root) if dest_root is not None else cache_dir()
     if entry["format"] == "cifar-python":
         return _download_cifar(entry, root, bases, timeout)
-    folder = root / entry["folders"][0]
+    folder: Path = root / entry["folders"][0]
     splits = [split] if split is not None else list(entry["splits"])
     for s in splits:
         for base in _split_files(entry, s):
@@ -506,7 +511,7 @@ def download_dataset(
 
 def _download_cifar(entry: dict[str, Any], root: Path, bases: Sequence[str], timeout: float) -> Path:
     arch = entry["archive"]
-    folder = root / arch["member_folder"]
+    folder: Path = root / arch["member_folder"]
     if folder.is_dir() and all(_existing(folder, f) for s in entry["splits"] for f in _split_files(entry, s)):
         return folder
     tgz = download_file([b.rstrip("/") + "/" + arch["file"] for b in bases], root / arch["file"],
@@ -529,7 +534,7 @@ def _download_cifar(entry: dict[str, Any], root: Path, bases: Sequence[str], tim
 # --------------------------------------------------------------------------- fitting data to a model
 
 
-def fit_to_model(x: Tensor, net: "Network", source: str) -> Tensor:
+def fit_to_model(x: Tensor, net: "Classifier", source: str) -> Tensor:
     """Reshape data to the model's input shape when only the layout differs; reject data outside its input range.
 
     (N, 1, 28, 28) images become (N, 784) for a fully connected net (C order, which

@@ -20,7 +20,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ _HEADER = "relu_verify.json"
 KIND = "relu-verify attack-only classifier"
 
 
-def is_exported(path: str | os.PathLike) -> bool:
+def is_exported(path: str | os.PathLike[str]) -> bool:
     return Path(path).suffix.lower() == EXTENSION
 
 
@@ -42,7 +42,7 @@ class ExportedClassifier:
     """A loaded ``.pt2`` classifier; float32 and float64 copies of its program, made on first use."""
 
     def __init__(self, blob: bytes, *, input_shape: Sequence[int], input_range: tuple[float, float], name: str,
-                 metadata: dict) -> None:
+                 metadata: dict[str, Any]) -> None:
         self._blob = blob
         self.input_shape = tuple(int(s) for s in input_shape)
         lo, hi = (float(v) for v in input_range)
@@ -72,8 +72,10 @@ class ExportedClassifier:
         if x.shape[0] == 0:
             return x.new_zeros((0, getattr(self, "n_classes", 0)))
         if x.shape[0] == 1:  # exported with a dynamic batch of size >= 2: run a pair, keep one
-            return self._program(x.dtype)(torch.cat([x, x]))[:1]
-        return self._program(x.dtype)(x)
+            pair: Tensor = self._program(x.dtype)(torch.cat([x, x]))
+            return pair[:1]
+        logits: Tensor = self._program(x.dtype)(x)
+        return logits
 
     __call__ = forward
     # the Network's own helpers: they use only input_shape and forward
@@ -86,8 +88,8 @@ class ExportedClassifier:
                 f"attack-only torch.export program (not a piecewise-linear Network)")
 
 
-def save_exported(module: nn.Module, path: str | os.PathLike, *, input_shape: Sequence[int],
-                  input_range: tuple[float, float] = (0.0, 1.0), name: str = "model", metadata: dict | None = None) -> None:
+def save_exported(module: nn.Module, path: str | os.PathLike[str], *, input_shape: Sequence[int],
+                  input_range: tuple[float, float] = (0.0, 1.0), name: str = "model", metadata: dict[str, Any] | None = None) -> None:
     """Export ``module`` (in eval mode, float32) with a dynamic batch dimension and write it atomically."""
     from .atomic import write_atomic_with
 
@@ -110,7 +112,7 @@ def save_exported(module: nn.Module, path: str | os.PathLike, *, input_shape: Se
     write_atomic_with(path, write)
 
 
-def load_exported(path: str | os.PathLike) -> ExportedClassifier:
+def load_exported(path: str | os.PathLike[str]) -> ExportedClassifier:
     """Read a ``.pt2`` file written by :func:`save_exported`; any problem is one ModelError line."""
     p = Path(path)
     if not p.is_file():

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Literal, Sequence, Union
+from typing import Any, Iterable, Iterator, Literal, Protocol, Sequence, Union, overload
 
 import numpy as np
 import scipy.sparse as sp
@@ -59,7 +59,7 @@ class Layer:
 
     def param(self, name: str, like: Tensor) -> Tensor:
         """The float64 parameter ``name`` cast to ``like``'s dtype and device (cached)."""
-        src = getattr(self, name)
+        src: Tensor = getattr(self, name)
         if src.requires_grad:
             # live nn.Parameters shared with a training module (torch_modules.network_from_torch(share_parameters=True)):
             # no cache, so autograd reaches the parameter and optimizer updates are seen at once
@@ -186,7 +186,8 @@ class Linear(AffineLayer):
         return self._flat(x) @ self.param("weight", x).abs().T
 
     def row_norms(self, in_shape: Shape, q: float, like: Tensor) -> Tensor:
-        return torch.linalg.vector_norm(self.param("weight", like), ord=q, dim=1)
+        norms: Tensor = torch.linalg.vector_norm(self.param("weight", like), ord=q, dim=1)
+        return norms
 
     def offset(self, in_shape: Shape, like: Tensor) -> Tensor:
         return self.param("bias", like)
@@ -284,8 +285,9 @@ class _ConvLike(AffineLayer):
         if q == 2.0:
             ones = torch.ones((1, *in_shape), dtype=like.dtype, device=like.device)
             xp, pad = self._pad(ones)
-            return F.conv2d(xp, k * k, None, self.stride, pad, 1, self._groups(ones))[0].sqrt()
-        per_kernel = torch.linalg.vector_norm(k.flatten(1), ord=q, dim=1)  # (C_out,) or (C,) depthwise
+            exact: Tensor = F.conv2d(xp, k * k, None, self.stride, pad, 1, self._groups(ones))[0].sqrt()
+            return exact
+        per_kernel: Tensor = torch.linalg.vector_norm(k.flatten(1), ord=q, dim=1)  # (C_out,) or (C,) depthwise
         return per_kernel[:, None, None].expand(out)
 
     def linear_t(self, y: Tensor, in_shape: Shape) -> Tensor:
@@ -650,6 +652,29 @@ def _build_graph(layers: Sequence[Layer], input_shape: Shape) -> tuple[Node, ...
 # --------------------------------------------------------------------------- the Network
 
 
+class Classifier(Protocol):
+    """What attacks, :func:`verify.spec.margins_f64` and ``verify attack`` use of a model: a
+    :class:`Network` or an attack-only :class:`verify.exported.ExportedClassifier` (typing only)."""
+
+    @property
+    def input_shape(self) -> Shape: ...
+
+    @property
+    def input_range(self) -> tuple[float, float]: ...
+
+    @property
+    def n_classes(self) -> int: ...
+
+    @property
+    def name(self) -> str: ...
+
+    def forward(self, x: Tensor | np.ndarray, dtype: torch.dtype | None = None) -> Tensor: ...
+
+    def check_input(self, x: Tensor) -> None: ...
+
+    def predict(self, x: Tensor | np.ndarray, batch_size: int = 1000) -> Tensor: ...
+
+
 @dataclass(frozen=True, eq=False)
 class Network:
     """An ordered tuple of layers with an input shape (C, H, W) or (d,) and an input range."""
@@ -658,7 +683,7 @@ class Network:
     input_shape: Shape
     input_range: tuple[float, float] = (0.0, 1.0)
     name: str = "network"
-    metadata: dict = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
     graph: tuple[Node, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -713,13 +738,22 @@ class Network:
         return rec(self.layers)
 
     # ---- computation
-    def check_input(self, x: Tensor) -> None:
+    def check_input(self: Classifier, x: Tensor) -> None:
         if tuple(x.shape[1:]) != self.input_shape:
             from .errors import DataError
 
             raise DataError(f"inputs have shape {tuple(x.shape[1:])}, the model expects {self.input_shape}")
 
-    def forward(self, x: Tensor | np.ndarray, dtype: torch.dtype | None = None, all_nodes: bool = False):
+    @overload
+    def forward(self, x: Tensor | np.ndarray, dtype: torch.dtype | None = None,
+                all_nodes: Literal[False] = False) -> Tensor: ...
+
+    @overload
+    def forward(self, x: Tensor | np.ndarray, dtype: torch.dtype | None = None, *,
+                all_nodes: Literal[True]) -> list[Tensor]: ...
+
+    def forward(self, x: Tensor | np.ndarray, dtype: torch.dtype | None = None,
+                all_nodes: bool = False) -> Tensor | list[Tensor]:
         """Logits for a batch (N, *input_shape). ``dtype`` defaults to x's (float32 for arrays)."""
         x = as_batch(x, dtype)
         self.check_input(x)
@@ -736,7 +770,7 @@ class Network:
 
     __call__ = forward
 
-    def predict(self, x: Tensor | np.ndarray, batch_size: int = 1000) -> Tensor:
+    def predict(self: Classifier, x: Tensor | np.ndarray, batch_size: int = 1000) -> Tensor:
         """Predicted labels, in batches, without gradients."""
         with torch.no_grad():
             outs = [self.forward(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .errors import DataError, SpecError
+
+if TYPE_CHECKING:
+    from .network import Classifier
 
 P_VALUES = (1.0, 2.0, math.inf)
 
@@ -142,7 +145,7 @@ class LpBall:
     def contains(self, x: Tensor, rtol: float = 0.0) -> Tensor:
         """Float64 membership test per example (no slack beyond ``rtol`` * eps)."""
         d = (x.to(torch.float64) - self.center.to(torch.float64)).reshape(self.n, -1)
-        norm = d.norm(p=self.p, dim=1)
+        norm: Tensor = d.norm(p=self.p, dim=1)
         eps = self.eps.to(torch.float64) * (1 + rtol)
         xs = x.to(torch.float64).reshape(self.n, -1)
         in_box = (xs >= self.lo).all(1) & (xs <= self.hi).all(1)
@@ -233,7 +236,7 @@ def _project_l1(d: Tensor, eps: Tensor) -> Tensor:
     return torch.where(inside, d, proj)
 
 
-def margins_f64(net, x: Tensor, labels: Tensor) -> Tensor:
+def margins_f64(net: Classifier, x: Tensor, labels: Tensor) -> Tensor:
     """max_{j != y} f_j(x) - f_y(x) in float64 (positive: misclassified)."""
     with torch.no_grad():
         logits = net.forward(x.to(torch.float64))
@@ -244,7 +247,7 @@ def margins_f64(net, x: Tensor, labels: Tensor) -> Tensor:
     return other.max(1).values - fy
 
 
-def check_counterexample(net, pset: LpBall, labels: Tensor, x_adv: Tensor) -> Tensor:
+def check_counterexample(net: Classifier, pset: LpBall, labels: Tensor, x_adv: Tensor) -> Tensor:
     """For each example: is x_adv inside the set (float64) and strictly misclassified (float64)?"""
     x64 = x_adv.to(torch.float64)
     inside = pset.contains(x64)

@@ -10,6 +10,7 @@ import torch
 from ..attacks import PGD
 from ..errors import SpecError
 from ..exported import is_exported, load_exported
+from ..network import Classifier
 from ..spec import check_eps, parse_p
 from .common import (chunked, data_options, load_examples, load_model, make_ball, model_option, output_option, p_label,
                      quiet_option, spec_options, write_rows)
@@ -61,6 +62,7 @@ def attack(model_path: str, model_format: str | None, arch: str | None, dataset:
         raise SpecError(f"--output must end in .json or .csv, got {output!r}")
     pgd = PGD(steps=steps, restarts=restarts, step_size=step_size, random_start=not zero_start,
               loss=loss, schedule=schedule, seed=seed)  # type: ignore[arg-type]
+    net: Classifier
     if is_exported(model_path):  # attack-only torch.export program (e.g. the FPD): no Network form
         if model_format is not None or arch is not None:
             raise SpecError("--format and --arch do not apply to a .pt2 program")

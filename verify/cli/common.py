@@ -9,18 +9,20 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import click
 from torch import Tensor
 
 from ..atomic import write_atomic
 from ..errors import DataError, SpecError
-from ..network import Network
+from ..network import Classifier, Network
 from ..spec import LpBall, check_eps, parse_p
 
+F = TypeVar("F", bound=Callable[..., Any])  # a click command function, returned with the option added
 
-def model_option(f: Callable) -> Callable:
+
+def model_option(f: F) -> F:
     f = click.option("--arch", default=None, help="Architecture name when a state dict is ambiguous (e.g. cnn_lenet_small).")(f)
     f = click.option("--format", "model_format", default=None,
                      type=click.Choice(["mat", "mat-mmr", "mat-mipverify", "h5", "pt", "onnx"]),
@@ -30,7 +32,7 @@ def model_option(f: Callable) -> Callable:
     return f
 
 
-def data_options(f: Callable) -> Callable:
+def data_options(f: F) -> F:
     f = click.option("--inputs", "inputs_path", default=None, type=click.Path(dir_okay=False),
                      help="An .npz with arrays x (in the model's input range) and y, instead of --dataset.")(f)
     f = click.option("--indices", default=None, help="Comma-separated test-set indices, e.g. 0,5,9 (overrides -n).")(f)
@@ -42,13 +44,13 @@ def data_options(f: Callable) -> Callable:
     return f
 
 
-def spec_options(f: Callable) -> Callable:
+def spec_options(f: F) -> F:
     f = click.option("--eps", required=True, type=float, help="Radius of the perturbation ball (in input units, e.g. 0.1 on [0,1] pixels).")(f)
     f = click.option("--p", "p", required=True, help="Norm of the ball: 1, 2 or inf.")(f)
     return f
 
 
-def output_option(f: Callable) -> Callable:
+def output_option(f: F) -> F:
     return click.option("--output", "-o", default=None, type=click.Path(dir_okay=False),
                         help="Write per-example results: .json or .csv.")(f)
 
@@ -80,7 +82,7 @@ def load_model(path: str, model_format: str | None = None, arch: str | None = No
 
 
 def load_examples(
-    net: Network,
+    net: Classifier,
     dataset: str | None,
     data_dir: str | None,
     n: int | None,
@@ -136,11 +138,11 @@ def chunked(n: int, size: int, desc: str, enabled: bool = True) -> Iterator[slic
             bar.close()
 
 
-def quiet_option(f: Callable) -> Callable:
+def quiet_option(f: F) -> F:
     return click.option("--quiet", "-q", is_flag=True, help="No progress bar.")(f)
 
 
-def make_ball(net: Network, ex: Examples, p: str, eps: float) -> LpBall:
+def make_ball(net: Classifier, ex: Examples, p: str, eps: float) -> LpBall:
     parse_p(p)
     check_eps(eps)
     return LpBall.make(ex.x, eps, p, net.input_range)

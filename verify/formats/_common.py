@@ -9,10 +9,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..atomic import write_atomic_with  # noqa: F401  (re-exported for the format modules)
+from ..atomic import write_atomic_with as write_atomic_with  # noqa: F401  (re-exported for the format modules)
 from ..errors import ModelError
 
-PathLike = str | os.PathLike
+PathLike = str | os.PathLike[str]
 
 
 def fail(path: PathLike, problem: str) -> ModelError:
