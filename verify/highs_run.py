@@ -41,13 +41,13 @@ def new(threads: int | None = None) -> highspy.Highs:
     """A silent ``Highs`` (``output_flag`` off), with ``threads`` set if given."""
     global _banner_shown
     if _banner_shown:
-        h = highspy.Highs()
+        h = highspy.Highs()  # type: ignore[no-untyped-call]  # highspy: untyped constructor
     else:  # the first construction writes the banner to file descriptor 1: send it to devnull
         sys.stdout.flush()
         saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
         try:
             os.dup2(null, 1)
-            h = highspy.Highs()
+            h = highspy.Highs()  # type: ignore[no-untyped-call]  # highspy: untyped constructor
         finally:
             os.dup2(saved, 1)
             os.close(saved)

@@ -431,7 +431,8 @@ class ChannelAffine(AffineLayer):
             raise ModelError("ChannelAffine scale and shift differ in length")
 
     @classmethod
-    def normalize(cls, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> "ChannelAffine":
+    def normalize(cls, mean: Sequence[float] | Tensor | np.ndarray,
+                  std: Sequence[float] | Tensor | np.ndarray) -> "ChannelAffine":
         """(x - mean) / std, as in torchvision's Normalize and MIPVerify's Normalize."""
         m = _as_f64(mean, "Normalize mean").reshape(-1)
         s = _as_f64(std, "Normalize std").reshape(-1)
@@ -440,7 +441,8 @@ class ChannelAffine(AffineLayer):
         return cls(1.0 / s, -m / s)
 
     @classmethod
-    def batchnorm(cls, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> "ChannelAffine":
+    def batchnorm(cls, mean: Tensor | np.ndarray, var: Tensor | np.ndarray, weight: Tensor | np.ndarray | None,
+                  bias: Tensor | np.ndarray | None, eps: float) -> "ChannelAffine":
         """BatchNorm in eval mode, folded: gamma * (x - mean) / sqrt(var + eps) + beta."""
         m = _as_f64(mean, "BatchNorm running_mean")
         v = _as_f64(var, "BatchNorm running_var")

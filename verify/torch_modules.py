@@ -41,6 +41,9 @@ class FlattenNHWC(nn.Module):
 class ChannelAffineModule(nn.Module):
     """y = scale * x + shift per channel (axis 1)."""
 
+    scale: Tensor  # buffers, registered in __init__
+    shift: Tensor
+
     def __init__(self, scale: Tensor, shift: Tensor) -> None:
         super().__init__()
         self.register_buffer("scale", scale.clone())
@@ -60,7 +63,8 @@ class ResidualModule(nn.Module):
         self.shortcut = shortcut if shortcut is not None else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.shortcut(x) + self.body(x)
+        out: Tensor = self.shortcut(x) + self.body(x)
+        return out
 
 
 def _layer_to_torch(layer: Layer) -> nn.Module:
@@ -74,11 +78,12 @@ def _layer_to_torch(layer: Layer) -> nn.Module:
         o, i, kh, kw = layer.weight.shape
         t, b, l, r = layer.padding
         symmetric = t == b and l == r
-        m = nn.Conv2d(i, o, (kh, kw), layer.stride, (t, l) if symmetric else 0, dtype=torch.float64)
+        conv = nn.Conv2d(i, o, (kh, kw), layer.stride, (t, l) if symmetric else 0, dtype=torch.float64)
         with torch.no_grad():
-            m.weight.copy_(layer.weight)
-            m.bias.copy_(layer.bias)
-        return m if symmetric else nn.Sequential(nn.ZeroPad2d((l, r, t, b)), m)
+            conv.weight.copy_(layer.weight)
+            assert conv.bias is not None  # built with the default bias=True
+            conv.bias.copy_(layer.bias)
+        return conv if symmetric else nn.Sequential(nn.ZeroPad2d((l, r, t, b)), conv)
     if isinstance(layer, AvgPool2d):
         t, b, l, r = layer.padding
         if t == b and l == r:
@@ -113,9 +118,9 @@ def _modules(module: nn.Module) -> list[nn.Module]:
 
 def _share(layer: Linear | Conv2d, m: nn.Linear | nn.Conv2d) -> None:
     """Point the layer at the module's live parameters (after the constructor validated a copy)."""
-    layer.weight = m.weight  # type: ignore[assignment]
+    layer.weight = m.weight
     if m.bias is not None:
-        layer.bias = m.bias  # type: ignore[assignment]
+        layer.bias = m.bias
 
 
 def torch_to_layers(module: nn.Module, share_parameters: bool = False) -> list[Layer]:
@@ -178,9 +183,9 @@ def torch_to_layers(module: nn.Module, share_parameters: bool = False) -> list[L
                 raise ModelError("share_parameters does not support BatchNorm (it is folded into a copy)")
             if m.running_mean is None or m.running_var is None:
                 raise ModelError("BatchNorm without running statistics cannot be folded")
-            w = m.weight.detach() if m.weight is not None else None
-            b = m.bias.detach() if m.bias is not None else None
-            layers.append(ChannelAffine.batchnorm(m.running_mean, m.running_var, w, b, m.eps))
+            gamma = m.weight.detach() if m.weight is not None else None
+            beta = m.bias.detach() if m.bias is not None else None
+            layers.append(ChannelAffine.batchnorm(m.running_mean, m.running_var, gamma, beta, m.eps))
         elif isinstance(m, ResidualModule):
             sc = [] if isinstance(m.shortcut, nn.Identity) else torch_to_layers(m.shortcut, share_parameters)
             layers.append(Residual(torch_to_layers(m.body, share_parameters), sc))
@@ -211,4 +216,4 @@ def network_from_torch(
     ``nn.Parameter`` objects, uncast and uncached, so bounds computed on this Network are
     differentiable w.r.t. the weights and follow every optimizer step.
     """
-    return Network(torch_to_layers(module, share_parameters=share_parameters), tuple(input_shape), input_range, name)
+    return Network(tuple(torch_to_layers(module, share_parameters=share_parameters)), tuple(input_shape), input_range, name)

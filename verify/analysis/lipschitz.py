@@ -233,8 +233,9 @@ def plot_gradient_norms(loss_norms: Tensor, margin_norms: Tensor, summary: Lipsc
     lo = max(min(float(v[v > 0].min()) if (v > 0).any() else 1e-6 for v in vals), 1e-12)
     hi = max(summary.loss_bound, max(float(v.max()) for v in vals)) * 1.5
     bins = np.logspace(math.log10(lo), math.log10(hi), 40)
-    ax.hist(loss_norms.numpy(), bins=bins, alpha=0.6, label=f"||grad_x CE||_{q}")
-    ax.hist(margin_norms.numpy(), bins=bins, alpha=0.6, label=f"||grad_x margin||_{q}")
+    # bins: matplotlib documents an array of edges; its stub says Sequence[float]
+    ax.hist(loss_norms.numpy(), bins=bins, alpha=0.6, label=f"||grad_x CE||_{q}")  # type: ignore[arg-type]
+    ax.hist(margin_norms.numpy(), bins=bins, alpha=0.6, label=f"||grad_x margin||_{q}")  # type: ignore[arg-type]
     ax.axvline(summary.loss_bound, color="k", ls="--", label=f"{output_factor(parse_p(summary.p)):.3g} x product of layer norms (loose upper bound)")
     ax.set_xscale("log")
     ax.set_xlabel("gradient norm")

@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 import weakref
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence, cast
 
 import numpy as np
 import torch
@@ -58,6 +58,9 @@ from ..network import (
     _ConvLike,
 )
 from ..spec import parse_p
+
+if TYPE_CHECKING:
+    from ..torch_modules import ChannelAffineModule
 
 # --------------------------------------------------------------------------- the tap sets
 
@@ -82,7 +85,7 @@ def _axis_tap_masks(n_in: int, k: int, s: int, pad_before: int, pad_after: int) 
     return np.unique(rows.astype(np.float64), axis=0), np.unique(cols.astype(np.float64), axis=0)
 
 
-_MASK_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+_MASK_CACHE: dict[tuple[tuple[int, ...], ...], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
 
 
 def conv_tap_masks(
@@ -246,7 +249,7 @@ def conv_spectral_upper(
     """
     w = weight.detach().to(torch.float64)
     if depthwise:  # (C, 1, kh, kw) -> the (C, C, kh, kw) kernel with diagonal taps
-        c = w.shape[0]
+        c: float = w.shape[0]
         w = torch.diag_embed(w[:, 0].permute(1, 2, 0)).permute(2, 3, 0, 1)
     kernel = (int(w.shape[2]), int(w.shape[3]))
     rh, rw, ch, cw = conv_tap_masks(in_hw, kernel, stride, padding)
@@ -255,7 +258,7 @@ def conv_spectral_upper(
     taps = w.permute(2, 3, 0, 1).reshape(-1, w.shape[0], w.shape[1])  # (T, out, in)
     vstack = taps.reshape(-1, w.shape[1])  # (T * out, in)
     hstack = taps.permute(1, 0, 2).reshape(w.shape[0], -1)  # (out, T * in)
-    two = lambda m: float(torch.linalg.matrix_norm(m, ord=2))  # noqa: E731
+    two: Callable[[Tensor], float] = lambda m: float(torch.linalg.matrix_norm(m, ord=2))  # noqa: E731
     per_tap = float(torch.linalg.matrix_norm(taps, ord=2).sum())
     return min(math.sqrt(r) * two(vstack), math.sqrt(c) * two(hstack), per_tap) * (1 + 1e-9)
 
@@ -403,7 +406,7 @@ def module_entries(module: nn.Module, input_shape: Sequence[int] | None) -> list
     pad_out: dict[int, tuple[tuple[int, int, int, int], tuple[int, ...]]] = {}  # id(output) -> (pad, input shape)
     keep: list[Tensor] = []  # keeps the padded tensors alive so that their ids stay unique
 
-    def hook(m: nn.Module, inputs: tuple, output: Any) -> None:
+    def hook(m: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
         x = inputs[0]
         if isinstance(m, nn.ZeroPad2d):
             l, r, t, b = (int(v) for v in m.padding)
@@ -446,10 +449,10 @@ def module_entries(module: nn.Module, input_shape: Sequence[int] | None) -> list
             m.train(f)
     seen: set[int] = set()
     unique = []
-    for e in entries:  # a module called twice (shared weights) is normed once, at its first use
-        if id(e.module) not in seen:
-            seen.add(id(e.module))
-            unique.append(e)
+    for entry in entries:  # a module called twice (shared weights) is normed once, at its first use
+        if id(entry.module) not in seen:
+            seen.add(id(entry.module))
+            unique.append(entry)
     _SHAPES.setdefault(module, {})[shape] = unique
     return unique
 
@@ -463,28 +466,30 @@ def _check_conv(m: nn.Conv2d) -> None:
 
 def entry_norm(e: ModuleEntry, p: float | str) -> Tensor:
     """The exact p-norm (1 or inf) of one module, differentiable in its live parameters."""
-    m = e.module
+    m = e.module  # of the type its kind names (_kind)
     if e.kind == "conv2d":
-        return conv_operator_norm(m.weight, (e.in_shape[1], e.in_shape[2]), tuple(m.stride), e.padding, p)  # type: ignore[arg-type]
+        conv = cast(nn.Conv2d, m)
+        return conv_operator_norm(conv.weight, (e.in_shape[1], e.in_shape[2]), tuple(conv.stride), e.padding, p)  # type: ignore[arg-type]
     if e.kind == "linear":
-        return linear_operator_norm(m.weight, p)  # type: ignore[arg-type]
+        return linear_operator_norm(cast(nn.Linear, m).weight, p)
     _check_p(p)
     if e.kind == "batchnorm":
-        return diagonal_operator_norm(batchnorm_scale(m))  # type: ignore[arg-type]
-    return diagonal_operator_norm(m.scale)  # type: ignore[arg-type]
+        return diagonal_operator_norm(batchnorm_scale(cast(nn.modules.batchnorm._BatchNorm, m)))
+    return diagonal_operator_norm(cast("ChannelAffineModule", m).scale)
 
 
 def _entry_layer(e: ModuleEntry) -> Layer:
     """A detached verify layer with the same linear map (for power iteration and the spectral bound)."""
-    m = e.module
+    m = e.module  # of the type its kind names (_kind)
     if e.kind == "conv2d":
-        return Conv2d(m.weight.detach(), None, tuple(m.stride), e.padding)  # type: ignore[arg-type]
+        conv = cast(nn.Conv2d, m)
+        return Conv2d(conv.weight.detach(), None, tuple(conv.stride), e.padding)
     if e.kind == "linear":
-        return Linear(m.weight.detach())  # type: ignore[arg-type]
+        return Linear(cast(nn.Linear, m).weight.detach())
     if e.kind == "batchnorm":
-        scale = batchnorm_scale(m).detach()  # type: ignore[arg-type]
+        scale = batchnorm_scale(cast(nn.modules.batchnorm._BatchNorm, m)).detach()
     else:
-        scale = m.scale.detach()  # type: ignore[union-attr]
+        scale = cast("ChannelAffineModule", m).scale.detach()
     return ChannelAffine(scale, torch.zeros_like(scale))
 
 

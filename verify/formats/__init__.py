@@ -69,7 +69,8 @@ def load_model(path: PathLike, *, format: str | None = None, arch: str | None = 
                 shown = ", ".join(sorted(keys)[:8]) or "none"
                 raise fail(path, f"neither the MMR nor the MIPVerify .mat layout (keys: {shown})")
         module = mat_mipverify if fmt == "mat-mipverify" else mat_mmr
-        return module.from_dict(d, path, arch=arch)
+        net: Network = module.from_dict(d, path, arch=arch)
+        return net
     if fmt == "h5":
         from . import h5
 

@@ -57,6 +57,7 @@ def tf_conv_layers(
     for i, (w, b, s) in enumerate(zip(weights_oihw, biases, strides)):
         k = (int(w.shape[2]), int(w.shape[3]))
         pad = paddings[i] if paddings is not None and paddings[i] is not None else same_padding(hw, k, (s, s))
+        assert pad is not None  # paddings[i] is used only when it is not None
         conv = Conv2d(w, b, s, tuple(pad))
         layers += [conv, ReLU()]
         _, h2, w2 = conv.out_shape((int(w.shape[1]), *hw))
@@ -98,9 +99,9 @@ def split_chain(layers: Sequence[Layer], fmt: str) -> ChainParts:
         normalize = seq.pop(0)
     convs: list[Conv2d] = []
     while len(seq) >= 2 and isinstance(seq[0], Conv2d) and isinstance(seq[1], ReLU):
-        convs.append(seq[0])  # type: ignore[arg-type]
+        convs.append(seq[0])
         seq = seq[2:]
-    flatten = None
+    flatten: Flatten | None = None
     if seq and isinstance(seq[0], Flatten):
         flatten = seq.pop(0)  # type: ignore[assignment]
     linears: list[Linear] = []

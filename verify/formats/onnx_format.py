@@ -264,28 +264,37 @@ class _Importer:
 
     def fold(self, op: str, vals: list[Any], attrs: dict[str, Any], node: Any) -> np.ndarray:
         """Constant arithmetic (shape computations of exported flatten ops)."""
+        out: np.ndarray
+        axes: Any  # an ONNX attribute (ints) or a constant input
         if op in ("Identity", "Cast"):
-            return vals[0]
+            out = vals[0]
+            return out
         if op == "Unsqueeze":
             axes = attrs.get("axes") if "axes" in attrs else list(vals[1])
             v = vals[0]
             for a in sorted(int(x) for x in axes):
                 v = np.expand_dims(v, a)
-            return v
+            out = v
+            return out
         if op == "Squeeze":
             axes = attrs.get("axes") if "axes" in attrs else (list(vals[1]) if len(vals) > 1 else None)
-            return np.squeeze(vals[0], axis=tuple(int(a) for a in axes) if axes is not None else None)
+            out = np.squeeze(vals[0], axis=tuple(int(a) for a in axes) if axes is not None else None)
+            return out
         if op == "Concat":
             return np.concatenate([np.atleast_1d(v) for v in vals], axis=int(attrs.get("axis", 0)))
         if op == "Gather":
-            return np.take(vals[0], vals[1], axis=int(attrs.get("axis", 0)))
+            out = np.take(vals[0], vals[1], axis=int(attrs.get("axis", 0)))
+            return out
         if op in ("Add", "Sub", "Mul", "Div"):
             f = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}[op]
-            return f(vals[0], vals[1])
+            out = f(vals[0], vals[1])
+            return out
         if op == "Reshape":
-            return vals[0].reshape([int(s) for s in vals[1]])
+            out = vals[0].reshape([int(s) for s in vals[1]])
+            return out
         if op == "Transpose":
-            return np.transpose(vals[0], attrs.get("perm"))
+            out = np.transpose(vals[0], attrs.get("perm"))
+            return out
         raise self.err(f"unsupported ONNX operator {op} on constants (node {node.name or node.output[0]})")
 
     def op_Shape(self, node: Any, ins: list[str], attrs: dict[str, Any]) -> int:
