@@ -19,7 +19,7 @@ layer by layer on the model built so far (see :mod:`verify.mip.tighten`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Mapping, cast
 
 import highspy
 import numpy as np
@@ -157,7 +157,7 @@ class Formulation:
         pos = np.concatenate(self.col_pos)
         center = self.pset.center[self.example_index].reshape(-1).to(torch.float64).numpy()
         offsets = np.cumsum([0] + [len(v) for v in flat])
-        out = np.concatenate(flat)[offsets[node] + pos]
+        out: np.ndarray = np.concatenate(flat)[offsets[node] + pos]
         m = kind == KIND_ABS
         out[m] = np.abs(flat[0][pos[m]] - center[pos[m]])
         m = np.flatnonzero(kind == KIND_BINARY)
@@ -173,9 +173,9 @@ class Formulation:
 def _node_bounds(bounds: NodeBounds | None, i: int, example: int) -> tuple[np.ndarray, np.ndarray] | None:
     if not bounds or i not in bounds:
         return None
-    lo, hi = bounds[i]
-    lo = lo[example].reshape(-1).detach().to(torch.float64).numpy()
-    hi = hi[example].reshape(-1).detach().to(torch.float64).numpy()
+    lo_t, hi_t = bounds[i]
+    lo = lo_t[example].reshape(-1).detach().to(torch.float64).numpy()
+    hi = hi_t[example].reshape(-1).detach().to(torch.float64).numpy()
     return lo - BOUND_SLACK * (1 + np.abs(lo)), hi + BOUND_SLACK * (1 + np.abs(hi))
 
 
@@ -268,7 +268,7 @@ def build_model(
         if isinstance(op, Add):
             parts = [f.exprs[j] for j in node.inputs]
             a = sum(p.padded(f.n_cols) for p in parts)
-            e = Expr(sp.csr_matrix(a), sum(p.c for p in parts))
+            e = Expr(sp.csr_matrix(a), cast(np.ndarray, sum(p.c for p in parts)))  # an Add has inputs: never 0
         elif isinstance(op, AffineLayer):
             src = f.exprs[node.inputs[0]]
             in_shape = net.graph[node.inputs[0]].shape

@@ -235,6 +235,7 @@ def solve_example(
             continue
         viol_bounds.append(-out.bound if out.bound is not None and math.isfinite(out.bound) else math.inf)
         if out.status == "violated":
+            assert out.x is not None  # _solve_target returns "violated" with its point only
             x = _recheck(net, ball, label, out.x)
             if x is not None:
                 return MipResult("falsified", None, best_obj, None, x.to(pset.center.dtype), out.solver_status,

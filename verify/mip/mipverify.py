@@ -43,7 +43,7 @@ from torch import Tensor
 from ..errors import ModelError, SolverUnavailableError, SpecError
 from ..network import Network
 from ..spec import LpBall, check_counterexample, margins_f64
-from . import VERIFY_TOL, MipResult
+from . import VERIFY_TOL, MipResult, MipStatus
 
 Objective = Literal["auto", "worst", "closest"]
 Tightening = Literal["interval_arithmetic", "lp", "mip"]
@@ -333,7 +333,8 @@ def map_answer(net: Network, ball: LpBall, label: int, raw: RawAnswer, *, second
     closest = raw.objective_kind == "closest"
     gap = _finite(raw.gap)
 
-    def result(status, reason, objective, dual, cex=None) -> MipResult:
+    def result(status: MipStatus, reason: str | None, objective: float | None, dual: float | None,
+               cex: Tensor | None = None) -> MipResult:
         return MipResult(status, reason, objective, dual, cex, raw.termination, gap, seconds, raw.n_binaries,
                          backend="mipverify")
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Protocol, Sequence
 
 import highspy
 import numpy as np
@@ -60,6 +60,19 @@ class PropertyMipResult:
     mode: str
 
 
+class DisjunctRows(Protocol):
+    """Rows ``C y <= d`` over the outputs: a :class:`verify.properties.Disjunct` (typing only; not
+    imported, since :mod:`verify.properties` imports this module)."""
+
+    @property
+    def C(self) -> np.ndarray: ...
+
+    @property
+    def d(self) -> np.ndarray: ...
+
+    def violation(self, y: np.ndarray) -> float: ...
+
+
 @dataclass
 class _Outcome:
     status: str  # proven / candidate / timeout / margin / error
@@ -70,7 +83,7 @@ class _Outcome:
 class _Model:
     """The shared formulation plus a violation column t (cost 1)."""
 
-    def __init__(self, form: Formulation, disjuncts: Sequence, threads: int) -> None:
+    def __init__(self, form: Formulation, disjuncts: Sequence[DisjunctRows], threads: int) -> None:
         self.form = form
         self.h = form.highs
         e = form.output_expr()
@@ -142,8 +155,8 @@ def _pad(m: sp.csr_matrix, ncols: int) -> sp.csr_matrix:
 
 def solve_property(
     net: Network,
-    box,
-    disjuncts: Sequence,
+    box: Any,  # a single-example verify.properties.Box (not imported, as above), read as an input set
+    disjuncts: Sequence[DisjunctRows],
     *,
     confirm: Callable[[Tensor], tuple[Tensor, int] | None],
     bounds: NodeBounds | None = None,
@@ -167,7 +180,8 @@ def solve_property(
     model = _Model(form, disjuncts, threads)
     n_relu = len(form.binaries)
 
-    def result(status, reason=None, x=None, j=None, extra=0) -> PropertyMipResult:
+    def result(status: Literal["sat", "unsat", "unknown"], reason: str | None = None, x: Tensor | None = None,
+               j: int | None = None, extra: int = 0) -> PropertyMipResult:
         return PropertyMipResult(status, reason, x, j, time.perf_counter() - t0, n_relu + extra, mode)
 
     def check(x: Tensor | None) -> tuple[Tensor, int] | None:
@@ -210,8 +224,10 @@ def solve_property(
     return result("unknown", reasons[0])
 
 
-def _indicator(model: _Model, remaining: list[int], disjuncts, warm_starts, deadline, check, warm_for,
-               result) -> PropertyMipResult:
+def _indicator(model: _Model, remaining: list[int], disjuncts: Sequence[DisjunctRows], warm_starts: Tensor | None,
+               deadline: float, check: Callable[[Tensor | None], tuple[Tensor, int] | None],
+               warm_for: Callable[[int | None, Tensor | None, dict[int, float]], np.ndarray | None],
+               result: Callable[..., PropertyMipResult]) -> PropertyMipResult:
     """One MIP: a selection binary per remaining disjunct, big-M rows, min t."""
     form, h = model.form, model.h
     r = len(remaining)
