@@ -12,7 +12,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from torch import Tensor
 from .errors import SolverUnavailableError, SpecError
 from .network import Network
 from .spec import LpBall, margins_f64
+
+if TYPE_CHECKING:
+    from .mip import MipResult
 
 Status = Literal["misclassified", "falsified", "verified", "unknown"]
 Stage = Literal["clean", "pgd", "ibp", "kw", "crown", "alpha-crown", "lp", "mip"]
@@ -102,7 +105,7 @@ class CertResult:
         g = self.margin_ub - self.margin_lb
         return g if math.isfinite(g) else None
 
-    def row(self) -> dict:
+    def row(self) -> dict[str, Any]:
         """The JSON/CSV row (without the counterexample), columns in ROW_FIELDS order."""
         return {
             "index": self.index, "label": self.label, "prediction": self.prediction, "status": self.status,
@@ -117,7 +120,7 @@ def _finite_or_none(v: float | None) -> float | None:
     return v if v is not None and math.isfinite(v) else None
 
 
-def order_row(row: dict) -> dict:
+def order_row(row: dict[str, Any]) -> dict[str, Any]:
     """A row with the ROW_FIELDS columns first, in that order (stores written before kept sorted keys)."""
     out = {k: row.get(k) for k in ROW_FIELDS if k in row}
     out.update({k: v for k, v in row.items() if k not in out})
@@ -166,7 +169,7 @@ class _Clock:
             pp.seconds[stage] = pp.seconds.get(stage, 0.0) + dt * wi / total
 
 
-def _mip_solver(name: str) -> Callable:
+def _mip_solver(name: str) -> Callable[..., MipResult]:
     if name == "highs":
         from .mip.highs import solve_example
 
@@ -210,7 +213,7 @@ def certify(
     pending = [_Pending(i) for i in range(n)]
     bar = _Bar(n, progress)
 
-    def finish(pp: _Pending, status: Status, by: Stage | None, pred: int, **kw) -> None:
+    def finish(pp: _Pending, status: Status, by: Stage | None, pred: int, **kw: Any) -> None:
         r = CertResult(int(indices[pp.pos]), int(labels[pp.pos]), pred, status, by, pp.margin_lb,
                        kw.pop("counterexample", None), dict(pp.seconds), margin_ub=pp.margin_ub, **kw)
         results[pp.pos] = r
@@ -296,7 +299,7 @@ def certify(
     return [results[i] for i in range(n)]
 
 
-def _mip_inputs(net: Network, pset: LpBall, labels: Tensor, i: int, config: CertifyConfig) -> dict:
+def _mip_inputs(net: Network, pset: LpBall, labels: Tensor, i: int, config: CertifyConfig) -> dict[str, Any]:
     """Starting bounds (float64) and per-target margin bounds for one MIP solve.
 
     The time spent here counts against the example's MIP time limit.
@@ -326,7 +329,7 @@ def _mip_inputs(net: Network, pset: LpBall, labels: Tensor, i: int, config: Cert
             "options": HighsOptions(time_limit=left, threads=config.threads)}
 
 
-def _reindex(bounds: dict, i: int, n: int) -> dict:
+def _reindex(bounds: dict[int, tuple[Tensor, Tensor]], i: int, n: int) -> dict[int, tuple[Tensor, Tensor]]:
     """Bounds computed on the single example i, placed at row i of an (n, ...) view the builder indexes."""
     out = {}
     for k, (lo, hi) in bounds.items():
@@ -373,11 +376,11 @@ class Summary:
     median_seconds: float
     total_seconds: float
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
-def summarize(results: Sequence[CertResult] | Sequence[dict]) -> Summary:
+def summarize(results: Sequence[CertResult] | Sequence[dict[str, Any]]) -> Summary:
     """The summary of results, or of their rows (a store's or a JSON file's: the same numbers)."""
     rows = [r.row() if isinstance(r, CertResult) else r for r in results]
     n = len(rows)

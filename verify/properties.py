@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -319,7 +319,7 @@ class PropertyBounds:
 
     violation_lb: np.ndarray  # (K,) float64
     proven: np.ndarray  # (K,) bool: some row's float64 bound exceeds the safety margin
-    intermediate: dict  # float64 node bounds (1, *shape), for the MIP's big-M values
+    intermediate: dict[int, tuple[Tensor, Tensor]]  # float64 node bounds (1, *shape), for the MIP's big-M values
     method: str
 
 
@@ -337,8 +337,9 @@ def property_bounds(net: Network, prop: OutputProperty, box: Box) -> PropertyBou
     last = net.graph[-1].index
     maxpool = any(isinstance(n.op, MaxPool2d) for n in net.graph)
     with torch.no_grad():
-        inter = interval_bounds(net, b64, dtype=torch.float64) if maxpool else linear_intermediate(
-            net, b64, rule="crown", dtype=torch.float64)
+        # a Box is an input set to the bound code, whose annotations name only LpBall
+        inter = interval_bounds(net, b64, dtype=torch.float64) if maxpool else linear_intermediate(  # type: ignore[arg-type]
+            net, b64, rule="crown", dtype=torch.float64)  # type: ignore[arg-type]
         k = len(prop.disjuncts)
         sizes = [len(dj.d) for dj in prop.disjuncts]
         if sum(sizes) == 0:
@@ -349,7 +350,7 @@ def property_bounds(net: Network, prop: OutputProperty, box: Box) -> PropertyBou
         lb = C.clamp(min=0) @ lo + C.clamp(max=0) @ hi
         if not maxpool:
             a = C.reshape(1, C.shape[0], *net.output_shape)
-            lb = torch.maximum(lb, backward_bound(net, b64, last, a, inter, rule="crown")[0])
+            lb = torch.maximum(lb, backward_bound(net, b64, last, a, inter, rule="crown")[0])  # type: ignore[arg-type]
         y0 = outputs_f64(net, box.center)
     lbn = lb.numpy()
     scale = np.maximum.reduce([np.ones_like(d), np.abs(C.numpy()).sum(1) * np.abs(y0).max(), np.abs(d)])
@@ -416,7 +417,8 @@ def verify_property(net: Network, prop: OutputProperty, options: VerifyOptions =
     k = len(prop.disjuncts)
     sec: dict[str, float] = {}
 
-    def done(status: Status, by: str | None, reason: str | None = None, found=None, **kw) -> PropertyResult:
+    def done(status: Status, by: str | None, reason: str | None = None,
+             found: tuple[Tensor, np.ndarray, int] | None = None, **kw: Any) -> PropertyResult:
         x, y, j = (found[0].reshape(-1).numpy(), found[1], found[2]) if found is not None else (None, None, None)
         return PropertyResult(status, by, reason, x, y, j, sec, k, **kw)
 

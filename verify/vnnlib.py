@@ -317,7 +317,7 @@ def parse_vnnlib(text: str, *, source: str = "<vnnlib>") -> OutputProperty:
     lower = np.full(n_in, -np.inf)
     upper = np.full(n_in, np.inf)
     c_xs, c_rows, c_ok = p.split(common, n_out)
-    input_sets: list[frozenset] = []
+    input_sets: list[frozenset[tuple[int, str, float]]] = []
     x_lines: list[int] = []  # per disjunct: the line of its first input bound (for errors)
     disjuncts: list[Disjunct] = []
     for conj in dnf:
@@ -395,7 +395,8 @@ def _num(v: float) -> str:
     return repr(float(v))
 
 
-def format_result(status: str, x: Sequence[float] | None = None, y: Sequence[float] | None = None) -> str:
+def format_result(status: str, x: Sequence[float] | np.ndarray | None = None,
+                  y: Sequence[float] | np.ndarray | None = None) -> str:
     """The VNN-COMP result file: ``unsat``, ``timeout``, ``unknown``, or ``sat`` with ((X_i v) ... (Y_j v))."""
     if status != "sat":
         return status + "\n"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +22,11 @@ from torch import Tensor
 
 from ..errors import SolverUnavailableError, VerifyError
 from ..network import Network
+
+if TYPE_CHECKING:
+    from dask.distributed import Client
+    from dask_jobqueue.slurm import SLURMCluster
+    from distributed.deploy.spec import SpecCluster
 
 RowSink = Callable[[dict[str, Any], "np.ndarray | None"], None]
 
@@ -61,7 +66,7 @@ def result_to_row(result: Any) -> tuple[dict[str, Any], np.ndarray | None]:
     return result.row(), (None if ce is None else np.asarray(ce.detach().cpu().to(torch.float64)))
 
 
-def certify_chunk(net: Network, x: np.ndarray, y: np.ndarray, indices: Sequence[int], config: Any) -> list[tuple[dict, Any]]:
+def certify_chunk(net: Network, x: np.ndarray, y: np.ndarray, indices: Sequence[int], config: Any) -> list[tuple[dict[str, Any], np.ndarray | None]]:
     """The unit of work on a worker: certify a few examples, return their rows."""
     from ..certify import certify
     from ..spec import LpBall
@@ -92,7 +97,8 @@ def run_examples(
         _run_dask(net, x, y, indices, config, sink, options, progress)
 
 
-def _run_inline(net, x, y, indices, config, sink, progress) -> None:
+def _run_inline(net: Network, x: Tensor, y: Tensor, indices: Sequence[int], config: Any, sink: RowSink,
+                progress: bool) -> None:
     from ..certify import certify
     from ..spec import LpBall
 
@@ -109,7 +115,7 @@ def _worker_setup() -> None:
     torch.set_num_threads(1)
 
 
-def make_client(options: ClusterOptions):
+def make_client(options: ClusterOptions) -> Client:
     """A dask.distributed Client for the options (LocalCluster, an address, or SLURMCluster)."""
     try:
         from dask.distributed import Client, LocalCluster
@@ -119,25 +125,26 @@ def make_client(options: ClusterOptions):
         ) from None
     if options.scheduler is not None:
         try:
-            return Client(options.scheduler, timeout="20s")
+            return Client(options.scheduler, timeout="20s")  # type: ignore[no-untyped-call]  # dask: untyped
         except (OSError, TimeoutError) as e:
             raise VerifyError(f"cannot reach the Dask scheduler at {options.scheduler}: {e}") from None
+    cluster: SpecCluster
     if options.cluster == "slurm":
         cluster = make_slurm_cluster(options)
-        cluster.scale(jobs=options.jobs)
-        return Client(cluster)
+        cluster.scale(jobs=options.jobs)  # type: ignore[no-untyped-call]
+        return Client(cluster)  # type: ignore[no-untyped-call]
     if options.cluster is not None:
         raise VerifyError(f"unknown --cluster {options.cluster!r}: use slurm (or --scheduler ADDRESS)")
-    cluster = LocalCluster(
+    cluster = LocalCluster(  # type: ignore[no-untyped-call]
         n_workers=options.workers, threads_per_worker=1, processes=True, dashboard_address=None,
         env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
     )
-    return Client(cluster)
+    return Client(cluster)  # type: ignore[no-untyped-call]
 
 
-def make_slurm_cluster(options: ClusterOptions):
+def make_slurm_cluster(options: ClusterOptions) -> SLURMCluster:
     try:
-        from dask_jobqueue import SLURMCluster
+        from dask_jobqueue import SLURMCluster  # type: ignore[attr-defined]  # re-exported without __all__
     except ImportError:
         raise SolverUnavailableError("dask-jobqueue is not installed: pip install 'relu-verify[cluster]'") from None
     return SLURMCluster(
@@ -153,14 +160,15 @@ def make_slurm_cluster(options: ClusterOptions):
     )
 
 
-def _run_dask(net, x, y, indices, config, sink, options: ClusterOptions, progress: bool) -> None:
+def _run_dask(net: Network, x: Tensor, y: Tensor, indices: Sequence[int], config: Any, sink: RowSink,
+              options: ClusterOptions, progress: bool) -> None:
     from dask.distributed import as_completed
     from tqdm import tqdm
 
     client = make_client(options)
     try:
         client.run(_worker_setup)
-        net_f = client.scatter(net, broadcast=True)
+        net_f = client.scatter(net, broadcast=True)  # type: ignore[no-untyped-call]
         xs = np.asarray(x.detach().cpu())
         ys = np.asarray(y.detach().cpu())
         futures = []
@@ -173,7 +181,7 @@ def _run_dask(net, x, y, indices, config, sink, options: ClusterOptions, progres
         counts: dict[str, int] = {}
         bar = tqdm(total=len(indices), disable=not progress, unit="ex", desc="certify", dynamic_ncols=True)
         try:
-            for fut in as_completed(futures):
+            for fut in as_completed(futures):  # type: ignore[no-untyped-call]  # dask: untyped
                 for row, ce in fut.result():
                     sink(row, ce)
                     counts[row["status"]] = counts.get(row["status"], 0) + 1
@@ -182,7 +190,7 @@ def _run_dask(net, x, y, indices, config, sink, options: ClusterOptions, progres
         finally:
             bar.close()
     finally:
-        client.close()
+        client.close()  # type: ignore[no-untyped-call]
         cluster = getattr(client, "cluster", None)
         if cluster is not None:
             cluster.close()

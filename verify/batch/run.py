@@ -16,7 +16,7 @@ from .shard import shard_indices
 from .store import ResultsStore, file_sha256
 
 
-def run_config(model_path: str, source: str, indices: Sequence[int], config: Any, shard: tuple[int, int] | None) -> dict:
+def run_config(model_path: str, source: str, indices: Sequence[int], config: Any, shard: tuple[int, int] | None) -> dict[str, Any]:
     """What identifies a run: the model's bytes, the data selection and every setting that changes verdicts."""
     cfg = {k: v for k, v in dataclasses.asdict(config).items()}
     cfg["p"] = "inf" if math.isinf(cfg["p"]) else str(int(cfg["p"]))
@@ -46,7 +46,7 @@ def run_to_store(
     shard: tuple[int, int] | None = None,
     options: ClusterOptions = ClusterOptions(),
     progress: bool = True,
-) -> tuple[list[dict], int]:
+) -> tuple[list[dict[str, Any]], int]:
     """Certify this shard's examples not yet in the store; return (this shard's rows, how many were skipped)."""
     mine = shard_indices(indices, shard)
     with ResultsStore.open(store_path, run_config(model_path, source, indices, config, shard)) as store:

@@ -19,7 +19,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, cast
 
 import numpy as np
 
@@ -186,7 +186,7 @@ def merge_stores(sources: Iterable[str | Path], out: str | Path) -> ResultsStore
     first.close()
     merged = ResultsStore.open(out, config)
     seen: dict[int, Path] = {i: Path(out) for i in merged.done()}
-    for src in sources:
+    for src in cast("list[Path]", sources):  # made Paths above
         with ResultsStore.open(src, create=False) as s:
             _check_same(src, identifying(config), identifying(s.config))
             for r in s.iter_stored():
