@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any
 
 import click
 
 from ..errors import SpecError
 from ..spec import check_eps, parse_p
-from .common import data_options, load_examples, load_model, write_rows
+from .common import F, data_options, load_examples, load_model, write_rows
 
 
-def _model_argument(f: Callable) -> Callable:
+def _model_argument(f: F) -> F:
     f = click.option("--arch", default=None, help="Architecture name when a state dict is ambiguous (e.g. cnn_lenet_small).")(f)
     f = click.option("--format", "model_format", default=None,
                      type=click.Choice(["mat", "mat-mmr", "mat-mipverify", "h5", "pt", "onnx"]),
@@ -20,7 +20,7 @@ def _model_argument(f: Callable) -> Callable:
     return click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))(f)
 
 
-def _outputs(f: Callable) -> Callable:
+def _outputs(f: F) -> F:
     f = click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False), help="Write a PNG plot.")(f)
     return click.option("--output", "-o", default=None, type=click.Path(dir_okay=False),
                         help="Write the rows: .json (with a summary header) or .csv.")(f)
@@ -94,12 +94,12 @@ def norms(model_path: str, model_format: str | None, arch: str | None, power_ite
         click.echo(f"wrote {plot_path}")
 
 
-def _finite(rows: list[dict]) -> list[dict]:
+def _finite(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """NaN / inf values as null: strict JSON readers reject NaN."""
     return [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()} for r in rows]
 
 
-def _flat(d: dict) -> dict:
+def _flat(d: dict[str, Any]) -> dict[str, Any]:
     return {k: ("x".join(map(str, v)) if isinstance(v, (list, tuple)) else v) for k, v in d.items()}
 
 

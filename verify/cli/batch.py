@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .common import write_rows
 
+if TYPE_CHECKING:
+    from ..certify import Summary
 
-def load_results(path: str) -> tuple[dict, list[dict]]:
+
+def load_results(path: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(configuration, rows) of a results store (.sqlite / .db) or of the JSON that ``--output X.json`` writes."""
     from ..certify import order_row
 
@@ -37,7 +40,7 @@ def load_results(path: str) -> tuple[dict, list[dict]]:
         return s.config, s.rows()
 
 
-def results_document(summary, config: dict, rows: list[dict]) -> dict:
+def results_document(summary: Summary, config: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The one JSON shape of certification results: the summary's numbers, the configuration, the rows."""
     return {**summary.as_dict(), "config": config, "examples": rows}
 
@@ -47,7 +50,7 @@ def format_seconds(v: float) -> str:
     return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
 
 
-def print_summary(s, title: str) -> None:
+def print_summary(s: Summary, title: str) -> None:
     click.echo(title)
     click.echo(f"n {s.n}")
     click.echo(f"clean error (TE)          {100 * s.clean_error:6.2f}%")
@@ -59,7 +62,7 @@ def print_summary(s, title: str) -> None:
     click.echo(f"seconds per example       median {format_seconds(s.median_seconds)}   total {format_seconds(s.total_seconds)}")
 
 
-def plot_store(rows: list[dict], out_png: str) -> None:
+def plot_store(rows: list[dict[str, Any]], out_png: str) -> None:
     """Two panels, coloured by status: seconds per example, and each example's margin interval.
 
     The interval runs from the best proven lower bound on the worst-case margin (bounds, MIP)
@@ -108,7 +111,7 @@ def plot_store(rows: list[dict], out_png: str) -> None:
     plt.close(fig)
 
 
-def write_counterexamples(path: str, points: dict[int, Any], rows: list[dict], config: dict) -> int:
+def write_counterexamples(path: str, points: dict[int, Any], rows: list[dict[str, Any]], config: dict[str, Any]) -> int:
     """The counterexamples as an .npz (index, label, x_adv in float64, and eps and p of the run), atomically."""
     import numpy as np
 
@@ -121,7 +124,7 @@ def write_counterexamples(path: str, points: dict[int, Any], rows: list[dict], c
     idx = sorted(i for i in points if i in label)
     # each point is stored as (1, *input_shape), as the pipeline's counterexamples are
     x = np.concatenate([np.asarray(points[i], dtype=np.float64) for i in idx]) if idx else np.zeros((0,))
-    arrays = {"index": np.asarray(idx, dtype=np.int64), "label": np.asarray([label[i] for i in idx], dtype=np.int64),
+    arrays: dict[str, Any] = {"index": np.asarray(idx, dtype=np.int64), "label": np.asarray([label[i] for i in idx], dtype=np.int64),
               "x_adv": x, "eps": np.float64(config.get("eps", np.nan)), "p": np.str_(config.get("p", ""))}
 
     def write(tmp: str) -> None:

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Literal
+
 import click
 
 from .batch import print_summary, results_document, write_counterexamples
 from .common import data_options, load_examples, load_model, make_ball, model_option, output_option, p_label, spec_options, write_rows
+
+if TYPE_CHECKING:
+    from ..batch.executor import ClusterOptions
+    from ..certify import CertifyConfig, CertResult, Summary
+    from ..network import Network
+    from .common import Examples
 
 
 @click.command("certify")
@@ -41,9 +49,9 @@ from .common import data_options, load_examples, load_model, make_ball, model_op
               help="Also write every counterexample (float64 input, re-checked) to this .npz: index, label, x_adv, eps, p.")
 @output_option
 def certify(model_path: str, model_format: str | None, arch: str | None, p: str, eps: float, dataset: str | None,
-            data_dir: str | None, n: int | None, indices: str | None, inputs_path: str | None, solver: str,
+            data_dir: str | None, n: int | None, indices: str | None, inputs_path: str | None, solver: Literal["highs", "mipverify"],
             timeout: float, threads: int, methods: str, attack_steps: int, attack_restarts: int,
-            strong_attack_restarts: int, mip_bounds: str, no_mip: bool, quiet: bool, shard: str | None, workers: int, scheduler: str | None, cluster: str | None, jobs: int,
+            strong_attack_restarts: int, mip_bounds: Literal["crown", "alpha-crown"], no_mip: bool, quiet: bool, shard: str | None, workers: int, scheduler: str | None, cluster: str | None, jobs: int,
             queue: str | None, account: str | None, memory: str, walltime: str, cores: int,
             ce_path: str | None, output: str | None) -> None:
     """Decide each example: misclassified, falsified (PGD or MIP), verified (bounds or MIP) or unknown.
@@ -79,7 +87,7 @@ def certify(model_path: str, model_format: str | None, arch: str | None, p: str,
                            attack_steps=attack_steps, attack_restarts=attack_restarts,
                            strong_attack_restarts=strong_attack_restarts, timeout=timeout,
                            solver=solver, threads=threads, no_mip=no_mip,
-                           mip_bounds=mip_bounds)  # type: ignore[arg-type]
+                           mip_bounds=mip_bounds)
     import torch
 
     torch.set_num_threads(threads)
@@ -87,14 +95,15 @@ def certify(model_path: str, model_format: str | None, arch: str | None, p: str,
     ex = load_examples(net, dataset, data_dir, n, indices, inputs_path)
     ball = make_ball(net, ex, p, eps)
     if store:
+        assert output is not None  # store is set only for an --output name
         _run_store(net, model_path, ex, config, output, shard_spec, options, quiet, p, eps, solver, ce_path)
         return
     run_cfg = {**config.__dict__, "p": p_label(p), "methods": list(config.methods), "model_path": model_path,
                "data": ex.source}
-    rows: list[dict] = []
-    done: list = []
+    rows: list[dict[str, Any]] = []
+    done: list[CertResult] = []
 
-    def on_result(r) -> None:
+    def on_result(r: CertResult) -> None:
         done.append(r)
         rows.append(r.row())
         if output is not None:
@@ -113,12 +122,14 @@ def certify(model_path: str, model_format: str | None, arch: str | None, p: str,
         click.echo(f"wrote {k} counterexamples to {ce_path}")
 
 
-def _write(output: str, s, run_cfg: dict, rows: list[dict]) -> None:
+def _write(output: str, s: Summary, run_cfg: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     doc = results_document(s, run_cfg, rows)
     write_rows(output, {k: v for k, v in doc.items() if k != "examples"}, rows)
 
 
-def _run_store(net, model_path, ex, config, output, shard_spec, options, quiet, p, eps, solver, ce_path) -> None:
+def _run_store(net: Network, model_path: str, ex: Examples, config: CertifyConfig, output: str,
+               shard_spec: tuple[int, int] | None, options: ClusterOptions, quiet: bool, p: str, eps: float, solver: str,
+               ce_path: str | None) -> None:
     from ..batch import ResultsStore
     from ..batch.run import run_to_store
     from ..certify import summarize

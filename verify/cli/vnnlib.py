@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
 from ..errors import SpecError, VerifyError
-from ..properties import MIP_MODES, VerifyOptions
+from ..properties import MIP_MODES, PropertyResult, VerifyOptions
 
 
 @click.command("vnnlib")
@@ -88,7 +89,7 @@ def _single(onnx_path: str, vnnlib_path: str, options: VerifyOptions, output: st
         click.echo(text.split("\n", 1)[1], nl=False)
 
 
-def _line(res) -> str:
+def _line(res: PropertyResult) -> str:
     parts = [res.status, f"seconds={res.total_seconds:.2f}", f"disjuncts={res.n_disjuncts}"]
     if res.decided_by:
         parts.insert(1, f"decided_by={res.decided_by}")
@@ -110,14 +111,14 @@ def _batch(instances: str, options: VerifyOptions, timeout: float | None, output
 
     rows_in = read_instances(instances)
     nets: dict[Path, object] = {}
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
     counts = {"sat": 0, "unsat": 0, "timeout": 0, "unknown": 0, "error": 0}
     t_all = time.perf_counter()
     bar = tqdm(rows_in, disable=quiet, unit="instance", leave=False)
     for inst in bar:
         t0 = time.perf_counter()
         opts = VerifyOptions(**{**options.__dict__, "timeout": timeout or inst.timeout})
-        row: dict = {"onnx": str(inst.onnx), "vnnlib": str(inst.vnnlib), "timeout": opts.timeout, "result": None,
+        row: dict[str, Any] = {"onnx": str(inst.onnx), "vnnlib": str(inst.vnnlib), "timeout": opts.timeout, "result": None,
                      "decided_by": None, "reason": None, "disjuncts": None, "open_after_bounds": None, "seconds": None}
         try:
             if inst.onnx not in nets:  # load each network once (its time is not charged to every instance)
