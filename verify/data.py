@@ -35,13 +35,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import numpy as np
-from numpy.typing import DTypeLike
 import torch
 from torch import Tensor
 
 from .errors import DataError
 
 if TYPE_CHECKING:
+    from numpy.typing import DTypeLike
+
     from .network import Classifier
 
 Split = Literal["test", "train"]
