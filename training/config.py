@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 from verify.errors import DataError, SpecError, VerifyError
-from verify.spec import parse_p
+from verify.spec import p_name, parse_p
 
 Method = Literal["plain", "at", "kw", "ibp", "crown-ibp", "mmr", "mmr+at", "norm-decay", "lipschitz", "j1", "j2",
                  "jinf", "fpd"]
@@ -83,7 +83,7 @@ class TrainConfig:
             raise DataError(f"unknown dataset {self.dataset!r}: use one of {', '.join(DATASETS)}")
         object.__setattr__(self, "dataset", name)
         pv = parse_p(self.p)
-        object.__setattr__(self, "p", "inf" if math.isinf(pv) else str(int(pv)))
+        object.__setattr__(self, "p", p_name(pv))
         for key in ("lmbd", "gamma_rb", "gamma_db", "lr", "weight_decay", "eps_start", "kappa_end", "norm_decay_lambda",
                     "lipschitz_lambda"):
             v = getattr(self, key)

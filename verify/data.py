@@ -535,6 +535,46 @@ def _download_cifar(entry: dict[str, Any], root: Path, bases: Sequence[str], tim
 # --------------------------------------------------------------------------- fitting data to a model
 
 
+@dataclass(frozen=True)
+class Examples:
+    """The points a run works on, with where they came from."""
+
+    x: Tensor  # (N, *input_shape) float32 in the model's input range
+    y: Tensor  # (N,) long
+    indices: list[int]  # positions in the source data set
+    source: str
+
+
+def load_examples(
+    net: "Classifier",
+    *,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    n: int | None = None,
+    indices: Sequence[int] | None = None,
+    inputs_path: str | None = None,
+) -> Examples:
+    """Test points of a named dataset (or of an ``.npz`` with x and y), checked against the model's
+    input shape and range: the first ``n`` (default all) or the given data-set ``indices``."""
+    if inputs_path is not None:
+        if dataset is not None:
+            raise DataError("give either --dataset or --inputs, not both")
+        ds = load_inputs_npz(inputs_path)
+        source = str(inputs_path)
+    elif dataset is not None:
+        ds = load_dataset(dataset, split="test", data_dir=data_dir)
+        source = dataset
+    else:
+        raise DataError("no data: give --dataset NAME (e.g. mnist) or --inputs points.npz")
+    total = len(ds.y)
+    idx = list(indices) if indices is not None else list(range(total if n is None else min(n, total)))
+    bad = [i for i in idx if not 0 <= i < total]
+    if bad:
+        raise DataError(f"index {bad[0]} is out of range: {source} has {total} points")
+    x = fit_to_model(ds.x[idx], net, source)
+    return Examples(x, ds.y[idx], idx, source)
+
+
 def fit_to_model(x: Tensor, net: "Classifier", source: str) -> Tensor:
     """Reshape data to the model's input shape when only the layout differs; reject data outside its input range.
 

@@ -57,7 +57,7 @@ from ..network import (
     Shape,
     _ConvLike,
 )
-from ..spec import parse_p
+from ..spec import p_name, parse_p
 
 if TYPE_CHECKING:
     from ..torch_modules import ChannelAffineModule
@@ -551,7 +551,7 @@ def plot_norm_history(history: Sequence[Sequence[LayerNorms]], path: str, *, p: 
     ax.set_yscale("log")
     ax.set_xlabel("record (e.g. epoch)")
     pv = parse_p(p)
-    ax.set_ylabel(f"L{'inf' if math.isinf(pv) else int(pv)} operator norm")
+    ax.set_ylabel(f"L{p_name(pv)} operator norm")
     ax.set_title(title or "operator norms during training")
     ax.legend(fontsize=7)
     fig.tight_layout()

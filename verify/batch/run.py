@@ -5,12 +5,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from typing import Any, Sequence
 
 import torch
 
 from ..network import Network
+from ..spec import p_name
 from .executor import ClusterOptions, run_examples
 from .shard import shard_indices
 from .store import ResultsStore, file_sha256
@@ -19,7 +19,7 @@ from .store import ResultsStore, file_sha256
 def run_config(model_path: str, source: str, indices: Sequence[int], config: Any, shard: tuple[int, int] | None) -> dict[str, Any]:
     """What identifies a run: the model's bytes, the data selection and every setting that changes verdicts."""
     cfg = {k: v for k, v in dataclasses.asdict(config).items()}
-    cfg["p"] = "inf" if math.isinf(cfg["p"]) else str(int(cfg["p"]))
+    cfg["p"] = p_name(cfg["p"])
     cfg["methods"] = list(cfg["methods"])
     sel = hashlib.sha256(json.dumps(list(map(int, indices))).encode()).hexdigest()[:16]
     return {

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from ..batch.executor import ClusterOptions
     from ..certify import CertifyConfig, CertResult, Summary
     from ..network import Network
-    from .common import Examples
+    from ..data import Examples
 
 
 @click.command("certify")

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TypeVar
 
 import click
 from torch import Tensor
 
 from ..atomic import write_atomic
+from ..data import Examples
 from ..errors import DataError, SpecError
 from ..network import Classifier, Network
-from ..spec import LpBall, check_eps, parse_p
+from ..spec import LpBall, check_eps, p_name, parse_p
 
 F = TypeVar("F", bound=Callable[..., Any])  # a click command function, returned with the option added
 
@@ -55,15 +55,8 @@ def output_option(f: F) -> F:
                         help="Write per-example results: .json or .csv.")(f)
 
 
-@dataclass(frozen=True)
-class Examples:
-    x: Tensor  # (N, *input_shape) float32 in the model's input range
-    y: Tensor  # (N,) long
-    indices: list[int]  # positions in the source data set
-    source: str
-
-
 def parse_indices(text: str | None) -> list[int] | None:
+    """--indices 0,5,9 as a list (None when not given)."""
     if text is None:
         return None
     try:
@@ -89,33 +82,14 @@ def load_examples(
     indices: str | None,
     inputs_path: str | None,
 ) -> Examples:
-    """The test points a command runs on, checked against the model's input shape and range."""
-    from .. import data
+    """The test points a command runs on (:func:`verify.data.load_examples` with the CLI's options)."""
+    from ..data import load_examples as _load
 
-    idx = parse_indices(indices)
-    if inputs_path is not None:
-        if dataset is not None:
-            raise DataError("give either --dataset or --inputs, not both")
-        ds = data.load_inputs_npz(inputs_path)
-        source = inputs_path
-    elif dataset is not None:
-        ds = data.load_dataset(dataset, split="test", data_dir=data_dir)
-        source = dataset
-    else:
-        raise DataError("no data: give --dataset NAME (e.g. mnist) or --inputs points.npz")
-    total = len(ds.y)
-    if idx is None:
-        if n is None and total > 1000:
-            click.echo(f"note: no -n given: running on all {total} points of {source} (-n 1000 is the MMR protocol)",
-                       err=True)
-        idx = list(range(total if n is None else min(n, total)))
-    bad = [i for i in idx if i >= total]
-    if bad:
-        raise DataError(f"index {bad[0]} is out of range: {source} has {total} points")
-    x = ds.x[idx]
-    y = ds.y[idx]
-    x = data.fit_to_model(x, net, source)
-    return Examples(x, y, idx, source)
+    ex = _load(net, dataset=dataset, data_dir=data_dir, n=n, indices=parse_indices(indices), inputs_path=inputs_path)
+    if n is None and indices is None and len(ex.indices) > 1000:
+        click.echo(f"note: no -n given: running on all {len(ex.indices)} points of {ex.source} "
+                   "(-n 1000 is the MMR protocol)", err=True)
+    return ex
 
 
 def chunked(n: int, size: int, desc: str, enabled: bool = True) -> Iterator[slice]:
@@ -149,8 +123,8 @@ def make_ball(net: Classifier, ex: Examples, p: str, eps: float) -> LpBall:
 
 
 def p_label(p: str) -> str:
-    v = parse_p(p)
-    return "inf" if math.isinf(v) else str(int(v))
+    """The norm as the results name it ('inf', '1', '2'), from what the user typed."""
+    return p_name(parse_p(p))
 
 
 def write_rows(path: str, header: dict[str, Any], rows: list[dict[str, Any]]) -> None:

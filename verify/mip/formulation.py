@@ -19,7 +19,7 @@ layer by layer on the model built so far (see :mod:`verify.mip.tighten`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, cast
+from typing import Callable, cast
 
 import highspy
 import numpy as np
@@ -30,10 +30,10 @@ from torch import Tensor
 from .. import highs_run
 from ..errors import UnsupportedLayerError
 from ..network import Add, AffineLayer, Network, ReLU
+from ..bounds.types import NodeBounds
 from ..spec import LpBall
 
 INF = highspy.kHighsInf
-NodeBounds = Mapping[int, tuple[Tensor, Tensor]]
 
 # Bounds handed in from elsewhere may come from float32 arithmetic: widen them by this much
 # (absolute + relative) before they become big-M constants, so rounding cannot cut off a true point.
