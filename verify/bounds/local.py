@@ -75,9 +75,10 @@ def _chain(net: Network, begin: int) -> list[int] | None:
     return out if len(net.graph[0].shape) == 3 else None
 
 
-def local_plan(net: Network, pset: LpBall, k: int) -> list[tuple[int, Frame]] | None:
+def local_plan(net: Network, pset: LpBall, k: int, *, any_size: bool = False) -> list[tuple[int, Frame]] | None:
     """(node, frame on its value) from node k's input down to the input, or None if the
-    window method does not apply or would not save much (windows over half the input)."""
+    window method does not apply or would not save much (windows over half the input;
+    ``any_size``: whatever their size)."""
     node = net.graph[k]
     if pset.p not in (1.0, 2.0, math.inf) or not isinstance(node.op, Conv2d) or len(node.inputs) != 1:
         return None
@@ -96,7 +97,7 @@ def local_plan(net: Network, pset: LpBall, k: int) -> list[tuple[int, Frame]] | 
             frame = frame.through(op)
     plan.append((0, frame))
     _, h, w = net.graph[0].shape
-    if frame.h * frame.w > 0.5 * h * w:
+    if frame.h * frame.w > 0.5 * h * w and not any_size:
         return None
     return plan
 
