@@ -22,11 +22,12 @@ from ..errors import UnsupportedLayerError
 from ..network import Add, MaxPool2d, Network, ReLU
 from ..spec import LpBall
 from .relax import ReluRelaxation, Rule, relu_relaxation
+from .rounding import wide_sum
 from .types import NodeBounds
 
 
 def _flat_sum(t: Tensor) -> Tensor:
-    return t.reshape(t.shape[0], t.shape[1], -1).sum(-1)
+    return wide_sum(t.reshape(t.shape[0], t.shape[1], -1), -1)
 
 
 def backward_bound(

@@ -1,15 +1,20 @@
-"""The certification decision from bounds, rechecked in float64."""
+"""The certification decision from bounds, sound under rounding."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
 
 from ..network import Network
 from ..spec import LpBall
+from .backward import check_supported
 from .compute import check_labels, compute_bounds
-from .final import alpha_margins, interval_margins
+from .final import alpha_margins, interval_margins, linear_margins
 from .intermediate import linear_intermediate
+from .interval import interval_bounds
+from .rounding import RoundingGuard, guard_applies, outward_ball
 from .types import CertifiedBounds, Method
 
 # A certificate needs the float64 margin bound to exceed SAFETY_REL * max(1, max |logit at the
@@ -37,30 +42,46 @@ def certify_with_bounds(
     alpha_steps: int = 20,
     alpha_lr: float = 0.25,
 ) -> CertifiedBounds:
-    """Which examples a bound method certifies, decided in float64.
+    """Which examples a bound method certifies, soundly under rounding.
 
-    Screening runs in float32 (``lp``: float64 throughout). Every example whose float32
-    margin bound is positive is recomputed from scratch in float64 -- intermediate and
-    final bounds -- (alpha-crown: float64 CROWN intermediate bounds and the final bound at
-    the slopes found in float32, which are valid slopes whatever precision found them),
-    and is certified only if that float64 bound exceeds
+    Linf balls (methods ibp, kw, crown, alpha-crown): one float32 pass whose every bound is
+    widened by a rigorous a-priori bound on its rounding error (:mod:`verify.bounds.rounding`,
+    docs/soundness.md); an example whose widened margin bound is > 0 is certified. Only
+    examples whose float32 margin is positive but too close to zero for that (or barely
+    negative, where the widening may have cost them the certificate) are recomputed from
+    scratch in float64 -- intermediate and final bounds -- (alpha-crown: float64 CROWN
+    intermediate bounds and the final bound at the slopes found in float32, which are valid
+    slopes whatever precision found them), and are certified only if that float64 bound exceeds
     ``SAFETY_REL * max(1, max_j |f_j(centre)|)`` (relative to the logit scale, SAFETY_REL = 1e-6).
-    ``margin_lb`` is the float64 bound for rechecked examples, the screening bound otherwise.
+    L1 / L2 balls: the float32 pass screens and every positive example is rechecked so.
+    ``lp`` runs in float64 throughout. ``margin_lb``: the bound that decided (rigorous float32,
+    float64) or the screening bound.
     """
     y = check_labels(net, pset, labels)
-    screen_dtype = torch.float64 if method == "lp" else torch.float32
+    guarded = method != "lp" and guard_applies(pset)
+    p32 = outward_ball(pset) if guarded else pset.to(torch.float32)
+    guard = RoundingGuard(net, torch.float32) if guarded else None
     best_alpha: dict[int, Tensor] | None = None
-    if method == "alpha-crown":
-        p32 = pset.to(torch.float32)
-        b32 = linear_intermediate(net, p32, rule="crown", dtype=torch.float32)
-        ibp32 = interval_margins(net, b32, y)
-        lin32, best_alpha = alpha_margins(net, p32, y, b32, steps=alpha_steps, lr=alpha_lr)
-        screen = torch.maximum(lin32, ibp32)
+    if method == "lp":
+        screen = compute_bounds(net, pset, y, method=method, dtype=torch.float64).margin_lb
     else:
-        screen = compute_bounds(net, pset, y, method=method, dtype=screen_dtype).margin_lb
-    margin = screen.to(torch.float64).amin(1) if screen.shape[1] else torch.full((pset.n,), float("inf"), dtype=torch.float64, device=screen.device)
-    cand = (margin > 0).nonzero().reshape(-1)
-    certified = torch.zeros(pset.n, dtype=torch.bool, device=margin.device)
+        screen, best_alpha = _screen(net, p32, y, method, guard, alpha_steps, alpha_lr)
+    n = pset.n
+    if not screen.shape[1]:
+        return CertifiedBounds(torch.ones(n, dtype=torch.bool), torch.full((n,), math.inf, dtype=torch.float64), method)
+    margin = screen.to(torch.float64).amin(1)
+    certified = torch.zeros(n, dtype=torch.bool, device=margin.device)
+    if guard is not None:
+        err = guard.margin_error(y)
+        sound = (screen.to(torch.float64) - err).amin(1)
+        certified = sound > 0
+        # near zero: the rounding allowance decided nothing, or the widened intermediate bounds
+        # may have cost a certificate the float64 recheck would give (completeness, not soundness)
+        recheck = ~certified & (margin > -err.amax(1))
+        margin = torch.where(certified, sound, margin)
+    else:
+        recheck = margin > 0
+    cand = recheck.nonzero().reshape(-1)
     if cand.numel() == 0:
         return CertifiedBounds(certified, margin, method)
     sub = pset.select(cand).to(torch.float64)
@@ -79,3 +100,21 @@ def certify_with_bounds(
     margin[cand] = m64
     certified[cand] = m64 > safety_threshold(net, sub)
     return CertifiedBounds(certified, margin, method)
+
+
+def _screen(net: Network, p32: LpBall, y: Tensor, method: Method, guard: RoundingGuard | None,
+            alpha_steps: int, alpha_lr: float) -> tuple[Tensor, dict[int, Tensor] | None]:
+    """Float32 margin bounds (N, K), each widened node by node when ``guard`` is given."""
+    dtype = torch.float32
+    if method == "ibp":
+        bounds = interval_bounds(net, p32, dtype=dtype, guard=guard)
+    else:
+        check_supported(net, method)
+        bounds = linear_intermediate(net, p32, rule="kw" if method == "kw" else "crown", dtype=dtype, guard=guard)
+    ibp = interval_margins(net, bounds, y)
+    if method == "ibp":
+        return ibp, None
+    if method == "alpha-crown":
+        lin, best_alpha = alpha_margins(net, p32, y, bounds, steps=alpha_steps, lr=alpha_lr)
+        return torch.maximum(lin, ibp), best_alpha
+    return torch.maximum(linear_margins(net, p32, y, bounds, rule=method), ibp), None  # type: ignore[arg-type]

@@ -33,6 +33,7 @@ from ..network import ChannelAffine, Conv2d, Layer, Network, ReLU
 from ..spec import LpBall
 from .local import LocalBounds, local_plan, window_view
 from .relax import ReluRelaxation
+from .rounding import wide_sum
 
 # elements of the largest per-chunk tensor of the tail (float32: 4 bytes each)
 TAIL_CHUNK_ELEMENTS = 1 << 23
@@ -147,7 +148,7 @@ def tail_finish(net: Network, plan: TailPlan, pset: LpBall, a: Tensor, total: Te
 
 
 def _flat_sum(t: Tensor) -> Tensor:
-    return t.reshape(t.shape[0], t.shape[1], -1).sum(-1)
+    return wide_sum(t.reshape(t.shape[0], t.shape[1], -1), -1)
 
 
 def _tail_chunk(net: Network, plan: TailPlan, pset: LpBall, a: Tensor, total: Tensor, total_up: Tensor | None,
@@ -188,10 +189,10 @@ def _tail_chunk(net: Network, plan: TailPlan, pset: LpBall, a: Tensor, total: Te
         cols = m2t.index_select(0, idx.reshape(-1)).reshape(b, idx.shape[1], -1)  # (B, U, N3): rows are contiguous
         a1 = torch.bmm(a3f, cols.transpose(1, 2))  # (B, S, U)
         mu1 = _gather(rel1.mu_up.reshape(b, -1), idx).unsqueeze(1)
-        c_neg = (a1.clamp(max=0) * mu1).sum(-1)
+        c_neg = wide_sum(a1.clamp(max=0) * mu1, -1)
         total = total + c_neg
         if two_sided:
-            total_up = total_up + ((a1 * mu1).sum(-1) - c_neg)
+            total_up = total_up + (wide_sum(a1 * mu1, -1) - c_neg)
         else:
             up1 = _gather(lam_up1.reshape(b, -1), idx).unsqueeze(1)
             if alpha1 is not None:
@@ -199,7 +200,7 @@ def _tail_chunk(net: Network, plan: TailPlan, pset: LpBall, a: Tensor, total: Te
             else:
                 lo1 = _gather(rel1.lam_lo.reshape(b, -1), idx).unsqueeze(1)
             corr = (lo1 - up1) * a1.clamp(min=0)  # (B, S, U): zero on padding slots (a1 = 0 there)
-            total = total + (corr * _gather(beta1.reshape(1, -1).expand(b, -1), idx).unsqueeze(1)).sum(-1)
+            total = total + wide_sum(corr * _gather(beta1.reshape(1, -1).expand(b, -1), idx).unsqueeze(1), -1)
     # the input coefficients: composed kernels on windows, folded, plus the correction's conv1 rows
     a0 = _fold_linear(net, plan, pset, rel1, a3)  # (B, S, *input)
     if corr is not None:

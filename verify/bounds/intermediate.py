@@ -23,6 +23,7 @@ from .convtail import tail_plan
 from .interval import node_interval
 from .local import LocalBounds, local_plan
 from .relax import ReluRelaxation, Rule, relu_relaxation
+from .rounding import RoundingGuard
 from .slopes import crown_slopes, optimise_slopes
 from .types import NodeBounds
 
@@ -64,17 +65,22 @@ def linear_intermediate(
     dtype: torch.dtype = torch.float32,
     start: NodeBounds | None = None,
     intersect_interval: bool = True,
+    guard: RoundingGuard | None = None,
 ) -> NodeBounds:
     """Bounds on every node; those feeding a ReLU tightened by backward bounds with ``rule``.
 
     ``start`` optionally gives known bounds (e.g. from a cheaper method) to intersect with.
     ``intersect_interval=False`` gives the pure method (every neuron bounded by the backward
     pass alone, as in Wong & Kolter's and CROWN's papers), for comparisons with their code.
+    ``guard`` widens every node's bounds by a rigorous bound on their rounding error before
+    later nodes use them (:mod:`verify.bounds.rounding`).
     """
     pset = pset.to(dtype)
     feeds = set(relu_inputs(net))
     lo0, hi0 = pset.box()
     bounds: NodeBounds = {0: (lo0, hi0)}
+    if guard is not None:
+        guard.start(lo0, hi0)
     for node in net.graph[1:]:  # differentiable: training uses these bounds
         lo, hi = node_interval(node, bounds)
         if start is not None and node.index in start:
@@ -84,6 +90,8 @@ def linear_intermediate(
             if not intersect_interval:
                 lo, hi = torch.full_like(lo, -torch.inf), torch.full_like(hi, torch.inf)
             lo, hi = _tighten(net, pset, node.index, lo, hi, bounds, rule)
+        if guard is not None:
+            lo, hi = guard.node(node, lo, hi, bounds)
         bounds[node.index] = (lo, hi)
     return bounds
 

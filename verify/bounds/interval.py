@@ -7,6 +7,8 @@ monotone, so they map the bounds directly. An Add node sums its inputs' bounds.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -14,6 +16,9 @@ from torch import Tensor
 from ..network import Add, MaxPool2d, Network, Node, ReLU
 from ..spec import LpBall
 from .types import NodeBounds
+
+if TYPE_CHECKING:
+    from .rounding import RoundingGuard
 
 
 def node_interval(node: Node, bounds: NodeBounds) -> tuple[Tensor, Tensor]:
@@ -37,19 +42,24 @@ def node_interval(node: Node, bounds: NodeBounds) -> tuple[Tensor, Tensor]:
 
 
 def interval_bounds(net: Network, pset: LpBall, *, dtype: torch.dtype = torch.float32,
-                    start: NodeBounds | None = None) -> NodeBounds:
+                    start: NodeBounds | None = None, guard: RoundingGuard | None = None) -> NodeBounds:
     """Interval bounds on every node of ``net.graph``.
 
     ``start`` may hold tighter bounds for some nodes (from another method); they
     are intersected with the interval ones and used for everything downstream.
+    ``guard`` widens each node's bounds by a rigorous bound on their rounding error.
     """
     lo, hi = pset.to(dtype).box()
     bounds: NodeBounds = {0: (lo, hi)}
+    if guard is not None:
+        guard.start(lo, hi)
     # no torch.no_grad here: training differentiates through these bounds
     for node in net.graph[1:]:
         lo, hi = node_interval(node, bounds)
         if start is not None and node.index in start:
             slo, shi = start[node.index]
             lo, hi = torch.maximum(lo, slo.to(dtype)), torch.minimum(hi, shi.to(dtype))
+        if guard is not None:
+            lo, hi = guard.node(node, lo, hi, bounds)
         bounds[node.index] = (lo, hi)
     return bounds

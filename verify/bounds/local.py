@@ -35,6 +35,7 @@ from ..network import ChannelAffine, Conv2d, Network, ReLU, _ConvLike
 from ..spec import LpBall
 from .backward import _through_relu
 from .relax import ReluRelaxation
+from .rounding import wide_sum
 
 
 # windows with more entries than this use conv_transpose2d instead of a dense window matrix
@@ -276,7 +277,7 @@ class LocalBounds:
             e1 = min(n, e0 + examples_per_pass)
             a = self.all_coefficients(e0, e1)  # (P, E, C2, T, T', c0, r, r')
             r = _tiles(rad[e0 * self.n_pos : e1 * self.n_pos], a.shape[3:], e1 - e0, self.n_pos)
-            spread.append((a.abs() * r.unsqueeze(2)).flatten(3).sum(3))  # (P, E, C2)
+            spread.append(wide_sum((a.abs() * r.unsqueeze(2)).flatten(3), 3))  # (P, E, C2)
         dev = torch.cat(spread, dim=1).permute(1, 2, 0).reshape(n, c2, *self.grid)
         return center + mu_lo - dev, center + mu_hi + dev
 
@@ -419,4 +420,4 @@ def _taps(k2: int, k1: int, s: int, size: int, device: torch.device) -> tuple[in
 
 
 def _sum(t: Tensor) -> Tensor:
-    return t.reshape(t.shape[0], -1).sum(-1)
+    return wide_sum(t.reshape(t.shape[0], -1), -1)
