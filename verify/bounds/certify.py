@@ -63,7 +63,7 @@ def certify_with_bounds(
     """
     y = check_labels(net, pset, labels)
     if pset.n > CERTIFY_CHUNK:  # examples are independent: bounded memory, whatever n
-        parts = [certify_with_bounds(net, pset.select(torch.arange(i, min(pset.n, i + CERTIFY_CHUNK))),
+        parts = [certify_with_bounds(net, pset.select(torch.arange(i, min(pset.n, i + CERTIFY_CHUNK), device=pset.center.device)),
                                      y[i : i + CERTIFY_CHUNK], method=method, alpha_steps=alpha_steps, alpha_lr=alpha_lr)
                  for i in range(0, pset.n, CERTIFY_CHUNK)]
         return CertifiedBounds(torch.cat([r.certified for r in parts]), torch.cat([r.margin_lb for r in parts]), method)
@@ -77,7 +77,8 @@ def certify_with_bounds(
         screen, best_alpha = _screen(net, p32, y, method, guard, alpha_steps, alpha_lr)
     n = pset.n
     if not screen.shape[1]:
-        return CertifiedBounds(torch.ones(n, dtype=torch.bool), torch.full((n,), math.inf, dtype=torch.float64), method)
+        dev = pset.center.device
+        return CertifiedBounds(torch.ones(n, dtype=torch.bool, device=dev), torch.full((n,), math.inf, dtype=torch.float64, device=dev), method)
     margin = screen.to(torch.float64).amin(1)
     certified = torch.zeros(n, dtype=torch.bool, device=margin.device)
     if guard is not None:

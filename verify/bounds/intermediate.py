@@ -195,7 +195,8 @@ def _tighten_all_rows(net: Network, pset: LpBall, k: int, lo_f: Tensor, hi_f: Te
     begin = node.inputs[0]
     in_shape = net.graph[begin].shape
     eye = lo_f.new_zeros((m, m))
-    eye[torch.arange(m), torch.arange(m)] = 1.0
+    diag = torch.arange(m, device=lo_f.device)
+    eye[diag, diag] = 1.0
     rows = op.linear_t(eye.reshape(m, *node.shape), in_shape)  # type: ignore[union-attr]
     bias = op.offset(in_shape, lo_f.new_zeros((1,) * (len(in_shape) + 1))).reshape(-1)  # type: ignore[union-attr]
     chunk = max(1, CHUNK_ELEMENTS // (2 * m * math.prod(in_shape)))

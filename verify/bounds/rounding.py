@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -106,7 +107,7 @@ def round_up(x: Tensor, dtype: torch.dtype) -> Tensor:
 
 def guard_applies(pset: LpBall) -> bool:
     """The float32 path is made rigorous for the Linf ball with a box representable in float32."""
-    return math.isinf(pset.p) and all(float(torch.tensor(v, dtype=torch.float32)) == v for v in (pset.lo, pset.hi))
+    return math.isinf(pset.p) and all(float(np.float32(v)) == v for v in (pset.lo, pset.hi))
 
 
 def outward_ball(pset: LpBall, dtype: torch.dtype = torch.float32) -> LpBall:
