@@ -26,6 +26,7 @@ SAFETY_REL = 1e-6
 # examples bounded together: every node's bounds, relaxations and slopes of a chunk are held at
 # once (about 0.1 MB per example on the zoo's MNIST CNN, 1 MB with alpha-CROWN's slopes)
 CERTIFY_CHUNK = 250
+CERTIFY_CHUNK_ALPHA = 100  # alpha-CROWN also holds slopes, their best copy and Adam's moments per margin
 
 
 def safety_threshold(net: Network, pset: LpBall) -> Tensor:
@@ -62,10 +63,11 @@ def certify_with_bounds(
     float64) or the screening bound.
     """
     y = check_labels(net, pset, labels)
-    if pset.n > CERTIFY_CHUNK:  # examples are independent: bounded memory, whatever n
-        parts = [certify_with_bounds(net, pset.select(torch.arange(i, min(pset.n, i + CERTIFY_CHUNK), device=pset.center.device)),
-                                     y[i : i + CERTIFY_CHUNK], method=method, alpha_steps=alpha_steps, alpha_lr=alpha_lr)
-                 for i in range(0, pset.n, CERTIFY_CHUNK)]
+    chunk = CERTIFY_CHUNK_ALPHA if method == "alpha-crown" else CERTIFY_CHUNK
+    if pset.n > chunk:  # examples are independent: bounded memory, whatever n
+        parts = [certify_with_bounds(net, pset.select(torch.arange(i, min(pset.n, i + chunk), device=pset.center.device)),
+                                     y[i : i + chunk], method=method, alpha_steps=alpha_steps, alpha_lr=alpha_lr)
+                 for i in range(0, pset.n, chunk)]
         return CertifiedBounds(torch.cat([r.certified for r in parts]), torch.cat([r.margin_lb for r in parts]), method)
     guarded = method != "lp" and guard_applies(pset)
     p32 = outward_ball(pset) if guarded else pset.to(torch.float32)
