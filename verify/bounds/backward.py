@@ -22,11 +22,12 @@ from ..errors import UnsupportedLayerError
 from ..network import Add, MaxPool2d, Network, ReLU
 from ..spec import LpBall
 from .relax import ReluRelaxation, Rule, relu_relaxation
+from .rounding import wide_sum
 from .types import NodeBounds
 
 
 def _flat_sum(t: Tensor) -> Tensor:
-    return t.reshape(t.shape[0], t.shape[1], -1).sum(-1)
+    return wide_sum(t.reshape(t.shape[0], t.shape[1], -1), -1)
 
 
 def backward_bound(
@@ -93,6 +94,16 @@ def backward_coefficients(net: Network, start: int, A: Tensor, relaxations: Mapp
 def _backward(net: Network, pset: LpBall, start: int, A: Tensor, bounds: NodeBounds, *, rule: Rule,
               const: Tensor | None, alpha: dict[int, Tensor] | None,
               relaxations: Mapping[int, ReluRelaxation] | None, two_sided: bool) -> tuple[Tensor, Tensor | None]:
+    from .convtail import TAIL_MIN_ROWS, tail_finish, tail_plan  # convtail builds on local, which imports this module
+
+    plan = tail_plan(net, start) if A.shape[1] >= TAIL_MIN_ROWS else None
+    if plan is not None:
+        # many rows per example below a conv stem: the batched stem (verify.bounds.convtail)
+        a2, total, total_up = _pull_back(net, start, A, bounds, rule=rule, const=const, alpha=alpha,
+                                         relaxations=relaxations, two_sided=two_sided, stop=plan.r2)
+        rels = [_relaxation(n, bounds, relaxations, rule, a2.dtype) for n in (plan.c1, plan.c2)]
+        al = [None if alpha is None else alpha.get(n) for n in (plan.r1, plan.r2)]
+        return tail_finish(net, plan, pset, a2, total, total_up, rels[0], rels[1], al[0], al[1])
     a0, total, total_up = _pull_back(net, start, A, bounds, rule=rule, const=const, alpha=alpha,
                                      relaxations=relaxations, two_sided=two_sided)
     if not two_sided:
@@ -122,11 +133,7 @@ def _pull_back(net: Network, start: int, A: Tensor, bounds: NodeBounds, *, rule:
             continue
         src = node.inputs[0]
         if isinstance(op, ReLU):
-            if relaxations is not None and src in relaxations:
-                rel = relaxations[src]
-            else:
-                lo, hi = bounds[src]
-                rel = relu_relaxation(lo.to(a.dtype), hi.to(a.dtype), "crown" if rule == "alpha" else rule)
+            rel = _relaxation(src, bounds, relaxations, rule, a.dtype)
             if two_sided:
                 # parallel lines: z in [lam x, lam x + mu]; the max takes mu where a > 0
                 mu = rel.mu_up.unsqueeze(1)
@@ -154,6 +161,15 @@ def _pull_back(net: Network, start: int, A: Tensor, bounds: NodeBounds, *, rule:
     if acc:
         raise ValueError(f"node {stop} does not separate node {start} from the input (paths reach nodes {sorted(acc)})")
     return a_stop, total, total_up
+
+
+def _relaxation(src: int, bounds: NodeBounds, relaxations: Mapping[int, ReluRelaxation] | None, rule: Rule,
+                dtype: torch.dtype) -> ReluRelaxation:
+    """The relaxation of the ReLU fed by node ``src``: precomputed, or from its bounds."""
+    if relaxations is not None and src in relaxations:
+        return relaxations[src]
+    lo, hi = bounds[src]
+    return relu_relaxation(lo.to(dtype), hi.to(dtype), "crown" if rule == "alpha" else rule)
 
 
 def _through_relu(a: Tensor, rel: ReluRelaxation, alpha: Tensor | None) -> tuple[Tensor, Tensor]:

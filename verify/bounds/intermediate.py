@@ -19,9 +19,11 @@ from torch import Tensor
 from ..network import Flatten, Network
 from ..spec import LpBall
 from .backward import backward_bound, backward_range, relu_inputs
+from .convtail import tail_plan
 from .interval import node_interval
 from .local import LocalBounds, local_plan
 from .relax import ReluRelaxation, Rule, relu_relaxation
+from .rounding import RoundingGuard
 from .slopes import crown_slopes, optimise_slopes
 from .types import NodeBounds
 
@@ -63,17 +65,22 @@ def linear_intermediate(
     dtype: torch.dtype = torch.float32,
     start: NodeBounds | None = None,
     intersect_interval: bool = True,
+    guard: RoundingGuard | None = None,
 ) -> NodeBounds:
     """Bounds on every node; those feeding a ReLU tightened by backward bounds with ``rule``.
 
     ``start`` optionally gives known bounds (e.g. from a cheaper method) to intersect with.
     ``intersect_interval=False`` gives the pure method (every neuron bounded by the backward
     pass alone, as in Wong & Kolter's and CROWN's papers), for comparisons with their code.
+    ``guard`` widens every node's bounds by a rigorous bound on their rounding error before
+    later nodes use them (:mod:`verify.bounds.rounding`).
     """
     pset = pset.to(dtype)
     feeds = set(relu_inputs(net))
     lo0, hi0 = pset.box()
     bounds: NodeBounds = {0: (lo0, hi0)}
+    if guard is not None:
+        guard.start(lo0, hi0)
     for node in net.graph[1:]:  # differentiable: training uses these bounds
         lo, hi = node_interval(node, bounds)
         if start is not None and node.index in start:
@@ -83,6 +90,8 @@ def linear_intermediate(
             if not intersect_interval:
                 lo, hi = torch.full_like(lo, -torch.inf), torch.full_like(hi, torch.inf)
             lo, hi = _tighten(net, pset, node.index, lo, hi, bounds, rule)
+        if guard is not None:
+            lo, hi = guard.node(node, lo, hi, bounds)
         bounds[node.index] = (lo, hi)
     return bounds
 
@@ -128,6 +137,9 @@ def _tighten(net: Network, pset: LpBall, k: int, lo: Tensor, hi: Tensor, bounds:
         lo_f = torch.where(unstable, torch.maximum(lo_f, both[0].reshape(n, -1)), lo_f)
         hi_f = torch.where(unstable, torch.minimum(hi_f, both[1].reshape(n, -1)), hi_f)
         return lo_f.reshape(n, *shape), hi_f.reshape(n, *shape)
+    if many and first_affine and tail_plan(net, k) is not None:
+        # below a conv stem: every neuron of node k at once, a block of examples at a time
+        return _tighten_all_rows(net, pset, k, lo_f, hi_f, rels, rule)
     if plan is not None:  # receptive-field windows: coefficients live on windows only
         widest = max(net.graph[i].shape[0] * f.h * f.w for i, f in plan)
     else:
@@ -169,6 +181,44 @@ def _tighten(net: Network, pset: LpBall, k: int, lo: Tensor, hi: Tensor, bounds:
         lo_f[ex, nb] = torch.maximum(lo_f[ex, nb], v_lo)
         hi_f[ex, nb] = torch.minimum(hi_f[ex, nb], v_hi)
     return lo_f.reshape(n, *shape), hi_f.reshape(n, *shape)
+
+
+def _tighten_all_rows(net: Network, pset: LpBall, k: int, lo_f: Tensor, hi_f: Tensor,
+                      rels: dict[int, ReluRelaxation], rule: Rule) -> tuple[Tensor, Tensor]:
+    """Backward bounds on every neuron of affine node k for every example, intersected with
+    (lo_f, hi_f) on the unstable ones: one spec row per neuron, shared by all examples (the
+    rows of node k's own layer), so the batched stem below (verify.bounds.convtail) serves
+    many rows per example."""
+    node = net.graph[k]
+    op = node.op
+    n, m = lo_f.shape
+    begin = node.inputs[0]
+    in_shape = net.graph[begin].shape
+    eye = lo_f.new_zeros((m, m))
+    diag = torch.arange(m, device=lo_f.device)
+    eye[diag, diag] = 1.0
+    rows = op.linear_t(eye.reshape(m, *node.shape), in_shape)  # type: ignore[union-attr]
+    bias = op.offset(in_shape, lo_f.new_zeros((1,) * (len(in_shape) + 1))).reshape(-1)  # type: ignore[union-attr]
+    chunk = max(1, CHUNK_ELEMENTS // (2 * m * math.prod(in_shape)))
+    unstable = (lo_f < 0) & (hi_f > 0)
+    los, his = [], []
+    for e0 in range(0, n, chunk):
+        sl = slice(e0, min(n, e0 + chunk))
+        e = sl.stop - e0
+        sub = pset.select(torch.arange(e0, sl.stop, device=lo_f.device))
+        sub_rels = {j: ReluRelaxation(r.lam_lo[sl], r.lam_up[sl], r.mu_up[sl], r.unstable[sl]) for j, r in rels.items()}
+        a = rows.expand(e, *rows.shape)
+        c = bias.expand(e, m)
+        if rule == "kw":
+            v_lo, v_hi = backward_range(net, sub, begin, a, sub_rels, const=c)
+        else:
+            val = backward_bound(net, sub, begin, torch.cat([a, -a], 1), {}, rule=rule, const=torch.cat([c, -c], 1),
+                                 relaxations=sub_rels)
+            v_lo, v_hi = val[:, :m], -val[:, m:]
+        u = unstable[sl]
+        los.append(torch.where(u, torch.maximum(lo_f[sl], v_lo), lo_f[sl]))
+        his.append(torch.where(u, torch.minimum(hi_f[sl], v_hi), hi_f[sl]))
+    return torch.cat(los).reshape(n, *node.shape), torch.cat(his).reshape(n, *node.shape)
 
 
 def alpha_intermediate(

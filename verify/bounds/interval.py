@@ -14,6 +14,7 @@ radius eps has half-width eps in every one of the 784 coordinates).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,9 @@ from torch import Tensor
 from ..network import Add, AffineLayer, Flatten, MaxPool2d, Network, Node, ReLU
 from ..spec import LpBall, dual_norm
 from .types import NodeBounds
+
+if TYPE_CHECKING:
+    from .rounding import RoundingGuard
 
 
 def node_interval(node: Node, bounds: NodeBounds) -> tuple[Tensor, Tensor]:
@@ -45,17 +49,21 @@ def node_interval(node: Node, bounds: NodeBounds) -> tuple[Tensor, Tensor]:
 
 
 def interval_bounds(net: Network, pset: LpBall, *, dtype: torch.dtype = torch.float32,
-                    start: NodeBounds | None = None) -> NodeBounds:
+                    start: NodeBounds | None = None, guard: RoundingGuard | None = None) -> NodeBounds:
     """Interval bounds on every node of ``net.graph``.
 
     ``start`` may hold tighter bounds for some nodes (from another method); they
     are intersected with the interval ones and used for everything downstream.
+    ``guard`` widens each node's bounds by a rigorous bound on their rounding error.
     """
     ball = pset.to(dtype)
     lo, hi = ball.box()
     bounds: NodeBounds = {0: (lo, hi)}
-    # nodes that are the input up to Flatten (a permutation): the ball is still a ball there
+    # nodes that are the input up to Flatten (a permutation): the ball is still a ball there. (L1 / L2
+    # only; the rounding guard serves Linf alone, so the two never meet: see rounding.guard_applies)
     centres: dict[int, Tensor] = {} if math.isinf(pset.p) else {0: ball.center}
+    if guard is not None:
+        guard.start(lo, hi)
     # no torch.no_grad here: training differentiates through these bounds
     for node in net.graph[1:]:
         lo, hi = node_interval(node, bounds)
@@ -71,5 +79,7 @@ def interval_bounds(net: Network, pset: LpBall, *, dtype: torch.dtype = torch.fl
         if start is not None and node.index in start:
             slo, shi = start[node.index]
             lo, hi = torch.maximum(lo, slo.to(dtype)), torch.minimum(hi, shi.to(dtype))
+        if guard is not None:
+            lo, hi = guard.node(node, lo, hi, bounds)
         bounds[node.index] = (lo, hi)
     return bounds

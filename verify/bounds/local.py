@@ -35,6 +35,7 @@ from ..network import ChannelAffine, Conv2d, Network, ReLU, _ConvLike
 from ..spec import LpBall
 from .backward import _through_relu
 from .relax import ReluRelaxation
+from .rounding import wide_sum
 
 
 # windows with more entries than this use conv_transpose2d instead of a dense window matrix
@@ -75,9 +76,10 @@ def _chain(net: Network, begin: int) -> list[int] | None:
     return out if len(net.graph[0].shape) == 3 else None
 
 
-def local_plan(net: Network, pset: LpBall, k: int) -> list[tuple[int, Frame]] | None:
+def local_plan(net: Network, pset: LpBall, k: int, *, any_size: bool = False) -> list[tuple[int, Frame]] | None:
     """(node, frame on its value) from node k's input down to the input, or None if the
-    window method does not apply or would not save much (windows over half the input)."""
+    window method does not apply or would not save much (windows over half the input;
+    ``any_size``: whatever their size)."""
     node = net.graph[k]
     if pset.p not in (1.0, 2.0, math.inf) or not isinstance(node.op, Conv2d) or len(node.inputs) != 1:
         return None
@@ -96,7 +98,7 @@ def local_plan(net: Network, pset: LpBall, k: int) -> list[tuple[int, Frame]] | 
             frame = frame.through(op)
     plan.append((0, frame))
     _, h, w = net.graph[0].shape
-    if frame.h * frame.w > 0.5 * h * w:
+    if frame.h * frame.w > 0.5 * h * w and not any_size:
         return None
     return plan
 
@@ -275,7 +277,7 @@ class LocalBounds:
             e1 = min(n, e0 + examples_per_pass)
             a = self.all_coefficients(e0, e1)  # (P, E, C2, T, T', c0, r, r')
             r = _tiles(rad[e0 * self.n_pos : e1 * self.n_pos], a.shape[3:], e1 - e0, self.n_pos)
-            spread.append((a.abs() * r.unsqueeze(2)).flatten(3).sum(3))  # (P, E, C2)
+            spread.append(wide_sum((a.abs() * r.unsqueeze(2)).flatten(3), 3))  # (P, E, C2)
         dev = torch.cat(spread, dim=1).permute(1, 2, 0).reshape(n, c2, *self.grid)
         return center + mu_lo - dev, center + mu_hi + dev
 
@@ -418,4 +420,4 @@ def _taps(k2: int, k1: int, s: int, size: int, device: torch.device) -> tuple[in
 
 
 def _sum(t: Tensor) -> Tensor:
-    return t.reshape(t.shape[0], -1).sum(-1)
+    return wide_sum(t.reshape(t.shape[0], -1), -1)

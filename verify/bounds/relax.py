@@ -34,7 +34,11 @@ def relu_relaxation(lo: Tensor, hi: Tensor, rule: Rule) -> ReluRelaxation:
     # the chord; denominators only matter where unstable (u - l > 0 there)
     width = torch.where(unstable, hi - lo, torch.ones_like(hi))
     chord = torch.where(unstable, hi / width, active.to(hi.dtype))
-    mu_up = torch.where(unstable, -chord * lo, torch.zeros_like(lo))
+    # the upper line must lie above relu at both ends for the *rounded* slope: lam l + mu >= 0 and
+    # lam u + mu >= u; each candidate carries at most two roundings, so 4 ulps of margin make it
+    # rigorous (docs/soundness.md); exact arithmetic would give -chord * lo for both
+    tight = torch.maximum(-chord * lo, hi * (1 - chord)) * (1 + 4 * torch.finfo(hi.dtype).eps)
+    mu_up = torch.where(unstable, tight, torch.zeros_like(lo))
     if rule == "kw":
         lam_lo = chord
     else:  # crown, and the starting point of alpha

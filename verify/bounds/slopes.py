@@ -71,9 +71,10 @@ def optimise_slopes(
             break
         assert opt is not None
         opt.zero_grad()
-        grads = torch.autograd.grad(loss, params)
+        # a slope on a layer without unstable neurons may not reach the bound (the conv stem skips it)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
         for t, g in zip(params, grads):
-            t.grad = g
+            t.grad = torch.zeros_like(t) if g is None else g
         opt.step()
         with torch.no_grad():
             for t in params:

@@ -25,8 +25,9 @@ class BoundResult:
 
 @dataclass(frozen=True)
 class CertifiedBounds:
-    """The certification decision: ``certified[n]`` only from a float64-rechecked bound."""
+    """The certification decision: ``certified[n]`` only from a bound that is rigorous under
+    rounding (a widened float32 bound or a float64 recheck; docs/soundness.md)."""
 
     certified: Tensor  # bool (N,)
-    margin_lb: Tensor  # float64 (N,): min over j != y of the margin lower bound
+    margin_lb: Tensor  # float64 (N,): min over j != y of the margin lower bound that decided
     method: str

@@ -1,0 +1,171 @@
+"""Rigorous a-priori bounds on the rounding error of float32 bounds (docs/soundness.md).
+
+Every bound this package computes on a node k -- interval, KW / CROWN / alpha-CROWN backward,
+the receptive-field and stem variants -- is, in exact arithmetic, a sum of *terms*, each a
+product of data (weights, biases, ReLU slopes in [0, 1], ReLU intercepts, input-box corners)
+along one path of the network. Whatever the order of evaluation, a float sum of products whose
+every term meets at most K roundings is within gamma_K * sum |terms| of the exact sum
+(Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed., sec. 3.1 and Lemma 3.3/3.4;
+gamma_K = K u / (1 - K u), u = 2^-24 in float32), and the ReLU rules max(a, 0) * l + min(a, 0) * u
+are 1-Lipschitz in a, so sign choices made on computed coefficients add nothing beyond that
+(the error recursion e_in <= |W^T| (e_out + gamma |a_out|) of the same lemma).
+
+:class:`RoundingGuard` keeps, per node and neuron, M_k >= sum |terms| of any such bound:
+
+    input:  M_0 = max(|lo|, |hi|) of the box;   affine: M = |L| M_in + |b|;
+    ReLU:   M = M_in + mu (its upper intercept, >= 0);   Add: the sum;   MaxPool: max-pool of M_in;
+    and M_k = max(M_k, |lo_k|, |hi_k|) once node k's bounds are known,
+
+(computed in float64, a forward pass as cheap as interval bounds), and widens every float32
+bound by 2 gamma_K M_k (the factor 2: the stem regroups lambda_up a + (lambda_lo - lambda_up) a,
+whose term mass is at most twice that of lambda a) before later nodes use it. K is an upper
+bound on the roundings any term meets (:func:`rounding_budget`); the float64 weights rounded to
+float32 are one more relative rounding per layer, counted in K. Together with the outward-
+rounded input box (:func:`outward_ball`) and ReLU upper lines that are valid for the rounded
+slope (:func:`verify.bounds.relax.relu_relaxation`), every widened bound holds for the exact
+float64 network over the exact set, so a margin whose widened float32 bound is > 0 is certified.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..network import Add, AvgPool2d, ChannelAffine, Conv2d, Flatten, Linear, MaxPool2d, Network, Node, ReLU
+from ..spec import LpBall
+from .relax import relu_relaxation
+from .types import NodeBounds
+
+UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.float64: 2.0**-53}
+
+
+def wide_sum(t: Tensor, dim: int) -> Tensor:
+    """Sum over ``dim`` accumulated in float64: a float32 term meets two roundings (the cast
+    back and, negligibly, the float64 sum) instead of up to n, which keeps the rounding
+    budget of long reductions (ReLU intercepts, biases over a whole layer) small."""
+    if t.dtype != torch.float32:
+        return t.sum(dim)
+    return t.sum(dim, dtype=torch.float64).to(t.dtype)
+
+
+def _fans(op: object) -> tuple[int, int]:
+    """(forward, transposed) terms of one sum of this layer's map, counting nonzero ones
+    (exact zeros -- padding, masked window entries -- add exactly)."""
+    if isinstance(op, Linear):
+        return op.in_features, op.out_features
+    if isinstance(op, Conv2d):
+        o, i, kh, kw = op.weight.shape
+        sh, sw = op.stride
+        return i * kh * kw, o * math.ceil(kh / sh) * math.ceil(kw / sw)
+    if isinstance(op, AvgPool2d):
+        kh, kw = op.kernel_size
+        return kh * kw, math.ceil(kh / op.stride[0]) * math.ceil(kw / op.stride[1])
+    if isinstance(op, Add):
+        return 2, 1
+    return 1, 1  # ChannelAffine, ReLU: one product; Flatten, MaxPool2d: exact
+
+
+def rounding_budget(net: Network, k: int) -> int:
+    """An upper bound on the roundings one term of a bound on node k meets.
+
+    Node k's own interval bound: its forward sum. A backward bound: per node on the path, one
+    sum of the transposed map, a product with the node's data, the rounding of its float32
+    weight and an addition to the running constant; conv layers may also be evaluated forward
+    or composed (the receptive-field code, the stem), so their forward sums count as well.
+    Reductions over a whole layer are accumulated in float64 (:func:`wide_sum`, two roundings),
+    except the one over the input in :meth:`LpBall.min_linear`. Generous constants on top.
+    """
+    from .intermediate import ancestors
+
+    anc = ancestors(net, k) - {0}
+    path = 0
+    for i in anc:
+        fwd, bwd = _fans(net.graph[i].op)
+        path += bwd + 6 + (fwd if isinstance(net.graph[i].op, (Conv2d, AvgPool2d)) else 0)
+    return _fans(net.graph[k].op)[0] + path + math.prod(net.graph[0].shape) + 32
+
+
+def gamma(k: int, dtype: torch.dtype) -> float:
+    u = UNIT_ROUNDOFF[dtype]
+    if k * u >= 0.5:
+        return math.inf
+    return k * u / (1 - k * u)
+
+
+def round_down(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """The largest ``dtype`` numbers <= x (x in float64)."""
+    t = x.to(dtype)
+    return torch.where(t.to(x.dtype) > x, torch.nextafter(t, torch.full_like(t, -math.inf)), t)
+
+
+def round_up(x: Tensor, dtype: torch.dtype) -> Tensor:
+    return -round_down(-x, dtype)
+
+
+def guard_applies(pset: LpBall) -> bool:
+    """The float32 path is made rigorous for the Linf ball with a box representable in float32."""
+    return math.isinf(pset.p) and all(float(np.float32(v)) == v for v in (pset.lo, pset.hi))
+
+
+def outward_ball(pset: LpBall, dtype: torch.dtype = torch.float32) -> LpBall:
+    """The set in ``dtype`` with a radius widened so that its computed box contains the exact one.
+
+    The box is clamp(c - e, lo), clamp(c + e, hi) in ``dtype``: rounding the centre, the radius
+    and the difference moves an edge by at most 3 u (|c| + eps) (1 + u); a slack of
+    16 u (1 + |c|max + eps) per example more than covers it (u: ``dtype``'s unit roundoff).
+    """
+    u = UNIT_ROUNDOFF[dtype]
+    c = pset.center.to(torch.float64)
+    cmax = c.reshape(c.shape[0], -1).abs().amax(1) if c.numel() else c.new_zeros((c.shape[0],))
+    eps = pset.eps.to(torch.float64)
+    wide = eps + 16 * u * (1 + cmax + eps)
+    return LpBall(pset.center.to(dtype), wide, pset.p, pset.lo, pset.hi)
+
+
+class RoundingGuard:
+    """Widens float32 bounds, node by node, by a rigorous bound on their rounding error."""
+
+    def __init__(self, net: Network, dtype: torch.dtype) -> None:
+        self.net = net
+        self.dtype = dtype
+        self.mag: dict[int, Tensor] = {}
+
+    def start(self, lo: Tensor, hi: Tensor) -> None:
+        self.mag[0] = torch.maximum(lo.abs(), hi.abs()).detach().to(torch.float64)
+
+    def node(self, node: Node, lo: Tensor, hi: Tensor, bounds: NodeBounds) -> tuple[Tensor, Tensor]:
+        """Node ``node``'s computed bounds, widened; ``bounds`` holds its (already widened) inputs."""
+        op = node.op
+        m_in = [self.mag[i] for i in node.inputs]
+        exact = isinstance(op, (ReLU, MaxPool2d, Flatten))  # clamps, maxima and reshapes do not round
+        with torch.no_grad():
+            if isinstance(op, ReLU):
+                blo, bhi = bounds[node.inputs[0]]
+                mu = relu_relaxation(blo.detach(), bhi.detach(), "kw").mu_up.to(torch.float64)
+                # an inactive neuron (hi <= 0) passes nothing: slope 0, output bounds [0, 0]
+                mag = torch.where(bhi.detach() > 0, m_in[0], torch.zeros_like(m_in[0])) + mu
+            elif isinstance(op, MaxPool2d):
+                mag = torch.nn.functional.max_pool2d(m_in[0], op.kernel, op.stride, op.padding)
+            elif isinstance(op, Add):
+                mag = sum(m_in)  # type: ignore[assignment]
+            else:
+                in_shape = self.net.graph[node.inputs[0]].shape
+                off = op.offset(in_shape, m_in[0]).abs()  # type: ignore[union-attr]
+                mag = op.abs_linear(m_in[0]) + off  # type: ignore[union-attr]
+        if not exact:
+            delta = 2 * gamma(rounding_budget(self.net, node.index), self.dtype) * mag * (1 + 1e-9)
+            lo = round_down(lo.to(torch.float64) - delta, self.dtype) if not lo.requires_grad else lo - delta.to(lo.dtype)
+            hi = round_up(hi.to(torch.float64) + delta, self.dtype) if not hi.requires_grad else hi + delta.to(hi.dtype)
+        self.mag[node.index] = torch.maximum(mag, torch.maximum(lo.detach().abs(), hi.detach().abs()).to(torch.float64))
+        return lo, hi
+
+    def margin_error(self, labels: Tensor) -> Tensor:
+        """(N, K): a bound on the rounding error of every margin bound f_y - f_j (0 in column y)."""
+        last = self.net.graph[-1].index
+        mag = self.mag[last].reshape(labels.shape[0], -1)
+        my = mag.gather(1, labels.reshape(-1, 1).to(torch.long))
+        err = 2 * gamma(rounding_budget(self.net, last), self.dtype) * (my + mag) * (1 + 1e-9)
+        return err.scatter(1, labels.reshape(-1, 1).to(torch.long), 0.0)
