@@ -110,3 +110,29 @@ def test_near_zero_margins_are_never_certified_wrongly(monkeypatch, make, method
     net = _shift_to_gap(base, pset, y, 1e-2 * scale)  # a clear margin is still certified
     if method != "ibp":  # the interval bound is loose even on stable nets
         assert bool(certify_with_bounds(net, pset, y, method=method).certified[0])
+
+
+def test_rounding_guard_only_with_ieee_float32_on_the_cpu() -> None:
+    """The a-priori bound assumes u = 2^-24 per product: with TF32 / bfloat16 matmuls allowed it does not
+    hold, so the guard steps aside and every positive example goes through the float64 recheck."""
+    from verify.bounds.rounding import guard_applies, ieee_context
+
+    x = torch.rand(2, 1, 7, 7, dtype=torch.float64)
+    ball = LpBall.make(x, 0.01, "inf")
+    assert guard_applies(ball)
+    assert not guard_applies(LpBall.make(x, 0.01, "2"))
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        assert not guard_applies(ball)
+        # and the decision still holds up: same certified set as the float64 computation
+        net = conv_net(3)
+        y = net.predict(x)
+        res = certify_with_bounds(net, ball, y, method="crown")
+        ref = compute_bounds(net, ball, y, method="crown", dtype=torch.float64).margin_lb.amin(1)
+        assert torch.equal(res.certified, ref > 1e-6 * net.forward(x).abs().amax(1).clamp(min=1))
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert guard_applies(ball)
+    with ieee_context():
+        assert not torch._C._get_nnpack_enabled()  # NNPACK's Winograd convolutions are off in the guarded pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -14,7 +15,7 @@ from .compute import check_labels, compute_bounds
 from .final import alpha_margins, initial_alpha, interval_margins, linear_margins
 from .intermediate import linear_intermediate
 from .interval import interval_bounds
-from .rounding import RoundingGuard, guard_applies, outward_ball
+from .rounding import RoundingGuard, guard_applies, ieee_context, outward_ball
 from .types import CertifiedBounds, Method, NodeBounds
 
 # A certificate needs the float64 margin bound to exceed SAFETY_REL * max(1, max |logit at the
@@ -76,7 +77,8 @@ def certify_with_bounds(
     if method == "lp":
         screen = compute_bounds(net, pset, y, method=method, dtype=torch.float64).margin_lb
     else:
-        screen, best_alpha = _screen(net, p32, y, method, guard, alpha_steps, alpha_lr)
+        with ieee_context() if guarded else contextlib.nullcontext():
+            screen, best_alpha = _screen(net, p32, y, method, guard, alpha_steps, alpha_lr)
     n = pset.n
     if not screen.shape[1]:
         dev = pset.center.device

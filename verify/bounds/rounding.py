@@ -28,6 +28,7 @@ float64 network over the exact set, so a margin whose widened float32 bound is >
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -106,8 +107,33 @@ def round_up(x: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def guard_applies(pset: LpBall) -> bool:
-    """The float32 path is made rigorous for the Linf ball with a box representable in float32."""
-    return math.isinf(pset.p) and all(float(np.float32(v)) == v for v in (pset.lo, pset.hi))
+    """The float32 path is made rigorous for the Linf ball with a box representable in float32,
+    on the CPU with IEEE float32 products (see :func:`ieee_float32_kernels`)."""
+    return (math.isinf(pset.p) and all(float(np.float32(v)) == v for v in (pset.lo, pset.hi))
+            and pset.center.device.type == "cpu" and ieee_float32_kernels())
+
+
+def ieee_float32_kernels() -> bool:
+    """Does torch compute float32 products in IEEE float32 here? The error bound assumes so.
+
+    Not when float32 matrix products may use TF32 or bfloat16 (``torch.set_float32_matmul_precision``
+    below "highest", oneDNN's ``fp32_precision`` set to bf16 / tf32): their unit roundoff is
+    2^-11 or 2^-8, not 2^-24. GPUs are excluded by :func:`guard_applies` (cuDNN uses TF32 for
+    float32 convolutions by default, and FFT / Winograd algorithms); on the CPU, NNPACK's
+    Winograd / FFT convolutions are switched off around the guarded pass (:func:`ieee_context`).
+    """
+    if torch.get_float32_matmul_precision() != "highest":
+        return False
+    mk = torch.backends.mkldnn
+    for part in ("matmul", "conv"):
+        if str(getattr(getattr(mk, part, None), "fp32_precision", "none")).lower() not in ("none", "ieee"):
+            return False
+    return True
+
+
+def ieee_context() -> contextlib.AbstractContextManager[object]:
+    """Convolutions as sums of products (oneDNN direct or im2col + GEMM), never NNPACK's Winograd / FFT."""
+    return torch.backends.nnpack.flags(enabled=False)
 
 
 def outward_ball(pset: LpBall, dtype: torch.dtype = torch.float32) -> LpBall:
