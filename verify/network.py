@@ -778,6 +778,18 @@ class Network:
             outs = [self.forward(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]
         return torch.cat(outs) if outs else torch.zeros(0, dtype=torch.long)
 
+    def ancestors(self, k: int) -> set[int]:
+        """Node k and every node it depends on (indices into ``graph``)."""
+        seen: set[int] = set()
+        todo = [k]
+        while todo:
+            i = todo.pop()
+            if i in seen:
+                continue
+            seen.add(i)
+            todo.extend(self.graph[i].inputs)
+        return seen
+
     def summary(self) -> str:
         lines = [f"{self.name}: input {self.input_shape} in [{self.input_range[0]:g}, {self.input_range[1]:g}]"]
         shape = self.input_shape

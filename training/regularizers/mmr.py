@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from verify.bounds.backward import backward_coefficients, margin_spec
-from verify.bounds.intermediate import CHUNK_ELEMENTS, ancestors
+from verify.bounds.intermediate import CHUNK_ELEMENTS
 from verify.bounds.local import Frame, LocalBounds, local_plan
 from verify.bounds.relax import ReluRelaxation
 from verify.errors import SpecError, UnsupportedLayerError
@@ -297,7 +297,7 @@ def _window_norms(cut: _WindowCut, q: float) -> Tensor:
 
 def _shared(net: Network, k: int) -> bool:
     """No ReLU before node k: its map is the same for every point."""
-    return not any(isinstance(net.graph[i].op, ReLU) for i in ancestors(net, k))
+    return not any(isinstance(net.graph[i].op, ReLU) for i in net.ancestors(k))
 
 
 def _separates(net: Network, j: int, k: int) -> bool:
@@ -403,7 +403,7 @@ def _node_grad_norms(net: Network, ball: LpBall, k: int, rels: dict[int, ReluRel
     n = ball.n
     shape = net.graph[k].shape
     nk = math.prod(shape)
-    anc = ancestors(net, k)
+    anc = net.ancestors(k)
     if _shared(net, k) and n > 1:  # pulled back once, on the first point, and shared
         one = LpBall(ball.center[:1], ball.eps[:1], ball.p, ball.lo, ball.hi)
         return _node_grad_norms(net, one, k, {}, q).expand(n, -1)

@@ -21,13 +21,9 @@ from torch import Tensor
 from ..errors import UnsupportedLayerError
 from ..network import Add, MaxPool2d, Network, ReLU
 from ..spec import LpBall
-from .relax import ReluRelaxation, Rule, relu_relaxation
-from .rounding import wide_sum
+from .convtail import TAIL_MIN_ROWS, tail_finish, tail_plan
+from .relax import ReluRelaxation, Rule, flat_sum, relu_relaxation, through_relu
 from .types import NodeBounds
-
-
-def _flat_sum(t: Tensor) -> Tensor:
-    return wide_sum(t.reshape(t.shape[0], t.shape[1], -1), -1)
 
 
 def backward_bound(
@@ -94,8 +90,6 @@ def backward_coefficients(net: Network, start: int, A: Tensor, relaxations: Mapp
 def _backward(net: Network, pset: LpBall, start: int, A: Tensor, bounds: NodeBounds, *, rule: Rule,
               const: Tensor | None, alpha: dict[int, Tensor] | None,
               relaxations: Mapping[int, ReluRelaxation] | None, two_sided: bool) -> tuple[Tensor, Tensor | None]:
-    from .convtail import TAIL_MIN_ROWS, tail_finish, tail_plan  # convtail builds on local, which imports this module
-
     plan = tail_plan(net, start) if A.shape[1] >= TAIL_MIN_ROWS else None
     if plan is not None:
         # many rows per example below a conv stem: the batched stem (verify.bounds.convtail)
@@ -138,12 +132,12 @@ def _pull_back(net: Network, start: int, A: Tensor, bounds: NodeBounds, *, rule:
                 # parallel lines: z in [lam x, lam x + mu]; the max takes mu where a > 0
                 mu = rel.mu_up.unsqueeze(1)
                 a_in = a * rel.lam_up.unsqueeze(1)
-                c_all = _flat_sum(a * mu)
-                c_neg = _flat_sum(a.clamp(max=0) * mu)
+                c_all = flat_sum(a * mu)
+                c_neg = flat_sum(a.clamp(max=0) * mu)
                 total = total + c_neg
                 total_up = total_up + (c_all - c_neg)  # type: ignore[operator]
             else:
-                a_in, c = _through_relu(a, rel, None if alpha is None else alpha.get(idx))
+                a_in, c = through_relu(a, rel, None if alpha is None else alpha.get(idx))
                 total = total + c
         elif isinstance(op, MaxPool2d):
             raise UnsupportedLayerError(f"{op.describe()} is not supported by linear bounds (use method ibp)")
@@ -151,7 +145,7 @@ def _pull_back(net: Network, start: int, A: Tensor, bounds: NodeBounds, *, rule:
             in_shape = graph[src].shape
             # offset() wants a batch-shaped tensor as its dtype/device template
             like = a.new_zeros((1,) * (len(in_shape) + 1))
-            off = _flat_sum(a * op.offset(in_shape, like))  # type: ignore[union-attr]
+            off = flat_sum(a * op.offset(in_shape, like))  # type: ignore[union-attr]
             total = total + off
             if two_sided:
                 total_up = total_up + off  # type: ignore[operator]
@@ -170,16 +164,6 @@ def _relaxation(src: int, bounds: NodeBounds, relaxations: Mapping[int, ReluRela
         return relaxations[src]
     lo, hi = bounds[src]
     return relu_relaxation(lo.to(dtype), hi.to(dtype), "crown" if rule == "alpha" else rule)
-
-
-def _through_relu(a: Tensor, rel: ReluRelaxation, alpha: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Coefficients on the ReLU's input, and the constant, for a lower bound of <a, z>."""
-    lam_lo = rel.lam_lo.unsqueeze(1)
-    if alpha is not None:
-        lam_lo = torch.where(rel.unstable.unsqueeze(1), alpha.clamp(0.0, 1.0), lam_lo)
-    pos, neg = a.clamp(min=0), a.clamp(max=0)
-    a_in = pos * lam_lo + neg * rel.lam_up.unsqueeze(1)
-    return a_in, _flat_sum(neg * rel.mu_up.unsqueeze(1))
 
 
 def margin_spec(labels: Tensor, n_classes: int, dtype: torch.dtype) -> Tensor:

@@ -32,8 +32,7 @@ from torch import Tensor
 from ..network import ChannelAffine, Conv2d, Layer, Network, ReLU
 from ..spec import LpBall
 from .local import LocalBounds, local_plan, window_view
-from .relax import ReluRelaxation
-from .rounding import wide_sum
+from .relax import ReluRelaxation, flat_sum, through_relu, wide_sum
 
 # elements of the largest per-chunk tensor of the tail (float32: 4 bytes each)
 TAIL_CHUNK_ELEMENTS = 1 << 23
@@ -147,15 +146,9 @@ def tail_finish(net: Network, plan: TailPlan, pset: LpBall, a: Tensor, total: Te
     return torch.cat(lows), (None if total_up is None else torch.cat(ups))  # type: ignore[arg-type]
 
 
-def _flat_sum(t: Tensor) -> Tensor:
-    return wide_sum(t.reshape(t.shape[0], t.shape[1], -1), -1)
-
-
 def _tail_chunk(net: Network, plan: TailPlan, pset: LpBall, a: Tensor, total: Tensor, total_up: Tensor | None,
                 rel1: ReluRelaxation, rel2: ReluRelaxation, alpha1: Tensor | None, alpha2: Tensor | None
                 ) -> tuple[Tensor, Tensor | None]:
-    from .backward import _through_relu  # the generic engine's ReLU rule, shared
-
     graph = net.graph
     b, s = a.shape[:2]
     two_sided = total_up is not None
@@ -163,20 +156,20 @@ def _tail_chunk(net: Network, plan: TailPlan, pset: LpBall, a: Tensor, total: Te
     # r2: the ReLU after conv2
     if two_sided:
         mu = rel2.mu_up.unsqueeze(1)
-        c_neg = _flat_sum(a.clamp(max=0) * mu)
-        total, total_up = total + c_neg, total_up + (_flat_sum(a * mu) - c_neg)
+        c_neg = flat_sum(a.clamp(max=0) * mu)
+        total, total_up = total + c_neg, total_up + (flat_sum(a * mu) - c_neg)
         a3 = a * rel2.lam_up.unsqueeze(1)
     else:
-        a3, c = _through_relu(a, rel2, alpha2)
+        a3, c = through_relu(a, rel2, alpha2)
         total = total + c
     op2 = graph[plan.c2].op
     shape1 = graph[plan.r1].shape
-    off = _flat_sum(a3 * op2.offset(shape1, like))
+    off = flat_sum(a3 * op2.offset(shape1, like))
     # conv1's offset (and the normalisation's), through r1's upper slopes and conv2
     beta1 = _stem_offset(net, plan, like)  # (C1, H1, W1)
     lam_up1 = rel1.lam_up
     v = op2.linear(lam_up1 * beta1)  # (B, C2, H2, W2)
-    off = off + _flat_sum(a3 * v.unsqueeze(1))
+    off = off + flat_sum(a3 * v.unsqueeze(1))
     total = total + off
     if two_sided:
         total_up = total_up + off

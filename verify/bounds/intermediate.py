@@ -33,24 +33,11 @@ CHUNK_ELEMENTS = 1 << 23
 ALL_AT_ONCE_FRACTION = 0.25
 
 
-def ancestors(net: Network, k: int) -> set[int]:
-    """Node k and every node it depends on (indices into ``net.graph``)."""
-    seen: set[int] = set()
-    todo = [k]
-    while todo:
-        i = todo.pop()
-        if i in seen:
-            continue
-        seen.add(i)
-        todo.extend(net.graph[i].inputs)
-    return seen
-
-
 def _interval_is_exact(net: Network, pset: LpBall, k: int) -> bool:
     """Linf ball and one mixing affine map from the input: the interval is the exact range."""
     if not math.isinf(pset.p):
         return False
-    anc = ancestors(net, k) - {0}
+    anc = net.ancestors(k) - {0}
     ops = [net.graph[i].op for i in anc]
     if any(not getattr(op, "affine", False) for op in ops):
         return False
@@ -112,7 +99,7 @@ def _tighten(net: Network, pset: LpBall, k: int, lo: Tensor, hi: Tensor, bounds:
     pairs = ((lo_f < 0) & (hi_f > 0)).nonzero().detach()
     if pairs.numel() == 0:
         return lo, hi
-    anc = ancestors(net, k)
+    anc = net.ancestors(k)
     need = [j for j in relu_inputs(net) if j in anc and j != k]
     # relaxations once per example, gathered per (example, neuron) pair below
     rels = {j: relu_relaxation(bounds[j][0], bounds[j][1], rule) for j in need}
@@ -253,7 +240,7 @@ def alpha_intermediate(
         n = lo.shape[0]
         shape = net.graph[k].shape
         lo_f, hi_f = lo.reshape(n, -1).clone(), hi.reshape(n, -1).clone()
-        anc = ancestors(net, k)
+        anc = net.ancestors(k)
         relus = [node.index for node in net.relu_nodes if node.index in anc]
         chunk = max(1, CHUNK_ELEMENTS // (2 * max(math.prod(net.graph[i].shape) for i in anc)))
         for b in range(n):

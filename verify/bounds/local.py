@@ -33,9 +33,7 @@ from torch import Tensor
 
 from ..network import ChannelAffine, Conv2d, Network, ReLU, _ConvLike
 from ..spec import LpBall
-from .backward import _through_relu
-from .relax import ReluRelaxation
-from .rounding import wide_sum
+from .relax import ReluRelaxation, through_relu, wide_sum
 
 
 # windows with more entries than this use conv_transpose2d instead of a dense window matrix
@@ -366,7 +364,7 @@ class LocalBounds:
                     a = a * lam_up
                 else:
                     rel = ReluRelaxation(lam_lo, lam_up, mu, torch.zeros((), dtype=torch.bool, device=mu.device))
-                    a_in, c = _through_relu(a.unsqueeze(1), rel, None)
+                    a_in, c = through_relu(a.unsqueeze(1), rel, None)
                     a, total = a_in.squeeze(1), total + c.squeeze(1)
                 continue
             # affine: coefficients on positions outside the node (a later conv's zero padding)

@@ -45,3 +45,28 @@ def relu_relaxation(lo: Tensor, hi: Tensor, rule: Rule) -> ReluRelaxation:
         adaptive = (hi > -lo).to(hi.dtype)
         lam_lo = torch.where(unstable, adaptive, active.to(hi.dtype))
     return ReluRelaxation(lam_lo, chord, mu_up, unstable)
+
+
+def wide_sum(t: Tensor, dim: int) -> Tensor:
+    """Sum over ``dim`` accumulated in float64: a float32 term meets two roundings (the cast
+    back and, negligibly, the float64 sum) instead of up to n, which keeps the rounding
+    budget of long reductions (ReLU intercepts, biases over a whole layer) small."""
+    if t.dtype != torch.float32:
+        return t.sum(dim)
+    return t.sum(dim, dtype=torch.float64).to(t.dtype)
+
+
+def flat_sum(t: Tensor) -> Tensor:
+    """(B, S, ...) -> (B, S): the sum over everything after the first two dimensions (wide_sum)."""
+    return wide_sum(t.reshape(t.shape[0], t.shape[1], -1), -1)
+
+
+def through_relu(a: Tensor, rel: ReluRelaxation, alpha: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Coefficients on the ReLU's input, and the constant, for a lower bound of <a, z> (the backward
+    rule every bound engine shares: the generic one, the receptive-field and the conv-stem code)."""
+    lam_lo = rel.lam_lo.unsqueeze(1)
+    if alpha is not None:
+        lam_lo = torch.where(rel.unstable.unsqueeze(1), alpha.clamp(0.0, 1.0), lam_lo)
+    pos, neg = a.clamp(min=0), a.clamp(max=0)
+    a_in = pos * lam_lo + neg * rel.lam_up.unsqueeze(1)
+    return a_in, flat_sum(neg * rel.mu_up.unsqueeze(1))

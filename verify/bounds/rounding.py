@@ -35,21 +35,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..network import Add, AvgPool2d, ChannelAffine, Conv2d, Flatten, Linear, MaxPool2d, Network, Node, ReLU
+from ..network import Add, AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, Network, Node, ReLU
 from ..spec import LpBall
 from .relax import relu_relaxation
 from .types import NodeBounds
 
 UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.float64: 2.0**-53}
-
-
-def wide_sum(t: Tensor, dim: int) -> Tensor:
-    """Sum over ``dim`` accumulated in float64: a float32 term meets two roundings (the cast
-    back and, negligibly, the float64 sum) instead of up to n, which keeps the rounding
-    budget of long reductions (ReLU intercepts, biases over a whole layer) small."""
-    if t.dtype != torch.float32:
-        return t.sum(dim)
-    return t.sum(dim, dtype=torch.float64).to(t.dtype)
 
 
 def _fans(op: object) -> tuple[int, int]:
@@ -79,9 +70,7 @@ def rounding_budget(net: Network, k: int) -> int:
     Reductions over a whole layer are accumulated in float64 (:func:`wide_sum`, two roundings),
     except the one over the input in :meth:`LpBall.min_linear`. Generous constants on top.
     """
-    from .intermediate import ancestors
-
-    anc = ancestors(net, k) - {0}
+    anc = net.ancestors(k) - {0}
     path = 0
     for i in anc:
         fwd, bwd = _fans(net.graph[i].op)
