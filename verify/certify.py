@@ -80,7 +80,7 @@ class CertResult:
     The *worst margin* of an example is min over the set of f_y(x) - max_{j != y} f_j(x) (> 0:
     robust). ``margin_lb`` is the best proven lower bound on it (bound methods, or the MIP's
     dual bound), ``margin_ub`` the best upper bound (the smallest float64 margin at a concrete
-    point: the centre, attack points, MIP incumbents). ``seconds`` holds this example's share
+    point: the centre, attack points, MIP counterexamples). ``seconds`` holds this example's share
     of each stage's wall time (see :func:`certify`).
     """
 
@@ -289,10 +289,8 @@ def certify(
         status: Status = r.status
         if r.status == "verified" and r.dual_bound is not None:
             pp.lower(-r.dual_bound)  # the MIP's proven bound on the largest violation
-        if r.counterexample is not None:
+        if r.counterexample is not None:  # (an incumbent's objective is the model's value, not a forward pass)
             pp.upper(-float(margins_f64(net, r.counterexample, labels[i : i + 1])[0]))
-        elif r.objective is not None:
-            pp.upper(-r.objective)
         finish(pp, status, "mip" if status != "unknown" else None, int(preds[i]), counterexample=r.counterexample,
                solver_status=r.solver_status, reason=r.reason, n_binaries=r.n_binaries)
     bar.close()
