@@ -136,3 +136,63 @@ def test_rounding_guard_only_with_ieee_float32_on_the_cpu() -> None:
     assert guard_applies(ball)
     with ieee_context():
         assert not torch._C._get_nnpack_enabled()  # NNPACK's Winograd convolutions are off in the guarded pass
+
+
+def test_shared_layers_do_not_share_derived_matrices() -> None:
+    """Regression (review): two networks built from the same layer objects, one with a Normalize in
+    front. The conv stem's matrix was cached on the conv layer and served to the other network, which
+    then certified points that PGD breaks. Now the result on B equals the result on a fresh copy of B."""
+    import math
+
+    from verify.network import ChannelAffine
+
+    g = torch.Generator().manual_seed(0)
+
+    def w(*s: int) -> torch.Tensor:
+        return torch.randn(*s, generator=g, dtype=torch.float64) * 1.5 / math.sqrt(math.prod(s[1:]))
+
+    W = [w(4, 1, 3, 3), torch.randn(4, generator=g, dtype=torch.float64) * 0.2, w(4, 4, 3, 3),
+         torch.randn(4, generator=g, dtype=torch.float64) * 0.2, w(80, 144), torch.randn(80, generator=g, dtype=torch.float64) * 0.2,
+         w(3, 80), torch.randn(3, generator=g, dtype=torch.float64) * 0.2]
+
+    def layers() -> list:
+        return [Conv2d(W[0].clone(), W[1].clone(), 1, 1), ReLU(), Conv2d(W[2].clone(), W[3].clone(), 1, 1), ReLU(), Flatten(),
+                Linear(W[4].clone(), W[5].clone()), ReLU(), Linear(W[6].clone(), W[7].clone())]
+
+    shared = layers()
+    a = Network([ChannelAffine.normalize([0.0], [0.01])] + shared, (1, 6, 6), name="A")
+    b = Network(shared, (1, 6, 6), name="B")
+    fresh = Network(layers(), (1, 6, 6), name="B fresh")
+    x = torch.rand(60, 1, 6, 6, generator=g, dtype=torch.float64)
+    y = fresh.forward(x).argmax(1)
+    ball = LpBall.make(x, 0.04, "inf")
+    want = certify_with_bounds(fresh, ball, y, method="crown")
+    certify_with_bounds(a, LpBall.make(x * 0.01, 0.0004, "inf"), y, method="crown")
+    got = certify_with_bounds(b, ball, y, method="crown")
+    assert torch.equal(got.certified, want.certified)
+    assert torch.allclose(got.margin_lb, want.margin_lb)
+
+
+def test_in_place_weight_change_is_seen() -> None:
+    """Regression (review): the float32 copy of a parameter was cached and outlived an in-place change
+    of the float64 parameter; with the float32 pass deciding, a stale copy certified a misclassified point."""
+    net = Network([Linear(torch.eye(2, dtype=torch.float64), torch.tensor([1.0, 0.0], dtype=torch.float64))], (2,))
+    x = torch.tensor([[0.5, 0.5]], dtype=torch.float64)
+    ball = LpBall.make(x, 0.01, "inf")
+    assert bool(certify_with_bounds(net, ball, torch.tensor([0]), method="crown").certified[0])
+    with torch.no_grad():
+        net.layers[0].bias[0] -= 2  # now f = (-0.5, 0.5): class 0 is wrong everywhere in the ball
+    for method in ("ibp", "kw", "crown", "alpha-crown"):
+        assert not bool(certify_with_bounds(net, ball, torch.tensor([0]), method=method).certified[0]), method
+
+
+def test_subnormal_weights_do_not_fool_the_allowance() -> None:
+    """Regression (review): weights that are subnormal in float32 round with an absolute, not a relative,
+    error (2^-150), which a huge input magnifies. Exact margin -4.26e-16 everywhere: never certified."""
+    q = 2.0**-149
+    net = Network([Linear(torch.tensor([[10 * q - 0.49 * q], [10 * q + 0.49 * q]], dtype=torch.float64),
+                          torch.tensor([0.5 * q * 2.0**99, 0.0], dtype=torch.float64))], (1,), input_range=(0.0, 2.0**100))
+    x = torch.tensor([[2.0**99]], dtype=torch.float64)
+    ball = LpBall.make(x, 2.0**80, "inf", input_range=(0.0, 2.0**100))
+    for method in ("ibp", "kw", "crown", "alpha-crown"):
+        assert not bool(certify_with_bounds(net, ball, torch.tensor([0]), method=method).certified[0]), method

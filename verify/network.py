@@ -55,7 +55,8 @@ class Layer:
     affine: bool = False
 
     def __init__(self) -> None:
-        self._cast: dict[tuple[str, torch.dtype, torch.device], Tensor] = {}
+        # (name, dtype, device) -> (the parameter's version when cast, the cast)
+        self._cast: dict[tuple[str, torch.dtype, torch.device], tuple[int, Tensor]] = {}
 
     def param(self, name: str, like: Tensor) -> Tensor:
         """The float64 parameter ``name`` cast to ``like``'s dtype and device (cached)."""
@@ -64,12 +65,14 @@ class Layer:
             # live nn.Parameters shared with a training module (torch_modules.network_from_torch(share_parameters=True)):
             # no cache, so autograd reaches the parameter and optimizer updates are seen at once
             return src.to(dtype=like.dtype, device=like.device)
+        # keyed by the tensor's version too: an in-place change of the parameter (net.layers[0].bias -= 2)
+        # must not leave a stale float32 copy deciding a certificate
         key = (name, like.dtype, like.device)
-        t = self._cast.get(key)
-        if t is None:
-            t = src.to(dtype=like.dtype, device=like.device)
-            self._cast[key] = t
-        return t
+        hit = self._cast.get(key)
+        if hit is None or hit[0] != src._version:
+            hit = (src._version, src.to(dtype=like.dtype, device=like.device))
+            self._cast[key] = hit
+        return hit[1]
 
     def forward(self, x: Tensor) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__}.forward")
@@ -125,7 +128,9 @@ class AffineLayer(Layer):
 
     def matrix(self, in_shape: Shape) -> sp.csr_matrix:
         """The linear part as a float64 sparse matrix (out_dim, in_dim), rows in C order."""
-        key = ("__matrix__", in_shape)
+        # keyed by the parameters' identity and version: an in-place change must not serve a stale matrix
+        params = tuple((id(v), v._version) for v in vars(self).values() if isinstance(v, Tensor))
+        key = ("__matrix__", in_shape, params)
         cached = getattr(self, "_matrix_cache", None)
         if cached is not None and cached[0] == key:
             return cached[1]

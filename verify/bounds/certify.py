@@ -88,7 +88,7 @@ def certify_with_bounds(
     if guard is not None:
         err = guard.margin_error(y)
         sound = (screen.to(torch.float64) - err).amin(1)
-        certified = sound > 0
+        certified = (sound > 0) & torch.isfinite(sound)  # an overflow to +inf proves nothing
         # near zero: the rounding allowance decided nothing, or the widened intermediate bounds
         # may have cost a certificate the float64 recheck would give (completeness, not soundness)
         recheck = ~certified & (margin > -err.amax(1))

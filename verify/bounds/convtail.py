@@ -210,17 +210,16 @@ def _tail_chunk(net: Network, plan: TailPlan, pset: LpBall, a: Tensor, total: Te
 
 
 def _cached(op: Layer, name: str, like: Tensor, live: bool, build: Callable[[], Tensor]) -> Tensor:
-    """A matrix derived from ``op``'s parameters, built once per dtype and device -- unless
-    ``live`` (parameters that require grad: training, where they change every step)."""
+    """A matrix derived from ``op``'s parameters, built afresh on every call.
+
+    It used to be cached on ``op`` by (name, dtype, device), but the stem matrix also depends on
+    the layers in front of ``op`` (a Normalize's scales) and the transposed conv matrix on the input
+    shape: a layer object shared by two networks then served one network's matrix to the other and
+    certified points with counterexamples (tests/test_soundness_rounding.py::test_shared_layers_...)."""
     if live:
         return build()
-    key = (name, like.dtype, like.device)
-    hit = op._cast.get(key)
-    if hit is None:
-        with torch.no_grad():
-            hit = build()
-        op._cast[key] = hit
-    return hit
+    with torch.no_grad():
+        return build()
 
 
 def _stem_offset(net: Network, plan: TailPlan, like: Tensor) -> Tensor:

@@ -38,6 +38,8 @@ def node_interval(node: Node, bounds: NodeBounds) -> tuple[Tensor, Tensor]:
     lo, hi = bounds[node.inputs[0]]
     if isinstance(op, ReLU):
         return lo.clamp(min=0), hi.clamp(min=0)
+    if isinstance(op, Flatten):  # a permutation: exact on each end (the centre/radius form would round)
+        return op.forward(lo), op.forward(hi)
     if isinstance(op, MaxPool2d):
         # max is monotone in every argument; torch pads with -inf exactly as the layer's forward does
         return F.max_pool2d(lo, op.kernel, op.stride, op.padding), F.max_pool2d(hi, op.kernel, op.stride, op.padding)

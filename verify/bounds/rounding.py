@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..network import Add, AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, Network, Node, ReLU
+from ..network import Add, AvgPool2d, ChannelAffine, Conv2d, Flatten, Linear, MaxPool2d, Network, Node, ReLU
 from ..spec import LpBall
 from .relax import relu_relaxation
 from .types import NodeBounds
@@ -76,6 +76,39 @@ def rounding_budget(net: Network, k: int) -> int:
         fwd, bwd = _fans(net.graph[i].op)
         path += bwd + 6 + (fwd if isinstance(net.graph[i].op, (Conv2d, AvgPool2d)) else 0)
     return _fans(net.graph[k].op)[0] + path + math.prod(net.graph[0].shape) + 32
+
+
+# the largest absolute error of one rounding into the subnormal range (half the smallest subnormal)
+UNDERFLOW = {torch.float32: 2.0**-150, torch.float64: 2.0**-1075}
+
+
+def underflow_allowance(net: Network, dtype: torch.dtype) -> float:
+    """A bound, per unit of the largest magnitude in play, on what underflow can add to any bound.
+
+    The relative model fl(a op b) = (a op b)(1 + d), |d| <= u, fails below the normal range:
+    there fl(a op b) = (a op b)(1 + d) + e with |e| <= ``UNDERFLOW`` (Higham, 2nd ed., eq. 2.8),
+    and rounding a float64 weight that is subnormal in float32 is such an e too. Each e enters
+    the computation once and is then multiplied by data: weights (at most the largest absolute
+    row or column sum of any layer, per layer), ReLU slopes (<= 1) and box corners or intercepts
+    (<= the largest magnitude M, the caller's factor). So all of them together add at most
+    (number of roundings) * e * prod over layers of max(1, gain) * max(1, M). The number of
+    roundings of every pass a certificate makes is bounded generously by
+    10^4 * (parameters + neurons) * (neurons + 1); this is ~1e-25 on the zoo's MNIST CNNs and
+    decides only networks with subnormal weights or huge magnitudes.
+    """
+    params = sum(layer.num_params() for layer in net.layers)
+    neurons = sum(math.prod(node.shape) for node in net.graph)
+    gain = 1.0
+    for node in net.graph[1:]:
+        op = node.op
+        if isinstance(op, (Linear, Conv2d, AvgPool2d, ChannelAffine)):
+            m = abs(op.matrix(tuple(net.graph[node.inputs[0]].shape)))
+            rows = float(m.sum(axis=1).max()) if m.shape[0] else 0.0
+            cols = float(m.sum(axis=0).max()) if m.shape[1] else 0.0
+            gain *= max(1.0, rows, cols)
+        elif isinstance(op, Add):
+            gain *= len(node.inputs)
+    return 1e4 * (params + neurons) * (neurons + 1) * UNDERFLOW[dtype] * gain
 
 
 def gamma(k: int, dtype: torch.dtype) -> float:
@@ -147,6 +180,12 @@ class RoundingGuard:
         self.net = net
         self.dtype = dtype
         self.mag: dict[int, Tensor] = {}
+        self.underflow = underflow_allowance(net, dtype)
+
+    def _absolute(self, mag: Tensor) -> Tensor:
+        """The underflow allowance at magnitude ``mag`` (per example: the largest magnitude so far)."""
+        top = torch.stack([m.reshape(m.shape[0], -1).amax(1) for m in (*self.mag.values(), mag)]).amax(0)
+        return self.underflow * top.clamp(min=1.0).reshape((-1,) + (1,) * (mag.ndim - 1))
 
     def start(self, lo: Tensor, hi: Tensor) -> None:
         self.mag[0] = torch.maximum(lo.abs(), hi.abs()).detach().to(torch.float64)
@@ -171,7 +210,7 @@ class RoundingGuard:
                 off = op.offset(in_shape, m_in[0]).abs()  # type: ignore[union-attr]
                 mag = op.abs_linear(m_in[0]) + off  # type: ignore[union-attr]
         if not exact:
-            delta = 2 * gamma(rounding_budget(self.net, node.index), self.dtype) * mag * (1 + 1e-9)
+            delta = 2 * gamma(rounding_budget(self.net, node.index), self.dtype) * mag * (1 + 1e-9) + self._absolute(mag)
             lo = round_down(lo.to(torch.float64) - delta, self.dtype) if not lo.requires_grad else lo - delta.to(lo.dtype)
             hi = round_up(hi.to(torch.float64) + delta, self.dtype) if not hi.requires_grad else hi + delta.to(hi.dtype)
         self.mag[node.index] = torch.maximum(mag, torch.maximum(lo.detach().abs(), hi.detach().abs()).to(torch.float64))
@@ -182,5 +221,5 @@ class RoundingGuard:
         last = self.net.graph[-1].index
         mag = self.mag[last].reshape(labels.shape[0], -1)
         my = mag.gather(1, labels.reshape(-1, 1).to(torch.long))
-        err = 2 * gamma(rounding_budget(self.net, last), self.dtype) * (my + mag) * (1 + 1e-9)
+        err = 2 * gamma(rounding_budget(self.net, last), self.dtype) * (my + mag) * (1 + 1e-9) + 2 * self._absolute(mag)
         return err.scatter(1, labels.reshape(-1, 1).to(torch.long), 0.0)
