@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..network import ChannelAffine, Conv2d, Layer, Network, ReLU
+from ..network import ChannelAffine, Conv2d, Network, ReLU
 from ..spec import LpBall
 from .local import LocalBounds, local_plan, window_view
 from .relax import ReluRelaxation, flat_sum, through_relu, wide_sum
@@ -178,7 +178,7 @@ def _tail_chunk(net: Network, plan: TailPlan, pset: LpBall, a: Tensor, total: Te
     a3f = a3.reshape(b, s, -1)
     corr: Tensor | None = None
     if idx.shape[1]:
-        m2t = _cached(op2, "conv_matrix_t", like, op2.weight.requires_grad, lambda: F.pad(conv_matrix(op2, shape1, like).t(), (0, 0, 0, 1)))
+        m2t = _built(op2.weight.requires_grad, lambda: F.pad(conv_matrix(op2, shape1, like).t(), (0, 0, 0, 1)))
         cols = m2t.index_select(0, idx.reshape(-1)).reshape(b, idx.shape[1], -1)  # (B, U, N3): rows are contiguous
         a1 = torch.bmm(a3f, cols.transpose(1, 2))  # (B, S, U)
         mu1 = _gather(rel1.mu_up.reshape(b, -1), idx).unsqueeze(1)
@@ -197,10 +197,9 @@ def _tail_chunk(net: Network, plan: TailPlan, pset: LpBall, a: Tensor, total: Te
     # the input coefficients: composed kernels on windows, folded, plus the correction's conv1 rows
     a0 = _fold_linear(net, plan, pset, rel1, a3)  # (B, S, *input)
     if corr is not None:
-        op1 = net.graph[plan.c1].op
         live = any(t.requires_grad for i in (*plan.affines, plan.c1) for t in vars(net.graph[i].op).values()
                    if isinstance(t, Tensor))
-        stem = _cached(op1, "stem_matrix", like, live, lambda: F.pad(_stem_matrix(net, plan, like), (0, 0, 0, 1)))
+        stem = _built(live, lambda: F.pad(_stem_matrix(net, plan, like), (0, 0, 0, 1)))
         rows = stem.index_select(0, idx.reshape(-1)).reshape(b, idx.shape[1], -1)  # (B, U, n0)
         a0 = a0 + torch.bmm(corr, rows).reshape(a0.shape)
     lower = total + pset.min_linear(a0)
@@ -209,11 +208,11 @@ def _tail_chunk(net: Network, plan: TailPlan, pset: LpBall, a: Tensor, total: Te
     return lower, total_up - pset.min_linear(-a0)  # type: ignore[operator]
 
 
-def _cached(op: Layer, name: str, like: Tensor, live: bool, build: Callable[[], Tensor]) -> Tensor:
-    """A matrix derived from ``op``'s parameters, built afresh on every call.
+def _built(live: bool, build: Callable[[], Tensor]) -> Tensor:
+    """A matrix derived from parameters, built afresh on every call (with gradients only if ``live``).
 
-    It used to be cached on ``op`` by (name, dtype, device), but the stem matrix also depends on
-    the layers in front of ``op`` (a Normalize's scales) and the transposed conv matrix on the input
+    It used to be cached on the layer by (name, dtype, device), but the stem matrix also depends on
+    the layers in front of it (a Normalize's scales) and the transposed conv matrix on the input
     shape: a layer object shared by two networks then served one network's matrix to the other and
     certified points with counterexamples (tests/test_soundness_rounding.py::test_shared_layers_...)."""
     if live:
