@@ -180,15 +180,22 @@ class RoundingGuard:
         self.net = net
         self.dtype = dtype
         self.mag: dict[int, Tensor] = {}
+        self.top = torch.zeros(0, dtype=torch.float64)  # set by start()
         self.underflow = underflow_allowance(net, dtype)
 
     def _absolute(self, mag: Tensor) -> Tensor:
         """The underflow allowance at magnitude ``mag`` (per example: the largest magnitude so far)."""
-        top = torch.stack([m.reshape(m.shape[0], -1).amax(1) for m in (*self.mag.values(), mag)]).amax(0)
+        top = torch.maximum(self.top, mag.reshape(mag.shape[0], -1).amax(1))
         return self.underflow * top.clamp(min=1.0).reshape((-1,) + (1,) * (mag.ndim - 1))
 
+    def _keep(self, index: int, mag: Tensor) -> None:
+        self.mag[index] = mag
+        self.top = torch.maximum(self.top, mag.reshape(mag.shape[0], -1).amax(1))
+
     def start(self, lo: Tensor, hi: Tensor) -> None:
-        self.mag[0] = torch.maximum(lo.abs(), hi.abs()).detach().to(torch.float64)
+        m0 = torch.maximum(lo.abs(), hi.abs()).detach().to(torch.float64)
+        self.top = m0.reshape(m0.shape[0], -1).amax(1)  # per example, the largest magnitude so far
+        self._keep(0, m0)
 
     def node(self, node: Node, lo: Tensor, hi: Tensor, bounds: NodeBounds) -> tuple[Tensor, Tensor]:
         """Node ``node``'s computed bounds, widened; ``bounds`` holds its (already widened) inputs."""
@@ -213,7 +220,7 @@ class RoundingGuard:
             delta = 2 * gamma(rounding_budget(self.net, node.index), self.dtype) * mag * (1 + 1e-9) + self._absolute(mag)
             lo = round_down(lo.to(torch.float64) - delta, self.dtype) if not lo.requires_grad else lo - delta.to(lo.dtype)
             hi = round_up(hi.to(torch.float64) + delta, self.dtype) if not hi.requires_grad else hi + delta.to(hi.dtype)
-        self.mag[node.index] = torch.maximum(mag, torch.maximum(lo.detach().abs(), hi.detach().abs()).to(torch.float64))
+        self._keep(node.index, torch.maximum(mag, torch.maximum(lo.detach().abs(), hi.detach().abs()).to(torch.float64)))
         return lo, hi
 
     def margin_error(self, labels: Tensor) -> Tensor:
