@@ -37,6 +37,7 @@ def backward_bound(
     const: Tensor | None = None,
     alpha: dict[int, Tensor] | None = None,
     relaxations: Mapping[int, ReluRelaxation] | None = None,
+    extra: Mapping[int, Tensor] | None = None,
 ) -> Tensor:
     """min over the set of <A[b, s], value of node ``start``> + const[b, s]; returns (B, S).
 
@@ -44,9 +45,12 @@ def backward_bound(
     input and ``start`` -- or ``relaxations`` their precomputed relaxations (keyed by the
     ReLU's input node), which spares recomputing them per call. ``alpha`` (rule "alpha")
     maps a ReLU node to lower slopes of shape (B, S, *shape), used on its unstable neurons.
+    ``extra`` maps a node j (below ``start``) to coefficients (B, S, *shape_j): the bound is then of
+    <A, node start> + <extra[j], node j> summed over j (each term added to node j's coefficients
+    when the pass reaches it). beta-CROWN's Lagrangian terms of split constraints are such terms.
     """
     lower, _ = _backward(net, pset, start, A, bounds, rule=rule, const=const, alpha=alpha,
-                         relaxations=relaxations, two_sided=False)
+                         relaxations=relaxations, two_sided=False, extra=extra)
     return lower
 
 
@@ -89,8 +93,10 @@ def backward_coefficients(net: Network, start: int, A: Tensor, relaxations: Mapp
 
 def _backward(net: Network, pset: LpBall, start: int, A: Tensor, bounds: NodeBounds, *, rule: Rule,
               const: Tensor | None, alpha: dict[int, Tensor] | None,
-              relaxations: Mapping[int, ReluRelaxation] | None, two_sided: bool) -> tuple[Tensor, Tensor | None]:
-    plan = tail_plan(net, start) if A.shape[1] >= TAIL_MIN_ROWS else None
+              relaxations: Mapping[int, ReluRelaxation] | None, two_sided: bool,
+              extra: Mapping[int, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
+    # the conv-stem shortcut pulls the stem back in one piece: no extra terms there
+    plan = tail_plan(net, start) if A.shape[1] >= TAIL_MIN_ROWS and not extra else None
     if plan is not None:
         # many rows per example below a conv stem: the batched stem (verify.bounds.convtail)
         a2, total, total_up = _pull_back(net, start, A, bounds, rule=rule, const=const, alpha=alpha,
@@ -99,7 +105,7 @@ def _backward(net: Network, pset: LpBall, start: int, A: Tensor, bounds: NodeBou
         al = [None if alpha is None else alpha.get(n) for n in (plan.r1, plan.r2)]
         return tail_finish(net, plan, pset, a2, total, total_up, rels[0], rels[1], al[0], al[1])
     a0, total, total_up = _pull_back(net, start, A, bounds, rule=rule, const=const, alpha=alpha,
-                                     relaxations=relaxations, two_sided=two_sided)
+                                     relaxations=relaxations, two_sided=two_sided, extra=extra)
     if not two_sided:
         return total + pset.min_linear(a0), None
     return total + pset.min_linear(a0), total_up - pset.min_linear(-a0)  # type: ignore[operator]
@@ -108,15 +114,22 @@ def _backward(net: Network, pset: LpBall, start: int, A: Tensor, bounds: NodeBou
 def _pull_back(net: Network, start: int, A: Tensor, bounds: NodeBounds, *, rule: Rule,
                const: Tensor | None, alpha: dict[int, Tensor] | None,
                relaxations: Mapping[int, ReluRelaxation] | None,
-               two_sided: bool, stop: int = 0) -> tuple[Tensor, Tensor, Tensor | None]:
+               two_sided: bool, stop: int = 0,
+               extra: Mapping[int, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
     """Coefficients on the input (node ``stop``) and the constants (lower; upper when two-sided) of the spec."""
     graph = net.graph
     b, s = A.shape[:2]
     total = torch.zeros((b, s), dtype=A.dtype, device=A.device) if const is None else const.clone()
     total_up = total.clone() if two_sided else None
     acc: dict[int, Tensor] = {start: A}
+    if extra:
+        bad = [j for j in extra if not stop < j <= start]
+        if bad:
+            raise ValueError(f"extra terms on nodes {bad} outside ({stop}, {start}]")
     for idx in range(start, stop, -1):
         a = acc.pop(idx, None)
+        if extra is not None and idx in extra:
+            a = extra[idx] if a is None else a + extra[idx]
         if a is None:
             continue
         node = graph[idx]
