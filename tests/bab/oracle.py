@@ -1,0 +1,100 @@
+"""Independent oracles for the BaB tests: random small nets, exact minima by activation-pattern
+enumeration (a DFS over neurons, each partial pattern's region checked by an LP), and confirm()."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy.optimize import linprog
+
+from verify.network import Linear, Network, ReLU
+from verify.properties import Box, Disjunct, disjunct_check
+
+
+def random_net(seed: int, n_in: int, hidden: tuple[int, ...], n_out: int) -> Network:
+    g = torch.Generator().manual_seed(seed)
+    sizes = (n_in, *hidden, n_out)
+    layers: list = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(Linear(torch.randn(b, a, generator=g, dtype=torch.float64) * 1.5 / a**0.5,
+                             torch.randn(b, generator=g, dtype=torch.float64) * 0.3))
+        if i < len(sizes) - 2:
+            layers.append(ReLU())
+    return Network(layers, (n_in,), (0.0, 1.0), name=f"rand{seed}")
+
+
+def _linears(net: Network) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(l.weight.numpy(), l.bias.numpy()) for l in net.layers if isinstance(l, Linear)]
+
+
+def _feasible(A: list[np.ndarray], b: list[float], lo: np.ndarray, hi: np.ndarray) -> bool:
+    n = lo.size
+    if not A:
+        return True
+    res = linprog(np.zeros(n), A_ub=np.array(A), b_ub=np.array(b), bounds=list(zip(lo, hi)), method="highs")
+    return bool(res.status == 0)
+
+
+def exact_min(net: Network, lo: np.ndarray, hi: np.ndarray, disjuncts: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    """min over the box and the disjuncts k of max_i (C_ki y(x) - d_ki): <= 0 iff the property is violated."""
+    lins = _linears(net)
+    n = lo.size
+    best = math.inf
+
+    def leaf(W: np.ndarray, c: np.ndarray, A: list[np.ndarray], b: list[float]) -> None:
+        nonlocal best
+        Wl, bl = lins[-1]
+        Wo, co = Wl @ W, Wl @ c + bl  # y = Wo x + co on this region
+        for C, d in disjuncts:
+            if len(d) == 0:
+                best = min(best, -math.inf)
+                continue
+            rows = C @ Wo
+            A_ub = np.vstack([np.hstack([np.array(A).reshape(-1, n), np.zeros((len(A), 1))]),
+                              np.hstack([rows, -np.ones((len(d), 1))])])
+            b_ub = np.concatenate([np.array(b, dtype=float), d - C @ co])
+            res = linprog(np.r_[np.zeros(n), 1.0], A_ub=A_ub, b_ub=b_ub, bounds=list(zip(lo, hi)) + [(None, None)],
+                          method="highs")
+            if res.status == 0:
+                best = min(best, float(res.fun))
+
+    def rec(layer: int, W: np.ndarray, c: np.ndarray, A: list[np.ndarray], b: list[float]) -> None:
+        if layer == len(lins) - 1:
+            leaf(W, c, A, b)
+            return
+        Wl, bl = lins[layer]
+        pre_W, pre_c = Wl @ W, Wl @ c + bl
+        m = pre_W.shape[0]
+
+        def neuron(i: int, act: list[bool], A: list[np.ndarray], b: list[float]) -> None:
+            if i == m:
+                mask = np.array(act, dtype=float)
+                rec(layer + 1, mask[:, None] * pre_W, mask * pre_c, A, b)
+                return
+            for on in (True, False):
+                s = -1.0 if on else 1.0  # on: -v <= 0
+                A2, b2 = A + [s * pre_W[i]], b + [-s * pre_c[i]]
+                if _feasible(A2, b2, lo, hi):
+                    neuron(i + 1, act + [on], A2, b2)
+
+        neuron(0, [], A, b)
+
+    rec(0, np.eye(n), np.zeros(n), [], [])
+    return best
+
+
+def box_confirm(net: Network, lo: torch.Tensor, hi: torch.Tensor, disjuncts: list[tuple[np.ndarray, np.ndarray]]):
+    box = Box.make(lo.reshape(1, -1).numpy(), hi.reshape(1, -1).numpy())
+    return box, disjunct_check(net, box, [Disjunct(np.asarray(C), np.asarray(d)) for C, d in disjuncts])
+
+
+def random_disjuncts(g: np.random.Generator, n_out: int, k: int, m_max: int, shift: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    out = []
+    for _ in range(k):
+        m = int(g.integers(1, m_max + 1))
+        C = g.standard_normal((m, n_out))
+        d = g.standard_normal(m) * 0.3 + shift
+        out.append((C, d))
+    return out

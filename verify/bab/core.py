@@ -1,0 +1,521 @@
+"""Branch and bound over ReLU splits (beta-CROWN style) or input splits, with a batched bound engine.
+
+A subdomain is the input set restricted by split decisions: ReLU inputs fixed to a sign, or a
+sub-box of the input box. The unsafe region is the OR of disjuncts C_k y <= d_k; a subdomain is
+closed once every disjunct has a row (or a convex combination of its rows) with a sound float64
+lower bound above the row's safety threshold (:func:`verify.bab.spec.make_rows`). Each round pops
+the ``batch`` open subdomains with the lowest bound, splits each in two and bounds all children
+in one batched pass (:func:`verify.bab.bound.bound_rows`), warm-started from the parent's slopes,
+multipliers and combination weights. A child inherits its parent's row bounds (its set is a
+subset) and the parent's intermediate bounds, which CROWN then re-tightens with the split.
+``verified`` only when no subdomain is open before the deadline; ``falsified`` only with a point
+``confirm`` accepted.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Sequence
+
+import torch
+from torch import Tensor
+
+from ..bounds.backward import relu_inputs
+from ..bounds.certify import SAFETY_REL
+from ..bounds.intermediate import alpha_intermediate, linear_intermediate
+from ..bounds.slopes import crown_slopes
+from ..bounds.types import NodeBounds
+from ..network import MaxPool2d, Network
+from ..properties import Box
+from .attack import linear_minimiser, pgd, set_projector
+from .bound import Bounded, bound_rows
+from .leaf import leaf_lp
+from .spec import Rows, make_rows
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class BabOptions:
+    timeout: float = 60.0  # seconds (bab() also takes an absolute ``deadline``)
+    batch: int = 64  # subdomains split per round (each gives two children, bounded in one pass)
+    max_domains: int = 100_000  # cap on the open queue -> 'unknown', reason 'memory'
+    alpha_steps: int = 20  # alpha-CROWN steps at the root
+    beta_steps: int = 10  # joint alpha / beta steps on every batch of children
+    lr_alpha: float = 0.1
+    lr_beta: float = 0.05
+    branching: Literal["babsr", "fsb"] = "babsr"
+    attack: bool = True  # PGD at the root and from the worst subdomains
+    input_split: Literal["auto", "on", "off"] = "auto"  # auto: input splitting when <= 16 input features
+    seed: int = 0
+    retighten: bool = True  # re-tighten the children's intermediate bounds with CROWN
+    fsb_candidates: int = 3
+
+
+@dataclass(frozen=True)
+class BabResult:
+    status: Literal["verified", "falsified", "unknown"]
+    reason: str | None
+    counterexample: Tensor | None  # float64 (1, *input_shape), accepted by confirm
+    disjunct: int | None
+    lower_bound: float  # proven lower bound of min_k max_i (C_ki y - d_ki); > 0 iff verified
+    domains: int
+    max_queue: int
+    seconds: float
+
+
+@dataclass
+class _Domain:
+    lb: Tensor  # (R',) row bounds minus d
+    proven: Tensor  # (K,) bool
+    value: float
+    depth: int
+    alpha: dict[int, Tensor]  # (1, R', *shape) float32
+    theta: Tensor  # (1, K2, M)
+    a0: Tensor | None  # (1, R', *input_shape) float32
+    # ReLU splitting
+    bounds: NodeBounds = field(default_factory=dict)  # ReLU inputs only, (1, *shape)
+    signs: dict[int, Tensor] = field(default_factory=dict)  # (1, *shape) int8
+    beta: dict[int, Tensor] = field(default_factory=dict)  # (1, R', *shape) float32
+    scores: dict[int, Tensor] = field(default_factory=dict)  # (1, *shape) float32
+    # input splitting
+    lo: Tensor | None = None
+    hi: Tensor | None = None
+
+
+class _Search:
+    def __init__(self, net: Network, pset: Any, rows: Rows, options: BabOptions, deadline: float,
+                 confirm: Callable[[Tensor], tuple[Tensor, int] | None], progress: Progress | None, t0: float) -> None:
+        self.net, self.pset, self.rows, self.o = net, pset, rows, options
+        self.deadline, self.confirm, self.progress, self.t0 = deadline, confirm, progress, t0
+        self.heap: list[tuple[float, int, _Domain]] = []
+        self.counter = itertools.count()
+        self.domains = 0
+        self.max_queue = 0
+        self.proven_min = math.inf
+        self.stuck: list[_Domain] = []
+        self.stuck_reason = ""
+        self.found: tuple[Tensor, int] | None = None
+        self.srcs = relu_inputs(net)
+        self.rounds = 0
+
+    # ---- bookkeeping
+    def weights(self, proven: Tensor) -> Tensor:
+        """(B, R'): 1 on the rows of still-open disjuncts."""
+        return (~proven)[:, self.rows.owner_all].to(torch.float64)
+
+    def value(self, lb: Tensor, proven: Tensor) -> Tensor:
+        v = self.rows.value(lb)  # (B, K)
+        open_v = torch.where(proven, torch.full_like(v, math.inf), v).amin(1)
+        return torch.where(proven.all(1), v.amin(1), open_v)
+
+    def close(self, value: float) -> None:
+        self.proven_min = min(self.proven_min, value)
+
+    def push(self, d: _Domain) -> None:
+        heapq.heappush(self.heap, (d.value, next(self.counter), d))
+        self.max_queue = max(self.max_queue, len(self.heap))
+
+    def global_lb(self) -> float:
+        vals = [self.proven_min] + [h[0] for h in self.heap[:1]] + [d.value for d in self.stuck]
+        return min(vals)
+
+    def report(self) -> None:
+        if self.progress is not None:
+            self.progress({"domains": self.domains, "open": len(self.heap), "lower_bound": self.global_lb(),
+                           "seconds": time.perf_counter() - self.t0, "rounds": self.rounds})
+
+    # ---- attacks
+    def attack_children(self, doms: list[_Domain], lo: Tensor | None, hi: Tensor | None, steps: int = 20) -> None:
+        """PGD from the input minimisers of the worst open rows of the worst few subdomains."""
+        if not self.o.attack or not doms or self.found is not None:
+            return
+        worst = sorted(range(len(doms)), key=lambda i: doms[i].value)[:8]
+        starts, which, los, his = [], [], [], []
+        plo, phi = (t.to(torch.float64) for t in self.pset.box())
+        for i in worst:
+            d = doms[i]
+            v = self.rows.value(d.lb.unsqueeze(0))[0]
+            v = torch.where(d.proven, torch.full_like(v, math.inf), v)
+            k = int(v.argmin())
+            mine = (self.rows.owner_all == k).nonzero().reshape(-1)
+            if mine.numel() == 0:
+                continue
+            r = int(mine[d.lb[mine].argmax()])
+            blo = d.lo if d.lo is not None else plo
+            bhi = d.hi if d.hi is not None else phi
+            if d.a0 is not None:
+                box = Box(blo, bhi) if d.lo is not None else self.pset
+                starts.append(linear_minimiser(box, d.a0[:, r].to(torch.float64)))
+            else:
+                starts.append((blo + bhi) / 2)
+            if d.lo is not None:
+                starts.append((blo + bhi) / 2)
+                which.append(k)
+                los.append(blo)
+                his.append(bhi)
+            which.append(k)
+            los.append(blo)
+            his.append(bhi)
+        if not starts:
+            return
+        x0 = torch.cat(starts)
+        found, _ = pgd(self.net, set_projector(self.pset, x0.shape[0]), torch.cat(los), torch.cat(his), x0,
+                       torch.tensor(which), self.rows, self.confirm, steps=steps, deadline=self.deadline)
+        if found is not None:
+            self.found = found
+
+    def attack_root(self) -> None:
+        if self.found is not None:
+            return
+        c = self.pset.center.to(torch.float64).reshape(1, *self.net.input_shape)
+        got = self.confirm(c)
+        if got is not None:
+            self.found = got
+            return
+        if not self.o.attack:
+            return
+        ks = sorted(set(self.rows.owner.tolist()))
+        if not ks:
+            return
+        restarts = 3
+        lo, hi = (t.to(torch.float64) for t in self.pset.box())
+        g = torch.Generator().manual_seed(self.o.seed)
+        m = len(ks) * restarts
+        x0 = lo + (hi - lo) * torch.rand((m, *lo.shape[1:]), generator=g, dtype=torch.float64)
+        x0[::restarts] = c
+        which = torch.tensor(ks).repeat_interleave(restarts)
+        found, _ = pgd(self.net, set_projector(self.pset, m), lo.expand_as(x0), hi.expand_as(x0), x0, which, self.rows,
+                       self.confirm, steps=50, deadline=self.deadline)
+        if found is not None:
+            self.found = found
+
+    # ---- ReLU splitting
+    def choose(self, d: _Domain) -> tuple[int, int] | None:
+        """(ReLU input node, flat neuron) with the best BaBSR score among unstable neurons, or None."""
+        best: tuple[float, int, int] | None = None
+        for j in self.srcs:
+            lo, hi = d.bounds[j]
+            unstable = ((lo < 0) & (hi > 0)).reshape(-1)
+            if not bool(unstable.any()):
+                continue
+            s = d.scores.get(j)
+            sc = s.reshape(-1).to(torch.float64) if s is not None else torch.zeros(unstable.shape, dtype=torch.float64)
+            # ties (no intercept gain anywhere): the neuron with the widest min(u, -l)
+            tie = torch.minimum(hi.reshape(-1), -lo.reshape(-1)).clamp(min=0)
+            key = torch.where(unstable, sc + 1e-6 * tie / (1.0 + tie), torch.full_like(sc, -math.inf))
+            i = int(key.argmax())
+            v = float(key[i])
+            if best is None or v > best[0]:
+                best = (v, j, i)
+        return None if best is None else (best[1], best[2])
+
+    def fsb_choose(self, doms: list[_Domain]) -> list[tuple[int, int] | None]:
+        """Filtered smart branching: the top BaBSR candidates of each domain, each judged by the
+        worse of its two children's CROWN bound (parent slopes, no re-tightening); the best wins."""
+        picks: list[tuple[int, int] | None] = []
+        cand_all: list[tuple[int, int, int]] = []  # (domain, node, neuron)
+        for di, d in enumerate(doms):
+            cands: list[tuple[float, int, int]] = []
+            for j in self.srcs:
+                lo, hi = d.bounds[j]
+                unstable = ((lo < 0) & (hi > 0)).reshape(-1)
+                s = d.scores.get(j)
+                if s is None or not bool(unstable.any()):
+                    continue
+                sc = torch.where(unstable, s.reshape(-1).to(torch.float64), torch.full(unstable.shape, -math.inf, dtype=torch.float64))
+                top = torch.topk(sc, min(self.o.fsb_candidates, int(unstable.sum())))
+                cands += [(float(v), j, int(i)) for v, i in zip(top.values, top.indices)]
+            cands.sort(reverse=True)
+            if not cands:
+                picks.append(self.choose(d))
+                continue
+            for _, j, i in cands[: self.o.fsb_candidates]:
+                cand_all.append((di, j, i))
+            picks.append(None)
+        if not cand_all:
+            return picks
+        parents = [doms[di] for di, _, _ in cand_all]
+        splits = [(j, i) for _, j, i in cand_all]
+        kids = self.children_inputs(parents, splits, retighten=False)
+        if kids is None:
+            return [p if p is not None else self.choose(d) for p, d in zip(picks, doms)]
+        bounds, signs, alpha, beta, theta, infeasible, _ = kids
+        res = bound_rows(self.net, self.many(bounds), self.rows, bounds, alpha, beta, signs, theta,
+                         torch.zeros((theta.shape[0], self.rows.n_all), dtype=torch.float64),
+                         steps=0, lr_alpha=0, lr_beta=0, scores=False)
+        prov = torch.stack([d.proven for d in parents]).repeat_interleave(2, 0)
+        lb = torch.maximum(res.lb, torch.stack([d.lb for d in parents]).repeat_interleave(2, 0))
+        val = self.value(lb, prov | self.rows.decide(lb))
+        val = torch.where(infeasible, torch.full_like(val, math.inf), val).reshape(-1, 2).amin(1)
+        best: dict[int, tuple[float, tuple[int, int]]] = {}
+        for c, (di, j, i) in enumerate(cand_all):
+            v = float(val[c])
+            if di not in best or v > best[di][0]:
+                best[di] = (v, (j, i))
+        return [best[di][1] if di in best else p for di, p in enumerate(picks)]
+
+    def many(self, bounds: NodeBounds) -> Any:
+        b = next(iter(bounds.values()))[0].shape[0] if bounds else 1
+        return self.pset.select([0] * b)
+
+    def children_inputs(self, parents: list[_Domain], splits: list[tuple[int, int]], *, retighten: bool) -> Any:
+        """Stacked bounds, signs, warm-start parameters of the two children of each parent (inactive first)."""
+        n = 2 * len(parents)
+        bounds: NodeBounds = {}
+        signs: dict[int, Tensor] = {}
+        for j in self.srcs:
+            lo = torch.cat([p.bounds[j][0] for p in parents]).repeat_interleave(2, 0).clone()
+            hi = torch.cat([p.bounds[j][1] for p in parents]).repeat_interleave(2, 0).clone()
+            sg = torch.cat([p.signs[j] if j in p.signs else torch.zeros_like(p.bounds[j][0], dtype=torch.int8)
+                            for p in parents]).repeat_interleave(2, 0).clone()
+            bounds[j] = (lo, hi)
+            signs[j] = sg
+        for c, (j, i) in enumerate(splits):
+            lo, hi = bounds[j]
+            lo.reshape(n, -1)[2 * c + 1, i] = 0.0  # active child: x >= 0
+            hi.reshape(n, -1)[2 * c, i] = 0.0  # inactive child: x <= 0
+            signs[j].reshape(n, -1)[2 * c, i] = -1
+            signs[j].reshape(n, -1)[2 * c + 1, i] = 1
+        if retighten:
+            if time.perf_counter() >= self.deadline:
+                return None
+            with torch.no_grad():
+                full = linear_intermediate(self.net, self.many(bounds), rule="crown", dtype=torch.float64, start=bounds)
+            bounds = {j: full[j] for j in self.srcs}
+        infeasible = torch.zeros(n, dtype=torch.bool)
+        for j in self.srcs:
+            lo, hi = bounds[j]
+            tol = SAFETY_REL * torch.maximum(torch.ones_like(lo), torch.maximum(lo.abs(), hi.abs()))
+            infeasible |= (lo - hi > tol).reshape(n, -1).any(1)
+        alpha = {i: torch.cat([p.alpha[i] for p in parents]).repeat_interleave(2, 0).to(torch.float64) for i in parents[0].alpha}
+        beta: dict[int, Tensor] = {}
+        r = self.rows.n_all
+        for j in self.srcs:
+            if not bool((signs[j] != 0).any()):
+                continue
+            shape = self.net.graph[j].shape
+            parts = [p.beta[j] if j in p.beta else torch.zeros((1, r, *shape), dtype=torch.float32) for p in parents]
+            beta[j] = torch.cat(parts).repeat_interleave(2, 0).to(torch.float64)
+        theta = torch.cat([p.theta for p in parents]).repeat_interleave(2, 0)
+        signs_f = {j: s.to(torch.float64) for j, s in signs.items() if bool((s != 0).any())}
+        return bounds, signs_f, alpha, beta, theta, infeasible, signs
+
+    def relu_round(self, parents: list[_Domain]) -> None:
+        splits: list[tuple[int, int] | None]
+        if self.o.branching == "fsb":
+            splits = self.fsb_choose(parents)
+        else:
+            splits = [self.choose(d) for d in parents]
+        live = []
+        for d, s in zip(parents, splits):
+            if s is None:
+                self.leaf(d)
+            else:
+                live.append((d, s))
+        if not live or self.found is not None:
+            return
+        ps = [d for d, _ in live]
+        kids = self.children_inputs(ps, [s for _, s in live], retighten=self.o.retighten)
+        if kids is None:
+            for d in ps:
+                self.push(d)
+            return
+        bounds, signs, alpha, beta, theta, infeasible, signs8 = kids
+        n = 2 * len(ps)
+        plb = torch.stack([d.lb for d in ps]).repeat_interleave(2, 0)
+        pprov = torch.stack([d.proven for d in ps]).repeat_interleave(2, 0)
+        res = bound_rows(self.net, self.many(bounds), self.rows, bounds, alpha, beta, signs, theta,
+                         self.weights(pprov), steps=self.o.beta_steps, lr_alpha=self.o.lr_alpha,
+                         lr_beta=self.o.lr_beta, deadline=self.deadline)
+        self.domains += n
+        lb = torch.maximum(plb, res.lb)
+        proven = pprov | self.rows.decide(lb) | infeasible.unsqueeze(1)
+        val = self.value(lb, proven)
+        kids_out = []
+        for c in range(n):
+            if bool(proven[c].all()):
+                self.close(math.inf if bool(infeasible[c]) else float(val[c]))
+                continue
+            d = _Domain(lb[c], proven[c], float(val[c]), ps[c // 2].depth + 1,
+                        {i: t[c : c + 1].to(torch.float32) for i, t in res.alpha.items()},
+                        res.theta[c : c + 1],
+                        None if res.a0 is None else res.a0[c : c + 1].to(torch.float32),
+                        bounds={j: (bounds[j][0][c : c + 1], bounds[j][1][c : c + 1]) for j in self.srcs},
+                        signs={j: s[c : c + 1] for j, s in signs8.items() if bool((s[c] != 0).any())},
+                        beta={i: t[c : c + 1].to(torch.float32) for i, t in res.beta.items()},
+                        scores={i: t[c : c + 1].to(torch.float32) for i, t in res.scores.items()})
+            kids_out.append(d)
+            self.push(d)
+        self.attack_children(kids_out, None, None)
+
+    def leaf(self, d: _Domain) -> None:
+        """No unstable ReLU left: decide the open disjuncts by LP on the activation pattern."""
+        open_k = [k for k in range(self.rows.n_disjuncts) if not bool(d.proven[k])]
+        verdict, out = leaf_lp(self.net, self.pset, self.rows, d.bounds, open_k, self.confirm)
+        if verdict == "proven" and isinstance(out, float):
+            # the open disjuncts by the LP (HiGHS, VERIFY_TOL), the others by the float64 bounds
+            closed = d.value if bool(d.proven.any()) else math.inf
+            self.close(min(closed, out) if out < math.inf else closed)
+            return
+        if verdict == "candidate" and isinstance(out, tuple):
+            self.found = out
+            return
+        self.stuck.append(d)
+        self.stuck_reason = "incomplete: an L2 leaf" if getattr(self.pset, "p", math.inf) == 2.0 else "numerics"
+
+    # ---- input splitting
+    def input_round(self, parents: list[_Domain]) -> None:
+        los, his = [], []
+        for d in parents:
+            assert d.lo is not None and d.hi is not None
+            width = (d.hi - d.lo).reshape(-1)
+            if d.a0 is not None:
+                w = self.weights(d.proven.unsqueeze(0))[0].to(torch.float32)
+                coef = (d.a0[0].reshape(d.a0.shape[1], -1).abs() * w.unsqueeze(1)).sum(0).to(torch.float64)
+                key = width * (coef + 1e-9 * coef.max().clamp(min=1e-30))
+                if not bool((key > 0).any()):
+                    key = width
+            else:
+                key = width
+            i = int(key.argmax())
+            mid = (d.lo.reshape(-1)[i] + d.hi.reshape(-1)[i]) / 2
+            left_hi = d.hi.clone()
+            left_hi.reshape(-1)[i] = mid
+            right_lo = d.lo.clone()
+            right_lo.reshape(-1)[i] = mid
+            los += [d.lo, right_lo]
+            his += [left_hi, d.hi]
+        lo, hi = torch.cat(los), torch.cat(his)
+        n = lo.shape[0]
+        boxes = Box(lo, hi)
+        with torch.no_grad():
+            bounds = linear_intermediate(self.net, boxes, rule="crown", dtype=torch.float64)  # type: ignore[arg-type]
+        alpha = {i: torch.cat([p.alpha[i] for p in parents]).repeat_interleave(2, 0).to(torch.float64) for i in parents[0].alpha}
+        theta = torch.cat([p.theta for p in parents]).repeat_interleave(2, 0)
+        plb = torch.stack([d.lb for d in parents]).repeat_interleave(2, 0)
+        pprov = torch.stack([d.proven for d in parents]).repeat_interleave(2, 0)
+        res = bound_rows(self.net, boxes, self.rows, bounds, alpha, {}, {}, theta, self.weights(pprov),
+                         steps=self.o.beta_steps, lr_alpha=self.o.lr_alpha, lr_beta=self.o.lr_beta,
+                         deadline=self.deadline, scores=False)
+        self.domains += n
+        lb = torch.maximum(plb, res.lb)
+        proven = pprov | self.rows.decide(lb)
+        val = self.value(lb, proven)
+        kids = []
+        for c in range(n):
+            if bool(proven[c].all()):
+                self.close(float(val[c]))
+                continue
+            d = _Domain(lb[c], proven[c], float(val[c]), parents[c // 2].depth + 1,
+                        {i: t[c : c + 1].to(torch.float32) for i, t in res.alpha.items()}, res.theta[c : c + 1],
+                        None if res.a0 is None else res.a0[c : c + 1].to(torch.float32), lo=lo[c : c + 1], hi=hi[c : c + 1])
+            kids.append(d)
+            self.push(d)
+        self.attack_children(kids, None, None)
+
+    # ---- the loop
+    def run(self, root: _Domain, input_mode: bool) -> tuple[str, str | None]:
+        self.push(root)
+        while self.heap:
+            if self.found is not None:
+                return "falsified", None
+            if time.perf_counter() >= self.deadline:
+                return "unknown", "timeout"
+            if len(self.heap) > self.o.max_domains:
+                return "unknown", "memory"
+            parents = [heapq.heappop(self.heap)[2] for _ in range(min(self.o.batch, len(self.heap)))]
+            self.rounds += 1
+            if input_mode:
+                self.input_round(parents)
+            else:
+                self.relu_round(parents)
+            self.report()
+        if self.found is not None:
+            return "falsified", None
+        if self.stuck:
+            return "unknown", self.stuck_reason
+        if time.perf_counter() >= self.deadline:
+            return "unknown", "timeout"  # never verify past the deadline
+        return "verified", None
+
+
+def _input_mode(net: Network, pset: Any, option: str) -> bool:
+    boxy = isinstance(pset, Box) or math.isinf(getattr(pset, "p", 2.0))
+    if option == "on":
+        if not boxy:
+            raise ValueError("input splitting needs a box or an Linf ball")
+        return True
+    if option == "off":
+        return False
+    return boxy and net.input_dim <= 16
+
+
+def bab(net: Network, input_set: Any, disjuncts: Sequence[tuple[Tensor, Tensor]], *, options: BabOptions = BabOptions(),
+        deadline: float | None = None, confirm: Callable[[Tensor], tuple[Tensor, int] | None],
+        initial_bounds: NodeBounds | None = None, progress: Progress | None = None) -> BabResult:
+    """Decide whether some point of ``input_set`` (one example: an LpBall or a Box) reaches a
+    disjunct C_k y <= d_k; see the module docstring. ``initial_bounds`` (valid intermediate bounds
+    on the set, e.g. from a previous pass) are intersected with the root's."""
+    t0 = time.perf_counter()
+    end = t0 + options.timeout
+    if deadline is not None:
+        end = min(end, deadline)
+    if input_set.n != 1:
+        raise ValueError(f"bab() takes one example, got {input_set.n}")
+    if any(isinstance(n.op, MaxPool2d) for n in net.graph):
+        raise ValueError("bab() does not support MaxPool2d")
+    pset = input_set.to(torch.float64)
+    with torch.no_grad():
+        y0 = net.forward(pset.center.to(torch.float64).reshape(1, *net.input_shape))
+    scale = max(1.0, float(y0.abs().max()))
+    rows = make_rows(disjuncts, net.n_classes, scale)
+
+    def result(status: Literal["verified", "falsified", "unknown"], reason: str | None, s: _Search | None,
+               lb: float) -> BabResult:
+        found = s.found if s is not None and status == "falsified" else None
+        return BabResult(status, reason, None if found is None else found[0].to(torch.float64).reshape(1, *net.input_shape),
+                         None if found is None else found[1], lb, 0 if s is None else s.domains,
+                         0 if s is None else s.max_queue, time.perf_counter() - t0)
+
+    if rows.n_disjuncts == 0:
+        return result("verified", None, None, math.inf)
+    s = _Search(net, pset, rows, options, end, confirm, progress, t0)
+    s.attack_root()
+    if s.found is not None:
+        return result("falsified", None, s, -math.inf)
+    input_mode = _input_mode(net, pset, options.input_split)
+    with torch.no_grad():
+        bounds = linear_intermediate(net, pset, rule="crown", dtype=torch.float64, start=initial_bounds)
+    if options.alpha_steps > 0 and not input_mode and time.perf_counter() < end:
+        bounds = alpha_intermediate(net, pset, bounds, steps=options.alpha_steps, deadline=end)
+    alpha0 = crown_slopes(net, bounds, rows.n_all)
+    theta0 = rows.theta0(1)
+    res = bound_rows(net, pset, rows, bounds, alpha0, {}, {}, theta0, torch.ones((1, rows.n_all), dtype=torch.float64),
+                     steps=options.alpha_steps, lr_alpha=options.lr_alpha, lr_beta=options.lr_beta, deadline=end,
+                     scores=not input_mode)
+    s.domains = 1
+    proven = rows.decide(res.lb)
+    val = float(s.value(res.lb, proven)[0])
+    if bool(proven.all()):
+        if time.perf_counter() >= end:
+            return result("unknown", "timeout", s, min(val, 0.0))
+        return result("verified", None, s, val)
+    root = _Domain(res.lb[0], proven[0], val, 0, {i: t.to(torch.float32) for i, t in res.alpha.items()}, res.theta,
+                   None if res.a0 is None else res.a0.to(torch.float32))
+    if input_mode:
+        lo, hi = (t.to(torch.float64) for t in pset.box())
+        root.lo, root.hi = lo.reshape(1, *net.input_shape), hi.reshape(1, *net.input_shape)
+    else:
+        root.bounds = {j: bounds[j] for j in s.srcs}
+        root.scores = {i: t.to(torch.float32) for i, t in res.scores.items()}
+    s.attack_children([root], None, None, steps=50)
+    status, reason = s.run(root, input_mode)
+    lb = s.global_lb() if status != "falsified" else min(s.global_lb(), 0.0)
+    if status != "verified":
+        lb = min(lb, 0.0)
+    return result(status, reason, s, lb)  # type: ignore[arg-type]
