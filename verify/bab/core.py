@@ -363,6 +363,7 @@ class _Search:
             self.close(min(closed, out) if out < math.inf else closed)
             return
         if verdict == "candidate" and isinstance(out, tuple):
+            self.close(d.value)  # its bound still counts towards the global lower bound
             self.found = out
             return
         self.stuck.append(d)

@@ -1,0 +1,121 @@
+"""BaB against the HiGHS MIP (verify.mip): identical verdicts on generated instances.
+
+Box inputs with random multi-row disjunctive properties (solve_property), and robustness on Linf,
+L1 and L2 balls (solve_example). Instances are placed near the decision boundary (a random shift
+of the property / a radius around the distance to the boundary) so that many need branching.
+A bigger sweep is marked slow.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from tests.bab.oracle import box_confirm, exact_min, random_disjuncts, random_net
+from verify.attacks import pgd_attack
+from verify.bounds import compute_bounds
+from verify.bab import BabOptions, bab, robustness_disjuncts
+from verify.bab.robust import robustness_confirm
+from verify.mip.highs import HighsOptions, solve_example
+from verify.mip.property import solve_property
+from verify.properties import Disjunct
+from verify.spec import LpBall
+
+TIMEOUT = 20.0
+
+
+def _gap_eps(net, x: torch.Tensor, y: int, p: str, rg: np.random.Generator) -> float:
+    """A radius between the largest CROWN certifies and the smallest PGD breaks (bisection on each):
+    the instances that need branching."""
+    lab = torch.tensor([y])
+
+    def certified(e: float) -> bool:
+        b = compute_bounds(net, LpBall.make(x, e, p), lab, method="crown", dtype=torch.float64)
+        return bool(b.margin_lb.amin() > 0)
+
+    def broken(e: float) -> bool:
+        return bool(pgd_attack(net, LpBall.make(x, e, p), lab, steps=30, restarts=2).success.any())
+
+    lo, hi = 0.0, 4.0
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if certified(mid) else (lo, mid)
+    e_cert = lo
+    lo, hi = e_cert, 4.0
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if broken(mid) else (mid, hi)
+    return float(rg.uniform(e_cert, hi))
+
+
+def _property_case(seed: int) -> tuple[str, str, int]:
+    rg = np.random.default_rng(1000 + seed)
+    n_in = int(rg.integers(2, 5))
+    net = random_net(1000 + seed, n_in, (int(rg.integers(4, 9)), int(rg.integers(4, 9))), 3)
+    c = rg.uniform(0.2, 0.8, n_in)
+    eps = rg.uniform(0.1, 0.4)
+    lo, hi = np.clip(c - eps, 0, 1), np.clip(c + eps, 0, 1)
+    dis = random_disjuncts(rg, 3, int(rg.integers(1, 4)), 3, shift=0.0)
+    # the boundary moved close to the instance: the exact minimum becomes -u
+    t0 = exact_min(net, lo, hi, dis)
+    u = float(rg.choice([-1.0, 1.0]) * rg.uniform(0.005, 0.1))
+    dis = [(C, d + t0 + u) for C, d in dis]
+    box, conf = box_confirm(net, torch.tensor(lo), torch.tensor(hi), dis)
+    mip = solve_property(net, box, [Disjunct(C, d) for C, d in dis], confirm=conf, deadline=time.perf_counter() + TIMEOUT)
+    mode = ["auto", "off"][seed % 2]
+    r = bab(net, box, [(torch.tensor(C), torch.tensor(d)) for C, d in dis], confirm=conf,
+            options=BabOptions(timeout=TIMEOUT, input_split=mode, seed=seed))  # type: ignore[arg-type]
+    if r.status == "falsified":
+        assert r.counterexample is not None and r.counterexample.dtype == torch.float64
+        assert conf(r.counterexample) is not None
+    return {"sat": "falsified", "unsat": "verified"}.get(mip.status, mip.status), r.status, r.domains
+
+
+def _ball_case(seed: int, p: str) -> tuple[str, str, int]:
+    rg = np.random.default_rng(2000 + seed)
+    n_in = int(rg.integers(3, 9))
+    k = 3
+    net = random_net(2000 + seed, n_in, (int(rg.integers(4, 10)), int(rg.integers(4, 10))), k)
+    x = torch.tensor(rg.uniform(0.1, 0.9, (1, n_in)))
+    y = int(net.forward(x).argmax())
+    eps = _gap_eps(net, x, y, p, rg)
+    ball = LpBall.make(x, eps, p)
+    m = solve_example(net, ball, y, 0, options=HighsOptions(time_limit=TIMEOUT))
+    r = bab(net, ball, robustness_disjuncts(y, k), confirm=robustness_confirm(net, ball, y),
+            options=BabOptions(timeout=TIMEOUT, seed=seed))
+    if r.status == "verified":
+        assert r.lower_bound > 0
+    return m.status, r.status, r.domains
+
+
+def _check(pairs: list[tuple[str, str, int]], allow_unknown: bool = False) -> None:
+    for i, (mip, ours, _) in enumerate(pairs):
+        assert not {mip, ours} == {"verified", "falsified"}, f"case {i}: MIP {mip}, BaB {ours}"
+        if mip in ("verified", "falsified") and not allow_unknown:
+            assert ours == mip, f"case {i}: MIP {mip}, BaB {ours}"
+
+
+def test_properties_vs_mip() -> None:
+    pairs = [_property_case(s) for s in range(40)]
+    _check(pairs)
+    assert {"verified", "falsified"} <= {b for _, b, _ in pairs}
+    assert sum(n > 1 for _, _, n in pairs) >= 5  # enough of them needed branching
+
+
+@pytest.mark.parametrize("p", ["inf", "1", "2"])
+def test_robustness_vs_mip(p: str) -> None:
+    pairs = [_ball_case(s, p) for s in range(15)]
+    print(p, [(m, b, n) for m, b, n in pairs])
+    _check(pairs)
+
+
+@pytest.mark.slow
+def test_sweep_vs_mip() -> None:
+    pairs = [_property_case(s) for s in range(40, 240)]
+    for p in ("inf", "1", "2"):
+        pairs += [_ball_case(s, p) for s in range(15, 75)]
+    _check(pairs)
