@@ -94,7 +94,7 @@ def main() -> None:
                 "solved": len(done), "median_s": statistics.median(times) if times else None,
                 "total_s": sum(times)}
 
-    agree = all(r.get("bab") == r.get("mip") or "unknown" in (r.get("bab"), r.get("mip")) for r in rows)
+    agree = None if args.no_mip else all(r.get("bab") == r.get("mip") or "unknown" in (r.get("bab"), r.get("mip")) for r in rows)
     out = {"model": net.name, "train_s": train_s, "eps": args.eps, "n": args.n, "threads": args.threads,
            "bab_timeout": args.bab_timeout, "mip_timeout": args.mip_timeout, "bab": summary("bab"),
            "mip": summary("mip") if not args.no_mip else None, "no_conflicts": agree, "rows": rows}

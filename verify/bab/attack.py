@@ -101,8 +101,8 @@ def set_projector(pset: Any, m: int) -> Callable[[Tensor], Tensor]:
     """project() of the single-example set, applied to M points at once."""
     if hasattr(pset, "eps"):
         many = pset.select([0] * m)
-        return lambda x: many.project(x)  # type: ignore[no-any-return]
-    return lambda x: pset.project(x)  # type: ignore[no-any-return]
+        return lambda x: many.project(x)  # type: ignore[no-any-return,unused-ignore]
+    return lambda x: pset.project(x)  # type: ignore[no-any-return,unused-ignore]
 
 
 def timed_out(deadline: float) -> bool:

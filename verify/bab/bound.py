@@ -142,7 +142,7 @@ def bound_rows(
         assert opt is not None
         loss = -(torch.where(weights > 0, val, torch.zeros_like(val)) * weights).sum()
         opt.zero_grad()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
         with torch.no_grad():
             for t in alpha.values():
@@ -155,7 +155,7 @@ def bound_rows(
     if scores:
         live = {i: ReluRelaxation(r.lam_lo, r.lam_up, r.mu_up.clone().requires_grad_(), r.unstable) for i, r in rels.items()}
         with torch.enable_grad():
-            val = evaluate(live)  # type: ignore[arg-type]
+            val = evaluate(live)
             w = torch.where(torch.isfinite(val), weights, torch.zeros_like(weights))
             obj = (torch.nan_to_num(val, neginf=0.0) * w).sum()
             mus = [r.mu_up for r in live.values()]
