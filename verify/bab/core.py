@@ -359,7 +359,8 @@ class _Search:
         verdict, out = leaf_lp(self.net, self.pset, self.rows, d.bounds, open_k, self.confirm)
         if verdict == "proven" and isinstance(out, float):
             # the open disjuncts by the LP (HiGHS, VERIFY_TOL), the others by the float64 bounds
-            closed = d.value if bool(d.proven.any()) else math.inf
+            v = self.rows.value(d.lb.unsqueeze(0))[0]
+            closed = float(v[d.proven].min()) if bool(d.proven.any()) else math.inf
             self.close(min(closed, out) if out < math.inf else closed)
             return
         if verdict == "candidate" and isinstance(out, tuple):
