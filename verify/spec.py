@@ -236,6 +236,95 @@ def _project_l1(d: Tensor, eps: Tensor) -> Tensor:
     return torch.where(inside, d, proj)
 
 
+# --------------------------------------------------------------------------- a plain box (VNNLIB input sets)
+
+
+def _outward(t64: Tensor, dtype: torch.dtype, direction: float) -> Tensor:
+    """t64 cast to dtype, rounded towards ``direction`` (-inf for lower bounds, +inf for upper)."""
+    t = t64.to(dtype)
+    if dtype == torch.float64:
+        return t
+    back = t.to(torch.float64)
+    wrong = back > t64 if direction < 0 else back < t64
+    return torch.where(wrong, torch.nextafter(t, torch.full_like(t, direction)), t)
+
+
+@dataclass(frozen=True, eq=False)
+class Box:
+    """{x : lower <= x <= upper} per example; bounds kept exactly in float64.
+
+    ``dtype`` is the precision the bound code works in: :meth:`box` casts the bounds to it
+    rounding outwards, so a float32 screen never sees a smaller set than the true one.
+    """
+
+    lower: Tensor  # (N, *input_shape) float64
+    upper: Tensor
+    dtype: torch.dtype = torch.float64
+    p: float = math.inf  # read by code that specialises on Linf sets (a box is one)
+
+    @classmethod
+    def make(cls, lower: Tensor | np.ndarray, upper: Tensor | np.ndarray) -> "Box":
+        lo = torch.as_tensor(np.asarray(lower, dtype=np.float64))
+        hi = torch.as_tensor(np.asarray(upper, dtype=np.float64))
+        if lo.shape != hi.shape:
+            raise SpecError(f"box bounds have shapes {tuple(lo.shape)} and {tuple(hi.shape)}")
+        if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+            raise SpecError("box bounds must be finite")
+        if (lo > hi).any():
+            raise SpecError("box has a lower bound above its upper bound")
+        return cls(lo, hi)
+
+    @property
+    def n(self) -> int:
+        return int(self.lower.shape[0])
+
+    @property
+    def center(self) -> Tensor:
+        return ((self.lower + self.upper) / 2).to(self.dtype)
+
+    def to(self, dtype: torch.dtype) -> "Box":
+        return Box(self.lower, self.upper, dtype)
+
+    def select(self, idx: Tensor | Sequence[int]) -> "Box":
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return Box(self.lower[idx], self.upper[idx], self.dtype)
+
+    def box(self) -> tuple[Tensor, Tensor]:
+        return _outward(self.lower, self.dtype, -math.inf), _outward(self.upper, self.dtype, math.inf)
+
+    def min_linear(self, a: Tensor) -> Tensor:
+        """min over the box of <a[n, k], x> for a of shape (N, K, *input_shape): exact, (N, K)."""
+        n, k = a.shape[:2]
+        a2 = a.reshape(n, k, -1)
+        lo, hi = (_outward(t, a.dtype, s).reshape(n, 1, -1) for t, s in ((self.lower, -math.inf), (self.upper, math.inf)))
+        return (a2.clamp(min=0) * lo + a2.clamp(max=0) * hi).sum(-1)
+
+    def contains(self, x: Tensor) -> Tensor:
+        """Exact float64 membership per example."""
+        x64 = x.to(torch.float64).reshape(self.n, -1)
+        return (x64 >= self.lower.reshape(self.n, -1)).all(1) & (x64 <= self.upper.reshape(self.n, -1)).all(1)
+
+    def project(self, x: Tensor) -> Tensor:
+        """Clip to the box, in float64 (the result is inside exactly)."""
+        return torch.maximum(torch.minimum(x.to(torch.float64), self.upper), self.lower)
+
+
+def representable_point(box: Box, x: Tensor) -> Tensor:
+    """A float32-representable point of the (single-example) box near x, as float64; x clipped if none.
+
+    A counterexample that is exact in float32 means the same input to onnxruntime (which
+    runs in float32) as to our float64 check.
+    """
+    x64 = box.project(x)
+    x32 = x64.to(torch.float32)
+    back = x32.to(torch.float64)
+    x32 = torch.where(back < box.lower, torch.nextafter(x32, torch.full_like(x32, math.inf)), x32)
+    back = x32.to(torch.float64)
+    x32 = torch.where(back > box.upper, torch.nextafter(x32, torch.full_like(x32, -math.inf)), x32)
+    cand = x32.to(torch.float64)
+    return cand if bool(box.contains(cand).all()) else x64
+
+
 def margins_f64(net: Classifier, x: Tensor, labels: Tensor) -> Tensor:
     """max_{j != y} f_j(x) - f_y(x) in float64 (positive: misclassified)."""
     with torch.no_grad():

@@ -14,7 +14,7 @@ that lies outside the ball, until an incumbent is inside (candidate counterexamp
 MIP proves the target, or ``l2_max_rounds`` is reached.
 
 Every candidate is projected into the set and re-checked in float64 with
-:func:`verify.spec.check_counterexample`; one that fails gives ``unknown`` ("numerics").
+:func:`verify.query.confirm_point`; one that fails gives ``unknown`` ("numerics").
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from torch import Tensor
 
 from .. import highs_run
 from ..network import Network
-from ..spec import LpBall, check_counterexample
+from ..query import Query, confirm_point
+from ..spec import LpBall
 from . import VERIFY_TOL, MipResult
 from .formulation import Formulation, NodeBounds, build_model, relu_input_nodes
 from .tighten import Tightener, TightenConfig
@@ -64,12 +65,8 @@ def _single_ball(pset: LpBall, i: int) -> LpBall:
 
 
 def _recheck(net: Network, ball: LpBall, label: int, x: Tensor) -> Tensor | None:
-    x = ball.project(x.to(torch.float64).reshape(ball.center.shape))
-    # pull a hair towards the centre: solutions on the sphere would otherwise fail the
-    # float64 membership test by an ulp (a convex combination stays in the input box)
-    x = ball.center + (x - ball.center) * (1 - 1e-9)
-    ok = bool(check_counterexample(net, ball, torch.tensor([label]), x)[0])
-    return x if ok else None
+    found = confirm_point(net, Query.robustness(ball, label, net.n_classes), x)
+    return None if found is None else found[0]
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ Verdicts, decided here in Python:
   objective) when the proven lower bound on the distance exceeds eps (eps^2 for L2, whose
   objective MIPVerify squares) by a safety margin;
 * ``falsified`` only when a solver point, projected into the set, is misclassified in a float64
-  forward pass (:func:`verify.spec.check_counterexample`); otherwise ``unknown("numerics")``;
+  forward pass (:func:`verify.query.confirm_point`); otherwise ``unknown("numerics")``;
 * ``TIME_LIMIT`` and anything else: ``unknown`` with the reason.
 
 juliacall is imported lazily, on the first solve: importing this module never starts Julia.
@@ -42,7 +42,8 @@ from torch import Tensor
 
 from ..errors import ModelError, SolverUnavailableError, SpecError
 from ..network import Network
-from ..spec import LpBall, check_counterexample, margins_f64
+from ..query import Query, confirm_point, nearby_points
+from ..spec import LpBall, margins_f64
 from . import VERIFY_TOL, MipResult, MipStatus
 
 Objective = Literal["auto", "worst", "closest"]
@@ -309,23 +310,9 @@ def _finite(v: float) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _candidates(ball: LpBall, x: Tensor, closest: bool) -> list[Tensor]:
-    """Points to re-check: x projected into the set, and variants that survive float64 rounding.
-
-    Solver points sit on the boundary of the set (the worst violation is at a box corner) and of
-    the decision region (the closest adversarial point is a tie, which MIPVerify allows). So
-    each point is also shrunk a hair towards the centre (centre + (1 - d)(x - centre) stays in
-    the set, which is convex), and for 'closest' the perturbation is first pushed a little past
-    the decision boundary. Every candidate is re-checked in float64 by the caller.
-    """
-    d = x - ball.center
-    bases = [x] + ([ball.center + s * d for s in (1 + 1e-9, 1 + 1e-6, 1 + 1e-4, 1 + 1e-3, 1 + 1e-2)] if closest else [])
-    out = []
-    for b in bases:
-        p = ball.project(b)
-        out.append(p)
-        out += [ball.center + (1 - shrink) * (p - ball.center) for shrink in (1e-12, 1e-9, 1e-7)]
-    return out
+# for 'closest': the solver's point sits on a tie (which MIPVerify allows); the re-check also
+# tries the perturbation pushed a little past it
+_PUSH = (1 + 1e-9, 1 + 1e-6, 1 + 1e-4, 1 + 1e-3, 1 + 1e-2)
 
 
 def map_answer(net: Network, ball: LpBall, label: int, raw: RawAnswer, *, seconds: float) -> MipResult:
@@ -341,12 +328,15 @@ def map_answer(net: Network, ball: LpBall, label: int, raw: RawAnswer, *, second
     candidate_violation: float | None = None
     if raw.has_solution and raw.perturbed.size == ball.center[0].numel():
         x = torch.as_tensor(raw.perturbed, dtype=torch.float64).reshape(ball.center.shape)
-        for cand in _candidates(ball, x, closest):
-            v = float(margins_f64(net, cand, torch.tensor([label]))[0])
-            candidate_violation = v if candidate_violation is None else max(candidate_violation, v)
-            if bool(check_counterexample(net, ball, torch.tensor([label]), cand)[0]):
-                obj = _finite(raw.objective) if not closest else v
-                return result("falsified", None, obj, None if closest else _finite(raw.dual_bound), cand)
+        push = _PUSH if closest else ()
+        # the largest float64 violation max_j f_j - f_y among the points the re-check tries
+        candidate_violation = max(float(margins_f64(net, c, torch.tensor([label]))[0])
+                                  for c in nearby_points(ball.to(torch.float64), x, push))
+        found = confirm_point(net, Query.robustness(ball, label, net.n_classes), x, push=push)
+        if found is not None:
+            cand = found[0]
+            obj = _finite(raw.objective) if not closest else float(margins_f64(net, cand, torch.tensor([label]))[0])
+            return result("falsified", None, obj, None if closest else _finite(raw.dual_bound), cand)
     # objective / dual_bound mean the violation max_j f_j - f_y (as in MipResult) only for 'worst'
     objective = candidate_violation if closest else _finite(raw.objective)
     dual = None if closest else _finite(raw.dual_bound)
