@@ -88,9 +88,10 @@ def mnist_test(shared_data: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def check_consistency(net: Network, x: torch.Tensor, y: torch.Tensor, eps: float, timeout: float,
-                      restarts: int = 100) -> list:
+                      restarts: int = 100, complete: str = "auto") -> list:
     ball = LpBall.make(x.to(torch.float64), eps, "inf")
-    res = certify(net, ball, y, list(range(len(y))), CertifyConfig(p=math.inf, eps=eps, timeout=timeout), progress=False)
+    res = certify(net, ball, y, list(range(len(y))), CertifyConfig(p=math.inf, eps=eps, timeout=timeout, complete=complete),  # type: ignore[arg-type]
+                  progress=False)
     s = summarize(res)
     assert s.lb <= s.ub
     assert s.clean_error <= s.pgd_lb <= s.lb
@@ -113,7 +114,7 @@ def test_robust_cnn_mip_closes_the_gap(robust_net: Network, mnist_test) -> None:
     x, y = mnist_test
     # the first 10 test points and four that the bounds leave to the MIP (which decides them)
     pick = list(range(10)) + [33, 95, 121, 195]
-    res = check_consistency(robust_net, x[pick], y[pick], 0.1, timeout=120)
+    res = check_consistency(robust_net, x[pick], y[pick], 0.1, timeout=120, complete="mip")
     assert sum(r.decided_by == "mip" for r in res) >= 4
     s = summarize(res)
     assert s.unknown == 0 and s.lb == s.ub
@@ -125,8 +126,8 @@ def test_timeout_gives_unknown_never_verified(mlp_points) -> None:
     ball = LpBall.make(x[:30].to(torch.float64), 0.1, "inf")
     res = certify(robust_net, ball, y[:30], list(range(30)),
                   CertifyConfig(p=math.inf, eps=0.1, timeout=1e-3, methods=("ibp",), attack_steps=0), progress=False)
-    mip = [r for r in res if "mip" in r.seconds]
-    assert mip, "no example reached the MIP"
+    mip = [r for r in res if "mip" in r.seconds or "bab" in r.seconds]
+    assert mip, "no example reached the complete stage"
     assert all(r.status != "verified" for r in mip)
     assert all(r.reason for r in mip if r.status == "unknown")
 
@@ -174,7 +175,7 @@ def test_mip_time_limit_holds_in_lp_tightening(mnist_test) -> None:
     net = load_model(MODELS / "mnist_cnn_small_at.mat")
     x, y = mnist_test
     ball = LpBall.make(x[[148]].to(torch.float64), 0.1, "inf")
-    r = certify(net, ball, y[[148]], [148], CertifyConfig(p=math.inf, eps=0.1, timeout=2.0), progress=False)[0]
+    r = certify(net, ball, y[[148]], [148], CertifyConfig(p=math.inf, eps=0.1, timeout=2.0, complete="mip"), progress=False)[0]
     assert "mip" in r.seconds  # the bounds leave it to the MIP
     assert r.status != "verified" or r.decided_by == "mip"
     assert r.seconds["mip"] < 20.0, r.seconds

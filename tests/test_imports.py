@@ -78,4 +78,4 @@ def test_the_cycle_finder_finds_cycles() -> None:
     assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
     graph = import_graph()
     assert "verify.network" in graph["verify.torch_modules"]  # the walker sees real edges
-    assert "verify.mip.property" in graph["verify.properties"]
+    assert "verify.complete" in graph["verify.properties"]

@@ -12,21 +12,20 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .complete import Engine, HighsBackend, MipBackend, MipVerifyBackend, check_engine, decide
 from .errors import SolverUnavailableError, SpecError
 from .network import Network
+from .query import Query
 from .spec import LpBall, margins_f64
 
-if TYPE_CHECKING:
-    from .mip import MipResult
-
 Status = Literal["misclassified", "falsified", "verified", "unknown"]
-Stage = Literal["clean", "pgd", "ibp", "kw", "crown", "alpha-crown", "lp", "mip"]
+Stage = Literal["clean", "pgd", "ibp", "kw", "crown", "alpha-crown", "lp", "mip", "bab"]
 BOUND_METHODS = ("ibp", "kw", "crown", "alpha-crown", "lp")
 
 
@@ -55,6 +54,8 @@ class CertifyConfig:
     mip_bounds: Literal["crown", "alpha-crown"] = "crown"
     mip_alpha_steps: int = 20
     mip_alpha_share: float = 0.25
+    # the complete stage (verify.complete): the MIP, branch and bound, or their portfolio
+    complete: Engine = "auto"
 
     def __post_init__(self) -> None:
         bad = [m for m in self.methods if m not in BOUND_METHODS]
@@ -64,13 +65,14 @@ class CertifyConfig:
             raise SpecError(f"unknown solver {self.solver!r}: use highs or mipverify")
         if not self.timeout > 0:
             raise SpecError(f"--timeout must be positive, got {self.timeout}")
+        check_engine(self.complete)
         if self.mip_bounds not in ("crown", "alpha-crown"):
             raise SpecError(f"unknown MIP starting bounds {self.mip_bounds!r}: use crown or alpha-crown")
 
 
 # The columns of a result row, in this order in every CSV, JSON and store (see CertResult.row).
 ROW_FIELDS = ("index", "label", "prediction", "status", "decided_by", "margin_lb", "margin_ub", "gap", "seconds",
-              "reason", "solver_status", "n_binaries")
+              "reason", "solver_status", "n_binaries", "domains")
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ class CertResult:
     reason: str | None = None
     n_binaries: int | None = None  # after tightening, for examples that reached the MIP
     margin_ub: float | None = None
+    domains: int | None = None  # subdomains branch and bound bounded, for examples that reached it
 
     @property
     def gap(self) -> float | None:
@@ -112,7 +115,7 @@ class CertResult:
             "decided_by": self.decided_by, "margin_lb": _finite_or_none(self.margin_lb),
             "margin_ub": _finite_or_none(self.margin_ub), "gap": self.gap,
             "seconds": round(sum(self.seconds.values()), 6), "reason": self.reason,
-            "solver_status": self.solver_status, "n_binaries": self.n_binaries,
+            "solver_status": self.solver_status, "n_binaries": self.n_binaries, "domains": self.domains,
         }
 
 
@@ -169,11 +172,19 @@ class _Clock:
             pp.seconds[stage] = pp.seconds.get(stage, 0.0) + dt * wi / total
 
 
-def _mip_solver(name: str) -> Callable[..., MipResult]:
-    if name == "highs":
-        from .mip.highs import solve_example
+    def split(self, open_: Sequence[_Pending], shares: dict[str, float]) -> None:
+        """One segment divided among stages by their measured shares (auto runs two engines)."""
+        now = time.perf_counter()
+        dt, self.last = now - self.last, now
+        total = sum(shares.values())
+        for stage, v in shares.items():
+            for pp in open_:
+                pp.seconds[stage] = pp.seconds.get(stage, 0.0) + dt * (v / total if total > 0 else 1.0 / len(shares))
 
-        return solve_example
+
+def _mip_backend(config: CertifyConfig) -> MipBackend:
+    if config.solver == "highs":
+        return HighsBackend(threads=config.threads)
     try:
         from .mip import mipverify
     except ImportError as e:
@@ -181,7 +192,7 @@ def _mip_solver(name: str) -> Callable[..., MipResult]:
     ok, why = mipverify.available()  # fail before any work, not when the first example reaches the MIP
     if not ok:
         raise SolverUnavailableError(why)
-    return mipverify.solve
+    return MipVerifyBackend(threads=config.threads)
 
 
 def certify(
@@ -208,7 +219,7 @@ def certify(
     n = pset.n
     if len(indices) != n or labels.numel() != n:
         raise SpecError(f"{n} examples but {len(indices)} indices and {labels.numel()} labels")
-    solve = None if config.no_mip else _mip_solver(config.solver)
+    solve = None if config.no_mip else _mip_backend(config)
     results: dict[int, CertResult] = {}
     pending = [_Pending(i) for i in range(n)]
     bar = _Bar(n, progress)
@@ -283,59 +294,50 @@ def certify(
             finish(pp, "unknown", None, int(preds[pp.pos]), reason="no mip")
             continue
         i = pp.pos
-        kwargs = _mip_inputs(net, pset, labels, i, config)
-        r = solve(net, pset, int(labels[i]), i, warm_start=warm.get(i), **kwargs)
-        clock.charge("mip", [pp])
-        status: Status = r.status
-        if r.status == "verified" and r.dual_bound is not None:
-            pp.lower(-r.dual_bound)  # the MIP's proven bound on the largest violation
-        if r.counterexample is not None:  # (an incumbent's objective is the model's value, not a forward pass)
-            pp.upper(-float(margins_f64(net, r.counterexample, labels[i : i + 1])[0]))
-        finish(pp, status, "mip" if status != "unknown" else None, int(preds[i]), counterexample=r.counterexample,
-               solver_status=r.solver_status, reason=r.reason, n_binaries=r.n_binaries)
+        t0 = time.perf_counter()
+        query = Query.robustness(pset.select([i]).to(torch.float64), int(labels[i]), net.n_classes)
+        bounds, row_lb = _complete_inputs(net, query, config, t0 + config.timeout)
+        out = decide(net, query, engine=config.complete, deadline=t0 + config.timeout, mip=solve, bounds=bounds,
+                     row_lb=row_lb, warm=warm.get(i))
+        clock.split([pp], out.times or {out.engine: 1.0})
+        if out.status == "verified" and out.lower_bound is not None:
+            pp.lower(out.lower_bound)  # the engine's proven bound on the worst margin
+        if out.counterexample is not None:  # (an incumbent's objective is the model's value, not a forward pass)
+            pp.upper(-float(margins_f64(net, out.counterexample, labels[i : i + 1])[0]))
+        finish(pp, out.status, out.engine if out.status != "unknown" else None, int(preds[i]),  # type: ignore[arg-type]
+               counterexample=out.counterexample, solver_status=out.solver_status, reason=out.reason,
+               n_binaries=out.n_binaries, domains=out.domains)
     bar.close()
     return [results[i] for i in range(n)]
 
 
-def _mip_inputs(net: Network, pset: LpBall, labels: Tensor, i: int, config: CertifyConfig) -> dict[str, Any]:
-    """Starting bounds (float64) and per-target margin bounds for one MIP solve.
+def _complete_inputs(net: Network, query: Query, config: CertifyConfig, deadline: float
+                     ) -> tuple[dict[int, tuple[Tensor, Tensor]] | None, np.ndarray | None]:
+    """Starting bounds (float64) and per-target margin bounds for the complete stage of one example.
 
-    The time spent here counts against the example's MIP time limit.
+    The time spent here counts against the example's time limit. MIPVerify.jl tightens its own.
     """
-    if config.solver != "highs":
-        return {"time_limit": config.timeout, "threads": config.threads}
+    if config.solver != "highs" and config.complete == "mip":
+        return None, None
     from .bounds import alpha_intermediate, compute_bounds
     from .bounds.final import alpha_margins
-    from .mip.highs import HighsOptions
 
     t0 = time.perf_counter()
-    sub = pset.select([i]).to(torch.float64)
-    y = labels[i : i + 1]
-    br = compute_bounds(net, sub, y, method="crown", dtype=torch.float64)
+    sub = query.input_set
+    assert query.label is not None
+    y = torch.tensor([query.label])
+    br = compute_bounds(net, sub, y, method="crown", dtype=torch.float64)  # type: ignore[arg-type]
     bounds, margin_t = dict(br.intermediate), br.margin_lb
     if config.mip_bounds == "alpha-crown":
-        deadline = t0 + config.mip_alpha_share * config.timeout
-        bounds = alpha_intermediate(net, sub, bounds, steps=config.mip_alpha_steps, deadline=deadline)
-        alpha_m, _ = alpha_margins(net, sub, y, bounds, steps=config.mip_alpha_steps, deadline=deadline)
+        stop = min(deadline, t0 + config.mip_alpha_share * config.timeout)
+        bounds = alpha_intermediate(net, sub, bounds, steps=config.mip_alpha_steps, deadline=stop)  # type: ignore[arg-type]
+        alpha_m, _ = alpha_margins(net, sub, y, bounds, steps=config.mip_alpha_steps, deadline=stop)  # type: ignore[arg-type]
         margin_t = torch.maximum(margin_t, alpha_m)  # both sound
     margin = margin_t[0].detach().numpy().astype(np.float64)
     # keep a safety margin so that float64 rounding in the bound cannot skip a violated target
     finite = np.isfinite(margin)
     margin[finite] -= 1e-6 * np.maximum(1.0, np.abs(margin[finite]))
-    left = max(1e-3, config.timeout - (time.perf_counter() - t0))
-    return {"bounds": _reindex(bounds, i, pset.n), "margin_lb": margin,
-            "options": HighsOptions(time_limit=left, threads=config.threads)}
-
-
-def _reindex(bounds: dict[int, tuple[Tensor, Tensor]], i: int, n: int) -> dict[int, tuple[Tensor, Tensor]]:
-    """Bounds computed on the single example i, placed at row i of an (n, ...) view the builder indexes."""
-    out = {}
-    for k, (lo, hi) in bounds.items():
-        lo_full = lo.new_full((n, *lo.shape[1:]), -math.inf)
-        hi_full = hi.new_full((n, *hi.shape[1:]), math.inf)
-        lo_full[i], hi_full[i] = lo[0], hi[0]
-        out[k] = (lo_full, hi_full)
-    return out
+    return bounds, margin[query.targets()]
 
 
 class _Bar:

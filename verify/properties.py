@@ -29,8 +29,10 @@ import torch
 from torch import Tensor
 
 from .errors import SpecError, UnsupportedLayerError
-from .mip.property import solve_property
+from .complete import Engine, HighsBackend, check_engine, decide
 from .network import MaxPool2d, Network
+from .query import Disjunct, Query, confirm_point, outputs_f64
+from .spec import Box, representable_point
 
 Status = Literal["sat", "unsat", "timeout", "unknown"]
 MipMode = Literal["per-disjunct", "indicator"]
@@ -39,20 +41,6 @@ ATTACK_CHUNK = 64  # disjuncts attacked in one batch
 
 
 # --------------------------------------------------------------------------- the property
-
-
-@dataclass(frozen=True, eq=False)
-class Disjunct:
-    """Rows ``C y <= d`` (C: (m, n_outputs), d: (m,), float64); m = 0 holds everywhere."""
-
-    C: np.ndarray
-    d: np.ndarray
-
-    def violation(self, y: np.ndarray) -> float:
-        """max_i (C_i y - d_i) in float64: <= 0 iff y satisfies every row (-inf for no rows)."""
-        if len(self.d) == 0:
-            return -math.inf
-        return float(np.max(self.C @ np.asarray(y, dtype=np.float64).reshape(-1) - self.d))
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,133 +72,25 @@ class OutputProperty:
 
     def satisfied_by(self, y: np.ndarray) -> int | None:
         """The first disjunct the float64 outputs ``y`` satisfy, or None."""
-        for k, dj in enumerate(self.disjuncts):
-            if dj.violation(y) <= 0:
-                return k
-        return None
+        return Query(Box.make(self.lower[None], self.upper[None]), self.disjuncts).satisfied_by(y)
 
-
-# --------------------------------------------------------------------------- the input set
-
-
-def _outward(t64: Tensor, dtype: torch.dtype, direction: float) -> Tensor:
-    """t64 cast to dtype, rounded towards ``direction`` (-inf for lower bounds, +inf for upper)."""
-    t = t64.to(dtype)
-    if dtype == torch.float64:
-        return t
-    back = t.to(torch.float64)
-    wrong = back > t64 if direction < 0 else back < t64
-    return torch.where(wrong, torch.nextafter(t, torch.full_like(t, direction)), t)
-
-
-@dataclass(frozen=True, eq=False)
-class Box:
-    """{x : lower <= x <= upper} per example; bounds kept exactly in float64.
-
-    ``dtype`` is the precision the bound code works in: :meth:`box` casts the bounds to it
-    rounding outwards, so a float32 screen never sees a smaller set than the true one.
-    """
-
-    lower: Tensor  # (N, *input_shape) float64
-    upper: Tensor
-    dtype: torch.dtype = torch.float64
-    p: float = math.inf  # read by code that specialises on Linf sets (a box is one)
-
-    @classmethod
-    def make(cls, lower: Tensor | np.ndarray, upper: Tensor | np.ndarray) -> "Box":
-        lo = torch.as_tensor(np.asarray(lower, dtype=np.float64))
-        hi = torch.as_tensor(np.asarray(upper, dtype=np.float64))
-        if lo.shape != hi.shape:
-            raise SpecError(f"box bounds have shapes {tuple(lo.shape)} and {tuple(hi.shape)}")
-        if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
-            raise SpecError("box bounds must be finite")
-        if (lo > hi).any():
-            raise SpecError("box has a lower bound above its upper bound")
-        return cls(lo, hi)
-
-    @property
-    def n(self) -> int:
-        return int(self.lower.shape[0])
-
-    @property
-    def center(self) -> Tensor:
-        return ((self.lower + self.upper) / 2).to(self.dtype)
-
-    def to(self, dtype: torch.dtype) -> "Box":
-        return Box(self.lower, self.upper, dtype)
-
-    def select(self, idx: Tensor | Sequence[int]) -> "Box":
-        idx = torch.as_tensor(idx, dtype=torch.long)
-        return Box(self.lower[idx], self.upper[idx], self.dtype)
-
-    def box(self) -> tuple[Tensor, Tensor]:
-        return _outward(self.lower, self.dtype, -math.inf), _outward(self.upper, self.dtype, math.inf)
-
-    def min_linear(self, a: Tensor) -> Tensor:
-        """min over the box of <a[n, k], x> for a of shape (N, K, *input_shape): exact, (N, K)."""
-        n, k = a.shape[:2]
-        a2 = a.reshape(n, k, -1)
-        lo, hi = (_outward(t, a.dtype, s).reshape(n, 1, -1) for t, s in ((self.lower, -math.inf), (self.upper, math.inf)))
-        return (a2.clamp(min=0) * lo + a2.clamp(max=0) * hi).sum(-1)
-
-    def contains(self, x: Tensor) -> Tensor:
-        """Exact float64 membership per example."""
-        x64 = x.to(torch.float64).reshape(self.n, -1)
-        return (x64 >= self.lower.reshape(self.n, -1)).all(1) & (x64 <= self.upper.reshape(self.n, -1)).all(1)
-
-    def project(self, x: Tensor) -> Tensor:
-        """Clip to the box, in float64 (the result is inside exactly)."""
-        return torch.maximum(torch.minimum(x.to(torch.float64), self.upper), self.lower)
-
-
-def representable_point(box: Box, x: Tensor) -> Tensor:
-    """A float32-representable point of the (single-example) box near x, as float64; x clipped if none.
-
-    A counterexample that is exact in float32 means the same input to onnxruntime (which
-    runs in float32) as to our float64 check.
-    """
-    x64 = box.project(x)
-    x32 = x64.to(torch.float32)
-    back = x32.to(torch.float64)
-    x32 = torch.where(back < box.lower, torch.nextafter(x32, torch.full_like(x32, math.inf)), x32)
-    back = x32.to(torch.float64)
-    x32 = torch.where(back > box.upper, torch.nextafter(x32, torch.full_like(x32, -math.inf)), x32)
-    cand = x32.to(torch.float64)
-    return cand if bool(box.contains(cand).all()) else x64
-
-
-def outputs_f64(net: Network, x: Tensor) -> np.ndarray:
-    """The flattened float64 outputs for one input x."""
-    with torch.no_grad():
-        return net.forward(x.to(torch.float64).reshape(1, *net.input_shape)).reshape(-1).numpy()
+    def query(self, net: Network) -> Query:
+        """The property as a :class:`verify.query.Query` over ``net``'s input shape."""
+        return Query(self.box(net), self.disjuncts)
 
 
 def confirm(net: Network, prop: OutputProperty, box: Box, x: Tensor) -> tuple[Tensor, np.ndarray, int] | None:
-    """(point, outputs, disjunct) for a confirmed counterexample near x, else None.
-
-    Tries the float32-representable neighbour first, then x clipped into the box; each must
-    lie inside the box exactly and satisfy a disjunct in a float64 forward pass.
-    """
-    for cand in (representable_point(box, x), box.project(x)):
-        if not bool(box.contains(cand).all()):
-            continue
-        y = outputs_f64(net, cand)
-        k = prop.satisfied_by(y)
-        if k is not None:
-            return cand, y, k
-    return None
+    """(point, outputs, disjunct) for a counterexample near x that :func:`verify.query.confirm_point`
+    confirms (inside the box exactly, float32-representable where possible, a disjunct satisfied in
+    a float64 forward pass), else None."""
+    found = confirm_point(net, Query(box, prop.disjuncts), x)
+    return None if found is None else (found[0], outputs_f64(net, found[0]), found[1])
 
 
 def disjunct_check(net: Network, box: Box, disjuncts: Sequence[Disjunct]) -> Callable[[Tensor], tuple[Tensor, int] | None]:
-    """:func:`confirm` against these disjuncts (indices into them), as the MIP's re-check of a candidate."""
-    lower, upper = box.lower.reshape(-1).numpy(), box.upper.reshape(-1).numpy()
-    sub = OutputProperty(lower, upper, tuple(disjuncts), int(np.prod(net.output_shape)))
-
-    def check(x: Tensor) -> tuple[Tensor, int] | None:
-        found = confirm(net, sub, box, x)
-        return (found[0], found[2]) if found is not None else None
-
-    return check
+    """:func:`verify.query.confirm_point` against these disjuncts (indices into them), as the MIP's re-check."""
+    q = Query(box, tuple(disjuncts))
+    return lambda x: confirm_point(net, q, x)
 
 
 # --------------------------------------------------------------------------- attack
@@ -375,14 +255,16 @@ class VerifyOptions:
     timeout: float = 120.0
     attack_steps: int = 50
     attack_restarts: int = 3
-    mip: bool = True
+    mip: bool = True  # False: no complete stage (bounds only)
     mode: MipMode = "per-disjunct"
+    complete: Engine = "auto"
     threads: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
         if not self.timeout > 0:
             raise SpecError(f"timeout must be positive, got {self.timeout}")
+        check_engine(self.complete)
         if self.mode not in MIP_MODES:
             raise SpecError(f"unknown MIP mode {self.mode!r}: use {' or '.join(MIP_MODES)}")
         if self.attack_steps < 0 or self.attack_restarts < 1:
@@ -394,7 +276,7 @@ class PropertyResult:
     """The verdict on one property. ``counterexample`` / ``outputs`` (flattened float64) only for sat."""
 
     status: Status
-    decided_by: str | None  # attack / bounds / crown / interval / mip / trivial
+    decided_by: str | None  # attack / crown / interval / mip / bab / trivial
     reason: str | None
     counterexample: np.ndarray | None
     outputs: np.ndarray | None
@@ -403,6 +285,7 @@ class PropertyResult:
     n_disjuncts: int = 0
     open_disjuncts: int = 0  # left to the MIP after the bounds
     n_binaries: int | None = None
+    domains: int | None = None  # subdomains branch and bound bounded
 
     @property
     def total_seconds(self) -> float:
@@ -443,20 +326,24 @@ def verify_property(net: Network, prop: OutputProperty, options: VerifyOptions =
     if not options.mip:
         return done("unknown", None, "bounds inconclusive and the MIP is off", open_disjuncts=len(open_k))
     t = time.perf_counter()
+    # closest to a counterexample first (by the attack's best point, which also warm-starts that MIP)
+    with torch.no_grad():
+        ys = net.forward(best.to(torch.float64)).reshape(len(best), -1).numpy()
+    order = sorted(open_k, key=lambda i: prop.disjuncts[i].violation(ys[i]))
+    sub = Query(box, tuple(prop.disjuncts[i] for i in order))
     try:
-        # closest to a counterexample first (by the attack's best point, which also warm-starts that MIP)
-        with torch.no_grad():
-            ys = net.forward(best.to(torch.float64)).reshape(len(best), -1).numpy()
-        order = sorted(open_k, key=lambda i: prop.disjuncts[i].violation(ys[i]))
-        given = [prop.disjuncts[i] for i in order]
-        res = solve_property(net, box, given, confirm=disjunct_check(net, box, given), bounds=pb.intermediate,
-                             deadline=deadline, mode=options.mode, threads=options.threads, warm_starts=best[order])
+        res = decide(net, sub, engine=options.complete, deadline=deadline, bounds=pb.intermediate,
+                     mip=HighsBackend(threads=options.threads, mode=options.mode), warm=best[order])
     except UnsupportedLayerError as e:
-        sec["mip"] = time.perf_counter() - t
-        return done("unknown", None, f"MIP: {e}", open_disjuncts=len(open_k))
-    sec["mip"] = time.perf_counter() - t
-    if res.status == "sat" and res.counterexample is not None:
-        # polish: a few descent steps from the MIP's point move it away from the boundary
+        sec["complete"] = time.perf_counter() - t
+        return done("unknown", None, f"complete stage: {e}", open_disjuncts=len(open_k))
+    spent = time.perf_counter() - t
+    total = sum(res.times.values())
+    for name, v in (res.times or {res.engine: 1.0}).items():
+        sec[name] = spent * (v / total if total > 0 else 1.0 / max(1, len(res.times)))
+    extra: dict[str, Any] = {"open_disjuncts": len(open_k), "n_binaries": res.n_binaries, "domains": res.domains}
+    if res.status == "falsified" and res.counterexample is not None:
+        # polish: a few descent steps from the engine's point move it away from the boundary
         t = time.perf_counter()
         polished, _ = attack_property(net, prop, box, steps=20, restarts=1, starts=res.counterexample,
                                       deadline=math.inf)
@@ -466,13 +353,12 @@ def verify_property(net: Network, prop: OutputProperty, options: VerifyOptions =
         if polished is not None and x0 is not None:
             pick = min((polished, x0), key=lambda f: prop.disjuncts[f[2]].violation(f[1]))
         if pick is not None:
-            return done("sat", "mip", found=pick, open_disjuncts=len(open_k), n_binaries=res.n_binaries)
-        return done("unknown", None, "numerics: the MIP's point fails the float64 check", open_disjuncts=len(open_k),
-                    n_binaries=res.n_binaries)
-    if res.status == "unsat":
-        return done("unsat", "mip", open_disjuncts=len(open_k), n_binaries=res.n_binaries)
+            return done("sat", res.engine, found=pick, **extra)
+        return done("unknown", None, "numerics: the counterexample fails the float64 check", **extra)
+    if res.status == "verified":
+        return done("unsat", res.engine, **extra)
     status: Status = "timeout" if res.reason == "timeout" else "unknown"
-    return done(status, None, res.reason, open_disjuncts=len(open_k), n_binaries=res.n_binaries)
+    return done(status, None, res.reason, **extra)
 
 
 __all__ = ["Box", "Disjunct", "MIP_MODES", "OutputProperty", "PropertyBounds", "PropertyResult", "VerifyOptions",

@@ -29,8 +29,9 @@ from ..bounds.certify import SAFETY_REL
 from ..bounds.intermediate import alpha_intermediate, linear_intermediate
 from ..bounds.slopes import crown_slopes
 from ..bounds.types import NodeBounds
+from ..errors import UnsupportedLayerError
 from ..network import MaxPool2d, Network
-from ..properties import Box
+from ..spec import Box
 from .attack import linear_minimiser, pgd, set_projector
 from .bound import Bounded, bound_rows
 from .leaf import leaf_lp
@@ -450,7 +451,7 @@ def _input_mode(net: Network, pset: Any, option: str) -> bool:
     boxy = isinstance(pset, Box) or math.isinf(getattr(pset, "p", 2.0))
     if option == "on":
         if not boxy:
-            raise ValueError("input splitting needs a box or an Linf ball")
+            raise UnsupportedLayerError("input splitting needs a box or an Linf ball")
         return True
     if option == "off":
         return False
@@ -470,7 +471,7 @@ def bab(net: Network, input_set: Any, disjuncts: Sequence[tuple[Tensor, Tensor]]
     if input_set.n != 1:
         raise ValueError(f"bab() takes one example, got {input_set.n}")
     if any(isinstance(n.op, MaxPool2d) for n in net.graph):
-        raise ValueError("bab() does not support MaxPool2d")
+        raise UnsupportedLayerError("branch and bound does not split through MaxPool2d; use --complete mip")
     pset = input_set.to(torch.float64)
     with torch.no_grad():
         y0 = net.forward(pset.center.to(torch.float64).reshape(1, *net.input_shape))

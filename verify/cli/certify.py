@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 @spec_options
 @data_options
 @click.option("--solver", default="highs", type=click.Choice(["highs", "mipverify"]), help="MIP backend.")
-@click.option("--timeout", default=120.0, type=click.FloatRange(min=0, min_open=True), help="MIP time limit per example (s).")
+@click.option("--timeout", default=120.0, type=click.FloatRange(min=0, min_open=True), help="Time limit of the complete stage per example (s).")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
               help="Threads of HiGHS and of torch. One is best unless the machine is idle: the work is per "
                    "example, and torch's thread pool slows down 10x or more on cores another process is using (benchmarks/threads.py).")
@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 @click.option("--mip-bounds", default="crown", show_default=True, type=click.Choice(["crown", "alpha-crown"]),
               help="Starting big-M bounds of the MIP: CROWN's, or CROWN's refined by alpha-CROWN per neuron "
                    "(at most a quarter of --timeout; fewer binaries in deeper layers, tighter target bounds).")
+@click.option("--complete", default="auto", show_default=True, type=click.Choice(["auto", "bab", "mip"]),
+              help="Complete engine for the examples the attacks and bounds leave open: the MIP (--solver), branch "
+                   "and bound on the bound engine (beta-CROWN style; deep or non-robust nets), or auto: the MIP "
+                   "where the bounds leave few unstable ReLUs, else branch and bound first, then the MIP.")
 @click.option("--no-mip", is_flag=True, help="Stop after the bounds: undecided examples are unknown.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--shard", default=None, help="Run shard i of n (e.g. 2/3, for SLURM array jobs); merge with 'verify merge'.")
@@ -51,7 +55,7 @@ if TYPE_CHECKING:
 def certify(model_path: str, model_format: str | None, arch: str | None, p: str, eps: float, dataset: str | None,
             data_dir: str | None, n: int | None, indices: str | None, inputs_path: str | None, solver: Literal["highs", "mipverify"],
             timeout: float, threads: int, methods: str, attack_steps: int, attack_restarts: int,
-            strong_attack_restarts: int, mip_bounds: Literal["crown", "alpha-crown"], no_mip: bool, quiet: bool, shard: str | None, workers: int, scheduler: str | None, cluster: str | None, jobs: int,
+            strong_attack_restarts: int, mip_bounds: Literal["crown", "alpha-crown"], complete: Literal["auto", "bab", "mip"], no_mip: bool, quiet: bool, shard: str | None, workers: int, scheduler: str | None, cluster: str | None, jobs: int,
             queue: str | None, account: str | None, memory: str, walltime: str, cores: int,
             ce_path: str | None, output: str | None) -> None:
     """Decide each example: misclassified, falsified (PGD or MIP), verified (bounds or MIP) or unknown.
@@ -87,7 +91,7 @@ def certify(model_path: str, model_format: str | None, arch: str | None, p: str,
                            attack_steps=attack_steps, attack_restarts=attack_restarts,
                            strong_attack_restarts=strong_attack_restarts, timeout=timeout,
                            solver=solver, threads=threads, no_mip=no_mip,
-                           mip_bounds=mip_bounds)
+                           mip_bounds=mip_bounds, complete=complete)
     import torch
 
     torch.set_num_threads(threads)
@@ -112,7 +116,7 @@ def certify(model_path: str, model_format: str | None, arch: str | None, p: str,
 
     results = run(net, ball, ex.y, ex.indices, config, progress=not quiet, on_result=on_result)
     s = summarize(results)
-    print_summary(s, f"p {p_label(p)}   eps {eps:g}   solver {solver}")
+    print_summary(s, f"p {p_label(p)}   eps {eps:g}   complete {config.complete}   solver {solver}")
     final = [r.row() for r in results]
     if output is not None:  # the final file lists the examples in input order
         _write(output, s, run_cfg, final)
@@ -139,7 +143,7 @@ def _run_store(net: Network, model_path: str, ex: Examples, config: CertifyConfi
     if skipped:
         click.echo(f"resumed {output}: skipped {skipped} examples already in the store")
     shard_txt = "" if shard_spec is None else f"   shard {shard_spec[0]}/{shard_spec[1]}"
-    print_summary(summarize(rows), f"p {p_label(p)}   eps {eps:g}   solver {solver}{shard_txt}")
+    print_summary(summarize(rows), f"p {p_label(p)}   eps {eps:g}   complete {config.complete}   solver {solver}{shard_txt}")
     if ce_path is not None:
         wanted = {int(r["index"]) for r in rows}
         with ResultsStore.open(output, create=False) as st:

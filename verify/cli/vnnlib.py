@@ -29,13 +29,17 @@ from ..properties import MIP_MODES, PropertyResult, VerifyOptions
                    "selection binary per disjunct.")
 @click.option("--attack-steps", default=50, type=click.IntRange(min=0), show_default=True, help="PGD steps per restart (0: centre only).")
 @click.option("--attack-restarts", default=3, type=click.IntRange(min=1), show_default=True, help="PGD restarts per disjunct.")
+@click.option("--complete", default="auto", show_default=True, type=click.Choice(["auto", "bab", "mip"]),
+              help="Complete engine for what the attack and bounds leave open: the HiGHS MIP, branch and bound on the "
+                   "bound engine (input splitting for inputs of <= 16 features, else ReLU splitting), or auto (the MIP "
+                   "where the bounds leave few unstable ReLUs, else branch and bound first, then the MIP).")
 @click.option("--no-mip", is_flag=True, help="Stop after the bounds: undecided instances are unknown.")
 @click.option("--threads", default=1, type=click.IntRange(min=1), show_default=True, help="Threads of HiGHS and of torch.")
 @click.option("--check", is_flag=True, help="Only load the network and parse the property (prepare_instance.sh).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar (batch mode).")
 def vnnlib(onnx_path: str | None, vnnlib_path: str | None, instances: str | None, timeout: float | None,
            output: str | None, results_dir: str | None, mode: str, attack_steps: int, attack_restarts: int,
-           no_mip: bool, threads: int, check: bool, quiet: bool) -> None:
+           complete: str, no_mip: bool, threads: int, check: bool, quiet: bool) -> None:
     """Verify VNN-COMP style instances: prints and writes unsat, sat (with the counterexample), timeout or unknown.
 
     The property describes the UNSAFE region: sat means an input in the box whose outputs
@@ -62,7 +66,7 @@ def vnnlib(onnx_path: str | None, vnnlib_path: str | None, instances: str | None
 
     torch.set_num_threads(threads)
     options = VerifyOptions(timeout=timeout or 120.0, attack_steps=attack_steps, attack_restarts=attack_restarts,
-                            mip=not no_mip, mode=mode, threads=threads)  # type: ignore[arg-type]
+                            mip=not no_mip, mode=mode, threads=threads, complete=complete)  # type: ignore[arg-type]
     if instances is None:
         assert onnx_path is not None and vnnlib_path is not None
         _single(onnx_path, vnnlib_path, options, output, check, started)
@@ -95,6 +99,8 @@ def _line(res: PropertyResult) -> str:
         parts.insert(1, f"decided_by={res.decided_by}")
     if res.open_disjuncts:
         parts.append(f"open_after_bounds={res.open_disjuncts}")
+    if res.domains:
+        parts.append(f"domains={res.domains}")
     if res.reason:
         parts.append(f"reason={res.reason}")
     return "  ".join(parts)
@@ -136,7 +142,8 @@ def _batch(instances: str, options: VerifyOptions, timeout: float | None, output
             row["reason"] = str(e)
         if res is not None:
             row.update({"result": status, "decided_by": res.decided_by, "reason": res.reason,
-                        "disjuncts": res.n_disjuncts, "open_after_bounds": res.open_disjuncts})
+                        "disjuncts": res.n_disjuncts, "open_after_bounds": res.open_disjuncts,
+                        "domains": res.domains})
             if results_dir is not None:
                 name = f"{inst.onnx.stem}__{inst.vnnlib.name.removesuffix('.gz').removesuffix('.vnnlib')}.txt"
                 Path(results_dir).mkdir(parents=True, exist_ok=True)

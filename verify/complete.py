@@ -1,0 +1,203 @@
+"""The complete stage: one entry point that decides a :class:`verify.query.Query` exactly.
+
+Engines (``--complete``):
+
+* ``mip``  -- the MIP on HiGHS (:mod:`verify.mip.highs` for robustness queries,
+  :mod:`verify.mip.property` for general ones) or on MIPVerify.jl (robustness only), behind
+  the small :class:`MipBackend` protocol;
+* ``bab``  -- branch and bound on the bound engine (:mod:`verify.bab`);
+* ``auto`` -- a portfolio: the MIP alone where its model is small (few unstable ReLUs after
+  the bounds, where HiGHS decides in well under a second) or has MaxPool, otherwise branch and
+  bound first with a quarter of the time (it decides the instances its root bound or a few
+  thousand subdomains settle), then the MIP with what is left.
+
+Each returns one :class:`Outcome`; ``verified`` only from a sound proof (a MIP proof or
+branch-and-bound bounds above the safety margin), ``falsified`` only with a point that
+:func:`verify.query.confirm_point` accepted. The adapters (``certify``, ``vnnlib``, the
+batch runner) build the Query and read the Outcome; nothing else calls an engine.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Literal, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import SpecError, UnsupportedLayerError
+from .network import MaxPool2d, Network
+from .query import Query, confirm_point, outputs_f64
+
+Engine = Literal["auto", "bab", "mip"]
+ENGINES: tuple[str, ...] = ("auto", "bab", "mip")
+OutcomeStatus = Literal["verified", "falsified", "unknown"]
+NodeBounds = dict[int, tuple[Tensor, Tensor]]
+
+# auto: the MIP alone when the bounds leave at most this many unstable ReLUs (its model then has
+# at most that many binaries and HiGHS decides it in well under a second), else BaB first
+AUTO_MIP_MAX_UNSTABLE = 40
+# auto: the share of the time limit branch and bound gets before the MIP takes over the rest
+AUTO_BAB_SHARE = 0.25
+
+
+def check_engine(engine: str) -> None:
+    if engine not in ENGINES:
+        raise SpecError(f"unknown complete engine {engine!r}: use {', '.join(ENGINES)}")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a complete engine found for one query.
+
+    ``lower_bound``: a proven lower bound on min over disjuncts of their violation
+    max_i (C_i y - d_i) over the set (robustness: on the worst margin), when the engine has one.
+    ``engine``: the engine that decided (for ``unknown``, the last one that ran).
+    """
+
+    status: OutcomeStatus
+    engine: str
+    reason: str | None = None
+    counterexample: Tensor | None = None
+    disjunct: int | None = None
+    lower_bound: float | None = None
+    solver_status: str | None = None
+    n_binaries: int | None = None
+    domains: int | None = None
+    seconds: float = 0.0
+    times: dict[str, float] = field(default_factory=dict)  # seconds per engine that ran (auto may run both)
+
+
+class MipBackend(Protocol):
+    """An exact MIP solve of one query before ``deadline`` (``time.perf_counter()`` seconds).
+
+    ``bounds``: float64 bounds on the query's single example (big-M values); ``row_lb``: proven
+    lower bounds per disjunct (robustness: per target class) that let it skip proven ones;
+    ``warm``: an input point to warm-start from (e.g. the attack's best)."""
+
+    def __call__(self, net: Network, query: Query, *, deadline: float, bounds: NodeBounds | None,
+                 row_lb: np.ndarray | None, warm: Tensor | None) -> Outcome: ...
+
+
+@dataclass(frozen=True)
+class HighsBackend:
+    """The MIP on HiGHS: per-target robustness solves, or per-disjunct / indicator property solves."""
+
+    threads: int = 1
+    mode: Literal["per-disjunct", "indicator"] = "per-disjunct"
+
+    def __call__(self, net: Network, query: Query, *, deadline: float, bounds: NodeBounds | None,
+                 row_lb: np.ndarray | None, warm: Tensor | None) -> Outcome:
+        left = max(1e-3, deadline - time.perf_counter())
+        if query.label is not None:
+            from .mip.highs import HighsOptions, solve_example
+
+            margin = None
+            if row_lb is not None:  # per disjunct -> per class, the label's column +inf
+                margin = np.full(len(query.disjuncts) + 1, math.inf)
+                margin[query.targets()] = row_lb
+            ball = query.input_set
+            r = solve_example(net, ball, query.label, 0, bounds=bounds, margin_lb=margin, warm_start=warm,  # type: ignore[arg-type]
+                              options=HighsOptions(time_limit=left, threads=self.threads))
+            return _from_mip(net, r, query)
+        from .mip.property import solve_property
+
+        res = solve_property(net, query.input_set, list(query.disjuncts),
+                             confirm=lambda x: confirm_point(net, query, x), bounds=bounds, deadline=deadline,
+                             mode=self.mode, threads=self.threads, warm_starts=warm)
+        status: OutcomeStatus = {"sat": "falsified", "unsat": "verified"}.get(res.status, "unknown")  # type: ignore[assignment]
+        return Outcome(status, "mip", res.reason, res.counterexample, res.disjunct, None, None, res.n_binaries,
+                       None, res.seconds, {"mip": res.seconds})
+
+
+@dataclass(frozen=True)
+class MipVerifyBackend:
+    """MIPVerify.jl through juliacall (robustness queries only; it tightens its own bounds)."""
+
+    threads: int = 1
+
+    def __call__(self, net: Network, query: Query, *, deadline: float, bounds: NodeBounds | None,
+                 row_lb: np.ndarray | None, warm: Tensor | None) -> Outcome:
+        if query.label is None:
+            raise UnsupportedLayerError("MIPVerify.jl decides robustness queries only; use the HiGHS MIP")
+        from .mip import mipverify
+
+        left = max(1e-3, deadline - time.perf_counter())
+        r = mipverify.solve(net, query.input_set, query.label, 0, time_limit=left, threads=self.threads)  # type: ignore[arg-type]
+        return _from_mip(net, r, query)
+
+
+def _from_mip(net: Network, r: Any, query: Query) -> Outcome:
+    """A robustness MipResult as an Outcome (its dual bound is on the violation, the negated margin)."""
+    lb = -r.dual_bound if r.status == "verified" and r.dual_bound is not None else None
+    disjunct = None
+    if r.counterexample is not None:  # confirmed by the backend; which target it hits
+        disjunct = query.satisfied_by(outputs_f64(net, r.counterexample))
+    return Outcome(r.status, "mip", r.reason, r.counterexample, disjunct, lb, r.solver_status, r.n_binaries, None,
+                   r.seconds, {"mip": r.seconds})
+
+
+def unstable_count(bounds: NodeBounds | None, net: Network) -> int | None:
+    """ReLU inputs whose bounds straddle zero (the MIP's binaries before its own tightening)."""
+    if bounds is None:
+        return None
+    total = 0
+    for node in net.relu_nodes:
+        b = bounds.get(node.inputs[0])
+        if b is None:
+            return None
+        total += int(((b[0] < 0) & (b[1] > 0)).sum())
+    return total
+
+
+def decide(net: Network, query: Query, *, engine: Engine, deadline: float, mip: MipBackend,
+           bounds: NodeBounds | None = None, row_lb: np.ndarray | None = None, warm: Tensor | None = None,
+           bab_options: Any = None, progress: Callable[[dict[str, Any]], None] | None = None) -> Outcome:
+    """Decide ``query`` with ``engine`` before ``deadline`` (see the module docstring)."""
+    check_engine(engine)
+    if engine == "mip":
+        return mip(net, query, deadline=deadline, bounds=bounds, row_lb=row_lb, warm=warm)
+    if engine == "bab":
+        return _bab(net, query, deadline=deadline, bounds=bounds, options=bab_options, progress=progress)
+    n_unstable = unstable_count(bounds, net)
+    if n_unstable is not None and n_unstable <= AUTO_MIP_MAX_UNSTABLE:
+        return mip(net, query, deadline=deadline, bounds=bounds, row_lb=row_lb, warm=warm)
+    if any(isinstance(n.op, MaxPool2d) for n in net.graph):  # branch and bound has no MaxPool splitting
+        return mip(net, query, deadline=deadline, bounds=bounds, row_lb=row_lb, warm=warm)
+    t0 = time.perf_counter()
+    first = _bab(net, query, deadline=t0 + AUTO_BAB_SHARE * (deadline - t0), bounds=bounds, options=bab_options,
+                 progress=progress)
+    if first.status != "unknown" or time.perf_counter() >= deadline:
+        return first
+    try:
+        second = mip(net, query, deadline=deadline, bounds=bounds, row_lb=row_lb, warm=warm)
+    except UnsupportedLayerError:
+        return first
+    return replace(second, lower_bound=second.lower_bound if second.lower_bound is not None else first.lower_bound,
+                   domains=first.domains, seconds=first.seconds + second.seconds,
+                   times={**first.times, **second.times})
+
+
+def _bab(net: Network, query: Query, *, deadline: float, bounds: NodeBounds | None, options: Any,
+         progress: Callable[[dict[str, Any]], None] | None) -> Outcome:
+    from .bab import BabOptions, bab
+
+    # the deadline is the limit: an options object's own timeout must not cut it shorter
+    opts = replace(options if options is not None else BabOptions(), timeout=math.inf)
+    pairs = [(torch.as_tensor(dj.C, dtype=torch.float64), torch.as_tensor(dj.d, dtype=torch.float64))
+             for dj in query.disjuncts]
+    try:
+        r = bab(net, query.input_set.to(torch.float64), pairs, options=opts, deadline=deadline,
+                confirm=lambda x: confirm_point(net, query, x), initial_bounds=bounds, progress=progress)
+    except UnsupportedLayerError as e:  # e.g. MaxPool: no ReLU splitting through it
+        return Outcome("unknown", "bab", f"branch and bound: {e}", times={"bab": 0.0})
+    lb = r.lower_bound if math.isfinite(r.lower_bound) else None
+    return Outcome(r.status, "bab", r.reason, r.counterexample, r.disjunct, lb, None, None, r.domains, r.seconds,
+                   {"bab": r.seconds})
+
+
+__all__ = ["AUTO_BAB_SHARE", "AUTO_MIP_MAX_UNSTABLE", "ENGINES", "Engine", "HighsBackend", "MipBackend",
+           "MipVerifyBackend", "Outcome", "check_engine", "decide", "unstable_count"]
