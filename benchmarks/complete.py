@@ -92,7 +92,8 @@ def run_engine(net, x: torch.Tensor, y: torch.Tensor, eps: float, timeout: float
         return {"skipped": f"SpecError: {e}"}
     wall = time.perf_counter() - t0
     rows = [{"index": r.index, "status": r.status, "decided_by": r.decided_by, "seconds": sum(r.seconds.values()),
-             "n_binaries": r.n_binaries, "solver_status": r.solver_status} for r in res]
+             "n_binaries": r.n_binaries, "solver_status": r.solver_status, "margin_lb": r.row()["margin_lb"],
+             "margin_ub": r.row()["margin_ub"]} for r in res]
     counts = {s: sum(r["status"] == s for r in rows) for s in (*DECIDED, "unknown")}
     decided = [r["seconds"] for r in rows if r["status"] in DECIDED]
     complete_rows = [r for r in rows if r["decided_by"] not in EARLY_STAGES]  # reached the complete stage
