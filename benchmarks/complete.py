@@ -90,6 +90,8 @@ def run_engine(net, x: torch.Tensor, y: torch.Tensor, eps: float, timeout: float
         res = certify(net, ball, y, list(range(len(y))), make_config(engine, eps, timeout, has_field), progress=False)
     except SpecError as e:  # the engine is refused only when it runs (e.g. it does not take this network)
         return {"skipped": f"SpecError: {e}"}
+    except Exception as e:  # report, do not stop the benchmark (the other engines and nets still run)
+        return {"error": f"{type(e).__name__}: {e}"}
     wall = time.perf_counter() - t0
     rows = [{"index": r.index, "status": r.status, "decided_by": r.decided_by, "seconds": sum(r.seconds.values()),
              "n_binaries": r.n_binaries, "solver_status": r.solver_status, "margin_lb": r.row()["margin_lb"],
@@ -206,9 +208,10 @@ def main(argv: list[str] | None = None) -> dict:
             runs: dict[str, dict] = {}
             for e in usable:
                 runs[e] = run_engine(net, x, y, eps, args.timeout, e, has_field)
-                if "skipped" in runs[e]:
-                    engines[e].setdefault("skipped_at", []).append(f"{name} eps {eps}")
-                    print(f"{name} eps {eps} {e}: skipped ({runs[e]['skipped']})", flush=True)
+                if "skipped" in runs[e] or "error" in runs[e]:
+                    what = "skipped" if "skipped" in runs[e] else "error"
+                    engines[e].setdefault(f"{what}_at", []).append(f"{name} eps {eps}")
+                    print(f"{name} eps {eps} {e}: {what} ({runs[e][what]})", flush=True)
                 else:
                     r = runs[e]
                     print(f"{name} eps {eps} {e}: solved {r['solved']}/{r['n']} unknown {r['unknown']} "
