@@ -6,7 +6,9 @@ Croce, Andriushchenko & Hein's repository (``models.py``, ``utils.get_hidden_uni
 MMR ``.mat`` export has exactly their layout, and He-initialised (truncated normal,
 std sqrt(2 / fan_in)) weights with zero biases. The Kolter-Wong MNIST CNNs (``kw_small``,
 ``kw_large``) follow ``convex_adversarial``'s examples: PyTorch padding and flatten order,
-PyTorch's default initialisation.
+PyTorch's default initialisation. The complete-verification benchmark MLPs (``fc_256x2``,
+``fc_256x4``, ``fc_256x6``: VNN-COMP's "mnistfc" family, and ``fc_500``: 784-500-10) are built
+like ``fc10``: MMR layout and initialisation.
 
 Every MMR / KW module built here contains only Linear, Conv2d, ZeroPad2d, ReLU, Flatten and
 FlattenNHWC, which :func:`verify.torch_modules.network_from_torch` reads exactly. The SSP networks
@@ -96,6 +98,29 @@ def fc10(in_shape: Shape = (1, 28, 28), n_classes: int = 10) -> nn.Sequential:
     return _mlp(in_shape, n_classes, FC10_WIDTHS, nhwc=True)
 
 
+MNISTFC_WIDTH = 256  # VNN-COMP 2021 "mnistfc": 784-256x{2,4,6}-10 (ERAN's mnist_relu_{2,4,6}_256)
+
+
+def fc_256x2(in_shape: Shape = (1, 28, 28), n_classes: int = 10) -> nn.Sequential:
+    """Two hidden layers of 256 ReLUs (VNN-COMP mnistfc 256x2)."""
+    return _mlp(in_shape, n_classes, [MNISTFC_WIDTH] * 2, nhwc=True)
+
+
+def fc_256x4(in_shape: Shape = (1, 28, 28), n_classes: int = 10) -> nn.Sequential:
+    """Four hidden layers of 256 ReLUs (VNN-COMP mnistfc 256x4)."""
+    return _mlp(in_shape, n_classes, [MNISTFC_WIDTH] * 4, nhwc=True)
+
+
+def fc_256x6(in_shape: Shape = (1, 28, 28), n_classes: int = 10) -> nn.Sequential:
+    """Six hidden layers of 256 ReLUs (VNN-COMP mnistfc 256x6)."""
+    return _mlp(in_shape, n_classes, [MNISTFC_WIDTH] * 6, nhwc=True)
+
+
+def fc_500(in_shape: Shape = (1, 28, 28), n_classes: int = 10) -> nn.Sequential:
+    """One hidden layer of 500 ReLUs (784-500-10; issue #25's "SDP-trained" net, trained here with a certified loss)."""
+    return _mlp(in_shape, n_classes, [500], nhwc=True)
+
+
 def cnn_lenet_small(in_shape: Shape = (1, 28, 28), n_classes: int = 10) -> nn.Sequential:
     """conv 16@4x4/2 SAME, conv 32@4x4/2 SAME, fc 100, out (MMR's LeNetSmall: 4804 ReLUs on MNIST)."""
     return _mmr_cnn(in_shape, n_classes, [(16, 4, 2), (32, 4, 2)], [100])
@@ -142,6 +167,10 @@ def _chw(in_shape: Shape) -> tuple[int, int, int]:
 ARCHITECTURES: dict[str, ArchSpec] = {
     "fc1": ArchSpec("fc1", fc1, "MMR (Croce et al. 2019)", True),
     "fc10": ArchSpec("fc10", fc10, "MMR (Croce et al. 2019)", True),
+    "fc_256x2": ArchSpec("fc_256x2", fc_256x2, "VNN-COMP 2021 mnistfc (784-256x2-10)", True),
+    "fc_256x4": ArchSpec("fc_256x4", fc_256x4, "VNN-COMP 2021 mnistfc (784-256x4-10)", True),
+    "fc_256x6": ArchSpec("fc_256x6", fc_256x6, "VNN-COMP 2021 mnistfc (784-256x6-10)", True),
+    "fc_500": ArchSpec("fc_500", fc_500, "784-500-10 (issue #25's SDP-trained MNIST MLP; certified training here)", True),
     "cnn_lenet_small": ArchSpec("cnn_lenet_small", cnn_lenet_small, "MMR (Croce et al. 2019)", True),
     "cnn_lenet_large": ArchSpec("cnn_lenet_large", cnn_lenet_large, "MMR (Croce et al. 2019)", True),
     "kw_small": ArchSpec("kw_small", kw_small, "Wong & Kolter 2018", False),

@@ -26,7 +26,7 @@ def _opt(*names: str, **kw):  # type: ignore[no-untyped-def]
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @_opt("--dataset", default="mnist", show_default=True, help="mnist (the 10k training subset here), fmnist or cifar10.")
 @_opt("--nn-type", "arch", default="cnn_lenet_small", show_default=True,
-      help="fc1, fc10, cnn_lenet_small, cnn_lenet_large, kw_small, kw_large; ssp_mnist, ssp_cifar (SSP "
+      help="fc1, fc10, fc_256x2, fc_256x4, fc_256x6, fc_500, cnn_lenet_small, cnn_lenet_large, kw_small, kw_large; ssp_mnist, ssp_cifar (SSP "
            "networks: --block, --blocks, --width); fpd_small (with --method fpd).")
 @_opt("--method", default="plain", show_default=True, help=f"One of: {', '.join(METHODS)}.")
 @_opt("--p", "p", default="inf", show_default=True, help="Norm of the threat model: 1, 2 or inf.")

@@ -27,6 +27,24 @@ def test_published_sizes() -> None:
     assert to_network(build("kw_small"), (1, 28, 28)).num_params() == 166406
 
 
+@pytest.mark.parametrize("name,hidden", [("fc_256x2", [256] * 2), ("fc_256x4", [256] * 4), ("fc_256x6", [256] * 6),
+                                         ("fc_500", [500])])
+def test_complete_verification_mlps(tmp_path, name: str, hidden: list[int]) -> None:
+    """The BaB benchmark MLPs (VNN-COMP mnistfc 784-256xK-10, and 784-500-10): sizes, and a small .mat export."""
+    from verify.formats import load_model, save_model
+
+    net = to_network(build(name, seed=0), (1, 28, 28), name=name)
+    widths = [784, *hidden, 10]
+    assert net.num_relus() == sum(hidden)
+    assert net.num_params() == sum(a * b + b for a, b in zip(widths, widths[1:]))
+    path = tmp_path / f"{name}.mat"
+    save_model(net, path)
+    assert path.stat().st_size < 3 * 2**20  # float32 weights: the zoo's nets stay small
+    back = load_model(path)
+    x = torch.rand(4, 1, 28, 28, dtype=torch.float64)
+    assert torch.allclose(back(x), net(x), atol=1e-6, rtol=0)
+
+
 def test_seed_determines_weights() -> None:
     a, b, c = build("cnn_lenet_small", seed=3), build("cnn_lenet_small", seed=3), build("cnn_lenet_small", seed=4)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
