@@ -48,7 +48,7 @@ def test_certify_third_party_layouts(cnn: Network, fmt: str, suffix: str, tmp_pa
     assert res["n"] == 6 and len(res["examples"]) == 6
     assert res["clean_error"] <= res["lb"] <= res["ub"] <= 1
     stdout = capsys.readouterr().out
-    assert "PGD+MIP lower bound" in stdout and "unknown" in stdout
+    assert "PGD+complete lower bound" in stdout and "unknown" in stdout
 
 
 def test_bad_input_is_one_line_exit_2(cnn: Network, tmp_path: Path, shared_data: Path, capsys) -> None:

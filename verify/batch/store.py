@@ -23,7 +23,7 @@ from typing import Any, Iterable, Iterator, Mapping, cast
 
 import numpy as np
 
-from ..certify import order_row
+from ..results import order_row
 from ..errors import VerifyError
 
 SCHEMA_VERSION = 1

@@ -10,12 +10,12 @@ import click
 from .common import write_rows
 
 if TYPE_CHECKING:
-    from ..certify import Summary
+    from ..results import Summary
 
 
 def load_results(path: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(configuration, rows) of a results store (.sqlite / .db) or of the JSON that ``--output X.json`` writes."""
-    from ..certify import order_row
+    from ..results import order_row
 
     if path.endswith(".json"):
         import json
@@ -40,11 +40,6 @@ def load_results(path: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         return s.config, s.rows()
 
 
-def results_document(summary: Summary, config: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The one JSON shape of certification results: the summary's numbers, the configuration, the rows."""
-    return {**summary.as_dict(), "config": config, "examples": rows}
-
-
 def format_seconds(v: float) -> str:
     """Three significant digits whatever the size (a median of 0.0004 s is not '0.000')."""
     return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
@@ -53,13 +48,13 @@ def format_seconds(v: float) -> str:
 def print_summary(s: Summary, title: str) -> None:
     click.echo(title)
     click.echo(f"n {s.n}")
-    click.echo(f"clean error (TE)          {100 * s.clean_error:6.2f}%")
-    click.echo(f"PGD lower bound           {100 * s.pgd_lb:6.2f}%")
-    click.echo(f"bound-only upper bound    {100 * s.bound_ub:6.2f}%")
-    click.echo(f"PGD+MIP lower bound LB    {100 * s.lb:6.2f}%")
-    click.echo(f"bounds+MIP upper bound UB {100 * s.ub:6.2f}%")
-    click.echo(f"unknown                   {s.unknown}")
-    click.echo(f"seconds per example       median {format_seconds(s.median_seconds)}   total {format_seconds(s.total_seconds)}")
+    click.echo(f"clean error (TE)               {100 * s.clean_error:6.2f}%")
+    click.echo(f"PGD lower bound                {100 * s.pgd_lb:6.2f}%")
+    click.echo(f"bound-only upper bound         {100 * s.bound_ub:6.2f}%")
+    click.echo(f"PGD+complete lower bound LB    {100 * s.lb:6.2f}%")
+    click.echo(f"bounds+complete upper bound UB {100 * s.ub:6.2f}%")
+    click.echo(f"unknown                        {s.unknown}")
+    click.echo(f"seconds per example            median {format_seconds(s.median_seconds)}   total {format_seconds(s.total_seconds)}")
 
 
 def plot_store(rows: list[dict[str, Any]], out_png: str) -> None:
@@ -152,8 +147,8 @@ def summary(results: str, csv_path: str | None, json_path: str | None, plot_path
       verify summary run.sqlite --csv run.csv --plot run.png --counterexamples run.npz
       verify summary out/certify.json
     """
-    from ..certify import summarize
     from ..errors import SpecError
+    from ..results import results_document, summarize
 
     config, rows = load_results(results)
     s = summarize(rows)

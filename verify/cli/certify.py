@@ -6,12 +6,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
-from .batch import print_summary, results_document, write_counterexamples
+from ..results import results_document
+from .batch import print_summary, write_counterexamples
 from .common import data_options, load_examples, load_model, make_ball, model_option, output_option, p_label, spec_options, write_rows
 
 if TYPE_CHECKING:
     from ..batch.executor import ClusterOptions
-    from ..certify import CertifyConfig, CertResult, Summary
+    from ..certify import CertifyConfig
+    from ..results import CertResult, Summary
     from ..network import Network
     from ..data import Examples
 
@@ -136,7 +138,7 @@ def _run_store(net: Network, model_path: str, ex: Examples, config: CertifyConfi
                ce_path: str | None) -> None:
     from ..batch import ResultsStore
     from ..batch.run import run_to_store
-    from ..certify import summarize
+    from ..results import summarize
 
     rows, skipped = run_to_store(net, model_path, ex.x, ex.y, ex.indices, ex.source, config, output,
                                  shard=shard_spec, options=options, progress=not quiet)
