@@ -16,7 +16,9 @@ import torch
 from tests.bab.oracle import box_confirm, exact_min, random_disjuncts, random_net
 from verify.bab import BabOptions, bab
 
-MODES = [("on", True, "babsr"), ("off", True, "babsr"), ("off", False, "babsr"), ("off", True, "fsb")]
+MODES = [("on", True, "babsr", {}), ("off", True, "babsr", {}), ("off", False, "babsr", {}), ("off", True, "fsb", {}),
+         # CROWN re-tightening of the children every other round, float64 steps, alpha-CROWN on the whole root
+         ("off", True, "babsr", {"retighten": 2, "float32_steps": False, "intermediate_alpha_share": 1.0})]
 
 
 @functools.lru_cache(maxsize=None)
@@ -34,14 +36,15 @@ def _instance(seed: int):
     return net, lo, hi, dis, -u  # every row moved by t0 + u: the exact minimum moves by the same
 
 
-@pytest.mark.parametrize("split,attack,branching", MODES)
-def test_decides_like_the_exact_minimum(split: str, attack: bool, branching: str) -> None:
+@pytest.mark.parametrize("split,attack,branching,extra", MODES)
+def test_decides_like_the_exact_minimum(split: str, attack: bool, branching: str, extra: dict[str, object]) -> None:
     branched = 0
     for seed in range(10):
         net, lo, hi, dis, true = _instance(seed)
         box, conf = box_confirm(net, torch.tensor(lo), torch.tensor(hi), dis)
         r = bab(net, box, [(torch.tensor(C), torch.tensor(d)) for C, d in dis], confirm=conf,
-                options=BabOptions(timeout=8, input_split=split, attack=attack, branching=branching))  # type: ignore[arg-type]
+                options=BabOptions(timeout=8, input_split=split, attack=attack, branching=branching,  # type: ignore[arg-type]
+                                   **extra))  # type: ignore[arg-type]
         assert r.status != "unknown", (seed, r)
         assert r.seconds < 8
         if r.status == "verified":

@@ -37,10 +37,23 @@ class Recorder:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.last: Tensor | None = None
+        self._boxes: dict[torch.dtype, tuple[Tensor, Tensor]] = {}
 
     def min_linear(self, a: Tensor) -> Tensor:
         self.last = a.detach()
-        out: Tensor = self.inner.min_linear(a)
+        inner = self.inner
+        if isinstance(inner, LpBall) and math.isinf(inner.p):
+            # the box's minimum as two batched mat-vec products (the same float64 products and sums as
+            # LpBall.min_linear's clamp-multiply-sum, without its (N, K, n) temporaries)
+            n, k = a.shape[:2]
+            box = self._boxes.get(a.dtype)
+            if box is None:
+                lo, hi = inner.box()
+                box = self._boxes[a.dtype] = (lo.reshape(lo.shape[0], -1, 1).to(a.dtype), hi.reshape(hi.shape[0], -1, 1).to(a.dtype))
+            if box[0].shape[0] == n:
+                a2 = a.reshape(n, k, -1)
+                return (torch.bmm(a2.clamp(min=0), box[0]) + torch.bmm(a2.clamp(max=0), box[1])).squeeze(-1)
+        out: Tensor = inner.min_linear(a)
         return out
 
     def __getattr__(self, name: str) -> Any:
@@ -55,6 +68,35 @@ class Bounded:
     theta: Tensor  # (B, K2, M)
     a0: Tensor | None  # (B, R', *input_shape): input coefficients at the best parameters
     scores: dict[int, Tensor]  # ReLU input node -> (B, *shape): estimated gain of splitting (BaBSR)
+
+
+class _Adam:
+    """Adam (betas 0.9 / 0.999) on groups of leaf tensors with a learning rate each: torch.optim.Adam's
+    update without its per-step bookkeeping (and without importing torch._dynamo, ~2 s, on first use)."""
+
+    def __init__(self, groups: list[tuple[list[Tensor], float]]) -> None:
+        self.groups = groups
+        self.params = [p for ps, _ in groups for p in ps]
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+        self.t = 0
+
+    def step(self, loss: Tensor) -> None:
+        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+        self.t += 1
+        b1, b2 = 0.9, 0.999
+        c1, c2 = 1 - b1 ** self.t, math.sqrt(1 - b2 ** self.t)
+        k = 0
+        with torch.no_grad():
+            for ps, lr in self.groups:
+                for p in ps:
+                    g, m, v = grads[k], self.m[k], self.v[k]
+                    k += 1
+                    if g is None:
+                        continue
+                    m.mul_(b1).add_(g, alpha=1 - b1)
+                    v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                    p.addcdiv_(m, (v.sqrt() / c2).add_(1e-8), value=-lr / c1)
 
 
 def relaxations(net: Network, bounds: NodeBounds) -> dict[int, ReluRelaxation]:
@@ -78,93 +120,98 @@ def bound_rows(
     lr_beta: float,
     deadline: float = math.inf,
     scores: bool = True,
+    step_dtype: torch.dtype = torch.float64,
 ) -> Bounded:
-    """Optimise alpha / beta / theta for ``steps`` Adam steps; every evaluation is a sound bound.
+    """Optimise alpha / beta / theta for ``steps`` Adam steps, then bound every row in float64.
 
     ``signs`` (ReLU input node -> (B, *shape), +1 / -1 / 0) are the split decisions; ``beta`` has one
     entry per such node. ``weights`` (B, R') pick the rows whose sum is maximised (the others are
-    still bounded, at their starting parameters' quality). With ``scores`` a last pass takes the
-    gradient of the weighted bound w.r.t. the upper intercepts of the relaxations: -grad * mu is
-    BaBSR's estimate of what splitting each unstable neuron gains.
+    still bounded, at their starting parameters' quality). The steps run in ``step_dtype`` (float32
+    halves their cost) and only choose parameters: per (subdomain, row) the best seen; the returned
+    bound is one float64 evaluation at those parameters (alpha clipped to [0, 1], beta >= 0: sound
+    whatever they are). With ``scores`` that evaluation also takes the gradient of the weighted
+    bound w.r.t. the upper intercepts of the relaxations: -grad * mu is BaBSR's estimate of what
+    splitting each unstable neuron gains.
     """
     last_node = net.graph[-1].index
     out_shape = net.graph[-1].shape
-    rels = relaxations(net, bounds)
-    alpha = {i: t.detach().to(torch.float64).clone().clamp_(0, 1) for i, t in alpha.items()}
-    beta = {i: t.detach().to(torch.float64).clone().clamp_(min=0) for i, t in beta.items() if i in signs}
-    theta = theta.detach().clone()
-    sgn = {i: s.to(torch.float64).unsqueeze(1) for i, s in signs.items()}
-    params: list[dict[str, Any]] = []
+    rels64 = relaxations(net, bounds)
+    rec = Recorder(pset)
+
+    def evaluate(dt: torch.dtype, rels_: dict[int, ReluRelaxation], al: dict[int, Tensor], be: dict[int, Tensor],
+                 th: Tensor, sg: dict[int, Tensor]) -> Tensor:
+        A, d = rows.spec(th)
+        A = A.reshape(A.shape[0], A.shape[1], *out_shape).to(dt)
+        extra = {i: -sg[i] * be[i].clamp(min=0) for i in be}
+        val = backward_bound(net, cast(LpBall, rec), last_node, A, {}, rule="alpha", alpha=al,
+                             relaxations=rels_, extra=extra or None)
+        return torch.nan_to_num(val.to(torch.float64) - d, nan=-math.inf)
+
+    dt = step_dtype
+    alpha = {i: t.detach().to(dt).clone().clamp_(0, 1) for i, t in alpha.items()}
+    beta = {i: t.detach().to(dt).clone().clamp_(min=0) for i, t in beta.items() if i in signs}
+    theta = theta.detach().to(torch.float64).clone()
+    best_alpha = {i: t.detach().clone() for i, t in alpha.items()}
+    best_beta = {i: t.detach().clone() for i, t in beta.items()}
+    best_theta = theta.detach().clone()
+    groups: list[tuple[list[Tensor], float]] = []
     if steps > 0:
         a_list = [t.requires_grad_() for t in alpha.values()]
         if a_list:
-            params.append({"params": a_list, "lr": lr_alpha})
+            groups.append((a_list, lr_alpha))
         b_list = [t.requires_grad_() for t in beta.values()]
         if theta.numel():
             b_list.append(theta.requires_grad_())
         if b_list:
-            params.append({"params": b_list, "lr": lr_beta})
-    opt = torch.optim.Adam(params) if params else None
-    rec = Recorder(pset)
-
-    def evaluate(rels_: dict[int, ReluRelaxation]) -> Tensor:
-        A, d = rows.spec(theta)
-        A = A.reshape(A.shape[0], A.shape[1], *out_shape)
-        extra = {i: -sgn[i] * beta[i].clamp(min=0) for i in beta}
-        val = backward_bound(net, cast(LpBall, rec), last_node, A, {}, rule="alpha", alpha=alpha,
-                             relaxations=rels_, extra=extra or None)
-        return torch.nan_to_num(val - d, nan=-math.inf)
-
-    best: Tensor | None = None
-    best_alpha = {i: t.detach().clone() for i, t in alpha.items()}
-    best_beta = {i: t.detach().clone() for i, t in beta.items()}
-    best_theta = theta.detach().clone()
-    for it in range(steps + 1):
-        final = opt is None or it == steps or time.perf_counter() >= deadline
-        with torch.set_grad_enabled(not final):
-            val = evaluate(rels)
-        with torch.no_grad():
-            cur = val.detach()
-            better = torch.ones_like(cur, dtype=torch.bool) if best is None else cur > best
-            best = cur if best is None else torch.where(better, cur, best)
-            for i, t in alpha.items():
-                m = better.reshape(*better.shape, *([1] * (t.ndim - 2)))
-                best_alpha[i] = torch.where(m, t.detach(), best_alpha[i])
-            for i, t in beta.items():
-                m = better.reshape(*better.shape, *([1] * (t.ndim - 2)))
-                best_beta[i] = torch.where(m, t.detach().clamp(min=0), best_beta[i])
-            if theta.numel():
-                nr = rows.n_rows
-                m = better[:, nr:].unsqueeze(-1)
-                best_theta = torch.where(m, theta.detach(), best_theta)
-        if final:
-            break
-        assert opt is not None
-        loss = -(torch.where(weights > 0, val, torch.zeros_like(val)) * weights).sum()
-        opt.zero_grad()
-        loss.backward()  # type: ignore[no-untyped-call]
-        opt.step()
-        with torch.no_grad():
-            for t in alpha.values():
-                t.clamp_(0.0, 1.0)
-            for t in beta.values():
-                t.clamp_(min=0.0)
-    assert best is not None
+            groups.append((b_list, lr_beta))
+    if groups:
+        opt = _Adam(groups)
+        rels = rels64 if dt == torch.float64 else {
+            i: ReluRelaxation(r.lam_lo.to(dt), r.lam_up.to(dt), r.mu_up.to(dt), r.unstable) for i, r in rels64.items()}
+        sgn = {i: s.to(dt).unsqueeze(1) for i, s in signs.items()}
+        best: Tensor | None = None
+        for it in range(steps):
+            val = evaluate(dt, rels, alpha, beta, theta, sgn)
+            with torch.no_grad():
+                cur = val.detach()
+                better = torch.ones_like(cur, dtype=torch.bool) if best is None else cur > best
+                best = cur if best is None else torch.where(better, cur, best)
+                for i, t in alpha.items():
+                    m = better.reshape(*better.shape, *([1] * (t.ndim - 2)))
+                    best_alpha[i] = torch.where(m, t.detach(), best_alpha[i])
+                for i, t in beta.items():
+                    m = better.reshape(*better.shape, *([1] * (t.ndim - 2)))
+                    best_beta[i] = torch.where(m, t.detach().clamp(min=0), best_beta[i])
+                if theta.numel():
+                    m = better[:, rows.n_rows:].unsqueeze(-1)
+                    best_theta = torch.where(m, theta.detach(), best_theta)
+            if it == steps - 1 or time.perf_counter() >= deadline:
+                break
+            loss = -(torch.where(weights > 0, val, torch.zeros_like(val)) * weights).sum()
+            opt.step(loss)
+            with torch.no_grad():
+                for t in alpha.values():
+                    t.clamp_(0.0, 1.0)
+                for t in beta.values():
+                    t.clamp_(min=0.0)
+    # the sound bound: float64 at the chosen parameters
+    al64 = {i: t.to(torch.float64).clamp(0.0, 1.0) for i, t in best_alpha.items()}
+    be64 = {i: t.to(torch.float64).clamp(min=0.0) for i, t in best_beta.items()}
+    sg64 = {i: s.to(torch.float64).unsqueeze(1) for i, s in signs.items()}
     out_scores: dict[int, Tensor] = {}
-    alpha, beta, theta = best_alpha, best_beta, best_theta
     if scores:
-        live = {i: ReluRelaxation(r.lam_lo, r.lam_up, r.mu_up.clone().requires_grad_(), r.unstable) for i, r in rels.items()}
+        live = {i: ReluRelaxation(r.lam_lo, r.lam_up, r.mu_up.clone().requires_grad_(), r.unstable) for i, r in rels64.items()}
         with torch.enable_grad():
-            val = evaluate(live)
+            val = evaluate(torch.float64, live, al64, be64, best_theta, sg64)
             w = torch.where(torch.isfinite(val), weights, torch.zeros_like(weights))
             obj = (torch.nan_to_num(val, neginf=0.0) * w).sum()
             mus = [r.mu_up for r in live.values()]
-            grads = torch.autograd.grad(obj, mus, allow_unused=True)
+            grads = torch.autograd.grad(obj, mus, allow_unused=True) if obj.requires_grad else [None] * len(mus)
         for (i, r), g in zip(live.items(), grads):
             gain = torch.zeros_like(r.mu_up) if g is None else (-g * r.mu_up.detach()).clamp(min=0)
             out_scores[i] = torch.where(r.unstable, gain, torch.full_like(gain, -1.0))
-        best = torch.maximum(best, val.detach())
+        val = val.detach()
     else:
         with torch.no_grad():
-            best = torch.maximum(best, evaluate(rels))
-    return Bounded(best, best_alpha, best_beta, best_theta, rec.last, out_scores)
+            val = evaluate(torch.float64, rels64, al64, be64, best_theta, sg64)
+    return Bounded(val, al64, be64, best_theta, rec.last, out_scores)

@@ -7,7 +7,8 @@ lower bound above the row's safety threshold (:func:`verify.bab.spec.make_rows`)
 the ``batch`` open subdomains with the lowest bound, splits each in two and bounds all children
 in one batched pass (:func:`verify.bab.bound.bound_rows`), warm-started from the parent's slopes,
 multipliers and combination weights. A child inherits its parent's row bounds (its set is a
-subset) and the parent's intermediate bounds, which CROWN then re-tightens with the split.
+subset) and the parent's intermediate bounds with the split neuron's clamped (optionally re-tightened
+by CROWN, ``BabOptions.retighten``).
 ``verified`` only when no subdomain is open before the deadline; ``falsified`` only with a point
 ``confirm`` accepted.
 """
@@ -46,6 +47,11 @@ class BabOptions:
     batch: int = 64  # subdomains split per round (each gives two children, bounded in one pass)
     max_domains: int = 100_000  # cap on the open queue -> 'unknown', reason 'memory'
     alpha_steps: int = 20  # alpha-CROWN steps at the root
+    # alpha-CROWN steps on the root's intermediate bounds (every unstable neuron a spec row of its own: on deep nets
+    # and CNNs the dearest part of the root; 0 keeps CROWN's), within this share of the time left (layers and
+    # neurons not reached keep CROWN's bounds; measured: 17 s for 20 steps on the zoo's small MNIST CNN at eps 0.1)
+    intermediate_alpha_steps: int = 5
+    intermediate_alpha_share: float = 0.1
     beta_steps: int = 10  # joint alpha / beta steps on every batch of children
     lr_alpha: float = 0.1
     lr_beta: float = 0.05
@@ -53,8 +59,15 @@ class BabOptions:
     attack: bool = True  # PGD at the root and from the worst subdomains
     input_split: Literal["auto", "on", "off"] = "auto"  # auto: input splitting when <= 16 input features
     seed: int = 0
-    retighten: bool = True  # re-tighten the children's intermediate bounds with CROWN
+    # re-tighten the children's intermediate bounds with CROWN every ``retighten``-th round (0: never; True: every
+    # round). Off by default, as in beta-CROWN: children keep the parent's bounds with the split neuron's clamped at
+    # 0, and the split itself enters the final bound through beta. On the 784-256x4 MNIST MLP one re-tightening cost
+    # ~2.5 s per round of 128 children, ten times the rest of the round, for little gain per child.
+    retighten: int = 0
     fsb_candidates: int = 3
+    # alpha / beta steps in float32 (about twice as fast on CPU); they only choose the parameters, the bounds that
+    # decide are float64 evaluations at the chosen ones
+    float32_steps: bool = True
 
 
 @dataclass(frozen=True)
@@ -103,6 +116,7 @@ class _Search:
         self.found: tuple[Tensor, int] | None = None
         self.srcs = relu_inputs(net)
         self.rounds = 0
+        self.step_dtype = torch.float32 if options.float32_steps else torch.float64
 
     # ---- bookkeeping
     def weights(self, proven: Tensor) -> Tensor:
@@ -321,7 +335,8 @@ class _Search:
         if not live or self.found is not None:
             return
         ps = [d for d, _ in live]
-        kids = self.children_inputs(ps, [s for _, s in live], retighten=self.o.retighten)
+        k = int(self.o.retighten)
+        kids = self.children_inputs(ps, [s for _, s in live], retighten=k > 0 and self.rounds % k == 0)
         if kids is None:
             for d in ps:
                 self.push(d)
@@ -332,7 +347,8 @@ class _Search:
         pprov = torch.stack([d.proven for d in ps]).repeat_interleave(2, 0)
         res = bound_rows(self.net, self.many(bounds), self.rows, bounds, alpha, beta, signs, theta,
                          self.weights(pprov), steps=self.o.beta_steps, lr_alpha=self.o.lr_alpha,
-                         lr_beta=self.o.lr_beta, deadline=self.deadline)
+                         lr_beta=self.o.lr_beta, deadline=self.deadline,
+                         step_dtype=self.step_dtype)
         self.domains += n
         lb = torch.maximum(plb, res.lb)
         proven = pprov | self.rows.decide(lb) | infeasible.unsqueeze(1)
@@ -494,12 +510,15 @@ def bab(net: Network, input_set: Any, disjuncts: Sequence[tuple[Tensor, Tensor]]
     input_mode = _input_mode(net, pset, options.input_split)
     with torch.no_grad():
         bounds = linear_intermediate(net, pset, rule="crown", dtype=torch.float64, start=initial_bounds)
-    if options.alpha_steps > 0 and not input_mode and time.perf_counter() < end:
-        bounds = alpha_intermediate(net, pset, bounds, steps=options.alpha_steps, deadline=end)
+    if options.intermediate_alpha_steps > 0 and not input_mode and time.perf_counter() < end:
+        now = time.perf_counter()
+        bounds = alpha_intermediate(net, pset, bounds, steps=options.intermediate_alpha_steps,
+                                    deadline=min(end, now + options.intermediate_alpha_share * (end - now)))
     alpha0 = crown_slopes(net, bounds, rows.n_all)
     theta0 = rows.theta0(1)
     res = bound_rows(net, pset, rows, bounds, alpha0, {}, {}, theta0, torch.ones((1, rows.n_all), dtype=torch.float64),
                      steps=options.alpha_steps, lr_alpha=options.lr_alpha, lr_beta=options.lr_beta, deadline=end,
+                     step_dtype=s.step_dtype,
                      scores=not input_mode)
     s.domains = 1
     proven = rows.decide(res.lb)
