@@ -52,7 +52,7 @@ class BabOptions:
     # neurons not reached keep CROWN's bounds; measured: 17 s for 20 steps on the zoo's small MNIST CNN at eps 0.1)
     intermediate_alpha_steps: int = 5
     intermediate_alpha_share: float = 0.1
-    beta_steps: int = 10  # joint alpha / beta steps on every batch of children
+    beta_steps: int = 5  # joint alpha / beta steps on every batch of children (warm-started from the parent)
     lr_alpha: float = 0.1
     lr_beta: float = 0.05
     branching: Literal["babsr", "fsb"] = "babsr"
