@@ -22,6 +22,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
+from ..bounds.adam import Adam
 from ..bounds.backward import backward_bound
 from ..bounds.relax import ReluRelaxation, relu_relaxation
 from ..bounds.types import NodeBounds
@@ -68,35 +69,6 @@ class Bounded:
     theta: Tensor  # (B, K2, M)
     a0: Tensor | None  # (B, R', *input_shape): input coefficients at the best parameters
     scores: dict[int, Tensor]  # ReLU input node -> (B, *shape): estimated gain of splitting (BaBSR)
-
-
-class _Adam:
-    """Adam (betas 0.9 / 0.999) on groups of leaf tensors with a learning rate each: torch.optim.Adam's
-    update without its per-step bookkeeping (and without importing torch._dynamo, ~2 s, on first use)."""
-
-    def __init__(self, groups: list[tuple[list[Tensor], float]]) -> None:
-        self.groups = groups
-        self.params = [p for ps, _ in groups for p in ps]
-        self.m = [torch.zeros_like(p) for p in self.params]
-        self.v = [torch.zeros_like(p) for p in self.params]
-        self.t = 0
-
-    def step(self, loss: Tensor) -> None:
-        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
-        self.t += 1
-        b1, b2 = 0.9, 0.999
-        c1, c2 = 1 - b1 ** self.t, math.sqrt(1 - b2 ** self.t)
-        k = 0
-        with torch.no_grad():
-            for ps, lr in self.groups:
-                for p in ps:
-                    g, m, v = grads[k], self.m[k], self.v[k]
-                    k += 1
-                    if g is None:
-                        continue
-                    m.mul_(b1).add_(g, alpha=1 - b1)
-                    v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                    p.addcdiv_(m, (v.sqrt() / c2).add_(1e-8), value=-lr / c1)
 
 
 def relaxations(net: Network, bounds: NodeBounds) -> dict[int, ReluRelaxation]:
@@ -165,7 +137,7 @@ def bound_rows(
         if b_list:
             groups.append((b_list, lr_beta))
     if groups:
-        opt = _Adam(groups)
+        opt = Adam(groups)
         rels = rels64 if dt == torch.float64 else {
             i: ReluRelaxation(r.lam_lo.to(dt), r.lam_up.to(dt), r.mu_up.to(dt), r.unstable) for i, r in rels64.items()}
         sgn = {i: s.to(dt).unsqueeze(1) for i, s in signs.items()}

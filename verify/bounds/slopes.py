@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..network import Network
 from ..spec import LpBall
+from .adam import Adam
 from .backward import backward_bound
 from .relax import relu_relaxation
 from .types import NodeBounds
@@ -52,7 +53,7 @@ def optimise_slopes(
     alpha = {i: t.detach().clone() for i, t in alpha.items()}
     best_alpha = {i: t.clone() for i, t in alpha.items()}
     params = [t.requires_grad_(steps > 0) for t in alpha.values()]
-    opt = torch.optim.Adam(params, lr=lr) if steps > 0 and params else None
+    opt = Adam([(params, lr)]) if steps > 0 and params else None
     best: Tensor | None = None
     for it in range(steps + 1):
         last = opt is None or it == steps or time.perf_counter() >= deadline
@@ -70,12 +71,8 @@ def optimise_slopes(
         if last:
             break
         assert opt is not None
-        opt.zero_grad()
         # a slope on a layer without unstable neurons may not reach the bound (the conv stem skips it)
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
-        for t, g in zip(params, grads):
-            t.grad = torch.zeros_like(t) if g is None else g
-        opt.step()
+        opt.step(loss)
         with torch.no_grad():
             for t in params:
                 t.clamp_(0.0, 1.0)
