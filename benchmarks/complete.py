@@ -101,7 +101,8 @@ def run_engine(net, x: torch.Tensor, y: torch.Tensor, eps: float, timeout: float
     wall = time.perf_counter() - t0
     rows = [{"index": r.index, "status": r.status, "decided_by": r.decided_by, "seconds": sum(r.seconds.values()),
              "n_binaries": r.n_binaries, "solver_status": r.solver_status, "margin_lb": r.row()["margin_lb"],
-             "margin_ub": r.row()["margin_ub"]} for r in res]
+             "margin_ub": r.row()["margin_ub"], "domains": getattr(r, "domains", None),
+             "stage_seconds": {k: round(v, 4) for k, v in r.seconds.items()}} for r in res]
     counts = {s: sum(r["status"] == s for r in rows) for s in (*DECIDED, "unknown")}
     decided = [r["seconds"] for r in rows if r["status"] in DECIDED]
     complete_rows = [r for r in rows if r["decided_by"] not in EARLY_STAGES]  # reached the complete stage

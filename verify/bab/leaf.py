@@ -8,8 +8,11 @@ with P's exact relaxation). A disjunct is ruled out on the subdomain when
     min t  s.t.  C_i y(x) - d_i <= t,  x in the input set,  the sign constraints of P
 
 is at least VERIFY_TOL, or infeasible -- the rule by which :mod:`verify.mip` accepts HiGHS's
-answers. Otherwise the LP's point is a candidate for the caller's ``confirm``. Polyhedral sets
-only (Linf / L1 balls, boxes); an L2 leaf is left undecided.
+answers. Otherwise the LP's point is a candidate for the caller's ``confirm``. Linf / L1 balls and
+boxes are polyhedra; an L2 ball is replaced by its bounding box plus tangent cuts
+g.(x - c) <= eps (||g|| = 1: valid for every point of the ball, so the LP's set contains the
+ball's and a proof over it is a proof), one added at each LP point outside the ball, until the
+point is inside (a candidate), the LP proves the disjunct, or L2_CUT_ROUNDS is reached (undecided).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from ..network import Network
 from .spec import Rows
 
 LeafVerdict = Literal["proven", "candidate", "undecided"]
+L2_CUT_ROUNDS = 50
 
 
 def _pattern(net: Network, bounds: NodeBounds) -> dict[int, ReluRelaxation]:
@@ -46,8 +50,6 @@ def leaf_lp(net: Network, pset: Any, rows: Rows, bounds: NodeBounds, open_k: lis
     """Decide the open disjuncts on a leaf: ("proven", the least LP value (inf: the pattern's region
     misses the set)), ("candidate", a confirmed point) or ("undecided", None)."""
     p = getattr(pset, "p", math.inf)
-    if p == 2.0:
-        return "undecided", None
     least = math.inf
     rels = _pattern(net, bounds)
     lo_in, hi_in = (t.to(torch.float64).reshape(-1).numpy() for t in pset.box())
@@ -93,15 +95,29 @@ def leaf_lp(net: Network, pset: Any, rows: Rows, bounds: NodeBounds, open_k: lis
         rk = np.hstack([WC[idx], np.zeros((idx.size, nv - n - 1)), -np.ones((idx.size, 1))])
         A = np.vstack(base_a + [rk])
         bvec = np.concatenate(base_b + [rows.d.numpy()[idx] - bC[idx]])
-        res = linprog(cost, A_ub=A, b_ub=bvec, A_eq=a_eq, b_eq=b_eq, bounds=var_bounds, method="highs")
-        if res.status == 2:  # infeasible: the pattern's region misses the set
-            return "proven", math.inf
-        if res.status != 0:
-            return "undecided", None
-        if res.fun >= VERIFY_TOL:
-            least = min(least, float(res.fun))
-            continue
-        x = torch.as_tensor(res.x[:n], dtype=torch.float64).reshape(1, *net.input_shape)
-        found = confirm(x)
-        return ("candidate", found) if found is not None else ("undecided", None)
+        for _ in range(L2_CUT_ROUNDS if p == 2.0 else 1):
+            res = linprog(cost, A_ub=A, b_ub=bvec, A_eq=a_eq, b_eq=b_eq, bounds=var_bounds, method="highs")
+            if res.status == 2:  # infeasible: the pattern's region misses the set
+                return "proven", math.inf
+            if res.status != 0:
+                return "undecided", None
+            if res.fun >= VERIFY_TOL:
+                break
+            xv = res.x[:n]
+            if p == 2.0:
+                c2 = pset.center.to(torch.float64).reshape(-1).numpy()
+                eps2 = float(pset.eps[0])
+                dist = float(np.linalg.norm(xv - c2))
+                if dist > eps2 * (1 + 1e-9):  # outside the ball: cut it off and solve again
+                    g = (xv - c2) / dist
+                    A = np.vstack([A, np.concatenate([g, np.zeros(nv - n)])[None]])
+                    # a hair of slack: the rounded cut must not cut off points of the ball
+                    bvec = np.concatenate([bvec, [eps2 * (1 + 1e-12) + float(g @ c2) + 1e-12 * float(np.abs(g @ c2))]])
+                    continue
+            x = torch.as_tensor(xv, dtype=torch.float64).reshape(1, *net.input_shape)
+            found = confirm(x)
+            return ("candidate", found) if found is not None else ("undecided", None)
+        else:
+            return "undecided", None  # L2: the cut rounds ran out
+        least = min(least, float(res.fun))
     return "proven", least

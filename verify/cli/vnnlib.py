@@ -31,7 +31,7 @@ from ..properties import MIP_MODES, PropertyResult, VerifyOptions
 @click.option("--attack-restarts", default=3, type=click.IntRange(min=1), show_default=True, help="PGD restarts per disjunct.")
 @click.option("--complete", default="auto", show_default=True, type=click.Choice(["auto", "bab", "mip"]),
               help="Complete engine for what the attack and bounds leave open: the HiGHS MIP, branch and bound on the "
-                   "bound engine (input splitting for inputs of <= 16 features, else ReLU splitting), or auto (the MIP "
+                   "bound engine (input splitting for inputs of <= 5 features, else ReLU splitting), or auto (the MIP "
                    "where the bounds leave few unstable ReLUs, else branch and bound first, then the MIP).")
 @click.option("--no-mip", is_flag=True, help="Stop after the bounds: undecided instances are unknown.")
 @click.option("--threads", default=1, type=click.IntRange(min=1), show_default=True, help="Threads of HiGHS and of torch.")
