@@ -72,7 +72,7 @@ class OutputProperty:
 
     def satisfied_by(self, y: np.ndarray) -> int | None:
         """The first disjunct the float64 outputs ``y`` satisfy, or None."""
-        return Query(Box.make(self.lower[None], self.upper[None]), self.disjuncts).satisfied_by(y)
+        return next((k for k, dj in enumerate(self.disjuncts) if dj.holds(y)), None)
 
     def query(self, net: Network) -> Query:
         """The property as a :class:`verify.query.Query` over ``net``'s input shape."""

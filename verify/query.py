@@ -119,7 +119,7 @@ class Query:
 def outputs_f64(net: Classifier, x: Tensor) -> np.ndarray:
     """The flattened float64 outputs for one input x."""
     with torch.no_grad():
-        return net.forward(x.to(torch.float64).reshape(1, *x.shape[-len(net.input_shape):])).reshape(-1).numpy()
+        return net.forward(x.to(torch.float64).reshape(1, *net.input_shape)).reshape(-1).numpy()
 
 
 def nearby_points(s: LpBall | Box, x: Tensor, push: Sequence[float]) -> list[Tensor]:
