@@ -237,8 +237,8 @@ def certify(
         out = decide(net, query, engine=config.complete, deadline=t0 + config.timeout, mip=solve, bounds=bounds,
                      row_lb=row_lb, warm=warm.get(i))
         clock.split([pp], out.times or {out.engine: 1.0})
-        if out.status == "verified" and out.lower_bound is not None:
-            pp.lower(out.lower_bound)  # the engine's proven bound on the worst margin
+        if out.lower_bound is not None:
+            pp.lower(out.lower_bound)  # the engine's proven bound on the worst margin (also when undecided)
         if out.counterexample is not None:  # (an incumbent's objective is the model's value, not a forward pass)
             pp.upper(-float(margins_f64(net, out.counterexample, labels[i : i + 1])[0]))
         finish(pp, out.status, out.engine if out.status != "unknown" else None, int(preds[i]),  # type: ignore[arg-type]
