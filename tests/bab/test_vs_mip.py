@@ -109,7 +109,6 @@ def test_properties_vs_mip() -> None:
 @pytest.mark.parametrize("p", ["inf", "1", "2"])
 def test_robustness_vs_mip(p: str) -> None:
     pairs = [_ball_case(s, p) for s in range(15)]
-    print(p, [(m, b, n) for m, b, n in pairs])
     _check(pairs)
 
 
