@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .complete import Engine, HighsBackend, MipBackend, MipVerifyBackend, check_engine, decide
+from .complete import Engine, HighsBackend, MipBackend, MipVerifyBackend, Outcome, check_engine, decide
 from .errors import SolverUnavailableError, SpecError
 from .network import Network
 from .query import Query
@@ -109,14 +109,12 @@ class _Clock:
             pp.seconds[stage] = pp.seconds.get(stage, 0.0) + dt * wi / total
 
 
-    def split(self, open_: Sequence[_Pending], shares: dict[str, float]) -> None:
-        """One segment divided among stages by their measured shares (auto runs two engines)."""
+    def split(self, pp: _Pending, out: Outcome) -> None:
+        """One example's complete-stage segment, divided among the engines that ran (auto may run two)."""
         now = time.perf_counter()
         dt, self.last = now - self.last, now
-        total = sum(shares.values())
-        for stage, v in shares.items():
-            for pp in open_:
-                pp.seconds[stage] = pp.seconds.get(stage, 0.0) + dt * (v / total if total > 0 else 1.0 / len(shares))
+        for stage, v in out.split(dt).items():
+            pp.seconds[stage] = pp.seconds.get(stage, 0.0) + v
 
 
 def _mip_backend(config: CertifyConfig) -> MipBackend:
@@ -236,7 +234,7 @@ def certify(
         bounds, row_lb = _complete_inputs(net, query, config, t0 + config.timeout)
         out = decide(net, query, engine=config.complete, deadline=t0 + config.timeout, mip=solve, bounds=bounds,
                      row_lb=row_lb, warm=warm.get(i))
-        clock.split([pp], out.times or {out.engine: 1.0})
+        clock.split(pp, out)
         if out.lower_bound is not None:
             pp.lower(out.lower_bound)  # the engine's proven bound on the worst margin (also when undecided)
         if out.counterexample is not None:  # (an incumbent's objective is the model's value, not a forward pass)

@@ -72,6 +72,12 @@ class Outcome:
     seconds: float = 0.0
     times: dict[str, float] = field(default_factory=dict)  # seconds per engine that ran (auto may run both)
 
+    def split(self, spent: float) -> dict[str, float]:
+        """``spent`` seconds divided among the engines that ran, in proportion to their measured times."""
+        shares = self.times or {self.engine: 1.0}
+        total = sum(shares.values())
+        return {k: spent * (v / total if total > 0 else 1.0 / len(shares)) for k, v in shares.items()}
+
 
 class MipBackend(Protocol):
     """An exact MIP solve of one query before ``deadline`` (``time.perf_counter()`` seconds).

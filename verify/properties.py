@@ -74,10 +74,6 @@ class OutputProperty:
         """The first disjunct the float64 outputs ``y`` satisfy, or None."""
         return next((k for k, dj in enumerate(self.disjuncts) if dj.holds(y)), None)
 
-    def query(self, net: Network) -> Query:
-        """The property as a :class:`verify.query.Query` over ``net``'s input shape."""
-        return Query(self.box(net), self.disjuncts)
-
 
 def confirm(net: Network, prop: OutputProperty, box: Box, x: Tensor) -> tuple[Tensor, np.ndarray, int] | None:
     """(point, outputs, disjunct) for a counterexample near x that :func:`verify.query.confirm_point`
@@ -337,10 +333,7 @@ def verify_property(net: Network, prop: OutputProperty, options: VerifyOptions =
     except UnsupportedLayerError as e:
         sec["complete"] = time.perf_counter() - t
         return done("unknown", None, f"complete stage: {e}", open_disjuncts=len(open_k))
-    spent = time.perf_counter() - t
-    total = sum(res.times.values())
-    for name, v in (res.times or {res.engine: 1.0}).items():
-        sec[name] = spent * (v / total if total > 0 else 1.0 / max(1, len(res.times)))
+    sec.update(res.split(time.perf_counter() - t))
     extra: dict[str, Any] = {"open_disjuncts": len(open_k), "n_binaries": res.n_binaries, "domains": res.domains}
     if res.status == "falsified" and res.counterexample is not None:
         # polish: a few descent steps from the engine's point move it away from the boundary

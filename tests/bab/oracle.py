@@ -98,3 +98,19 @@ def random_disjuncts(g: np.random.Generator, n_out: int, k: int, m_max: int, shi
         d = g.standard_normal(m) * 0.3 + shift
         out.append((C, d))
     return out
+
+
+def near_boundary_property(seed: int, eps_range: tuple[float, float], max_rows: int):
+    """A random tiny net, an input box and 3 random disjuncts (1 to max_rows - 1 rows each) whose
+    rows are all moved by t0 + u, so that the exact minimum t0 of the violation becomes -u with
+    |u| in [0.005, 0.1]: (net, lo, hi, disjuncts, u). Most such instances need branching."""
+    rg = np.random.default_rng(seed)
+    n_in = int(rg.integers(2, 5))
+    net = random_net(seed, n_in, (int(rg.integers(4, 9)), int(rg.integers(4, 9))), 3)
+    c = rg.uniform(0.2, 0.8, n_in)
+    eps = rg.uniform(*eps_range)
+    lo, hi = np.clip(c - eps, 0, 1), np.clip(c + eps, 0, 1)
+    dis = random_disjuncts(rg, 3, int(rg.integers(1, max_rows)), 3, shift=0.0)
+    t0 = exact_min(net, lo, hi, dis)
+    u = float(rg.choice([-1.0, 1.0]) * rg.uniform(0.005, 0.1))
+    return net, lo, hi, [(C, d + t0 + u) for C, d in dis], u

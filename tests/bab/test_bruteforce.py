@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import functools
 
-import numpy as np
 import pytest
 import torch
 
-from tests.bab.oracle import box_confirm, exact_min, random_disjuncts, random_net
+from tests.bab.oracle import box_confirm, near_boundary_property
 from verify.bab import BabOptions, bab
 
 MODES = [("on", True, "babsr", {}), ("off", True, "babsr", {}), ("off", False, "babsr", {}), ("off", True, "fsb", {}),
@@ -23,16 +22,7 @@ MODES = [("on", True, "babsr", {}), ("off", True, "babsr", {}), ("off", False, "
 
 @functools.lru_cache(maxsize=None)
 def _instance(seed: int):
-    rg = np.random.default_rng(seed)
-    n_in = int(rg.integers(2, 5))
-    net = random_net(seed, n_in, (int(rg.integers(4, 9)), int(rg.integers(4, 9))), 3)
-    c = rg.uniform(0.2, 0.8, n_in)
-    eps = rg.uniform(0.15, 0.4)
-    lo, hi = np.clip(c - eps, 0, 1), np.clip(c + eps, 0, 1)
-    dis = random_disjuncts(rg, 3, int(rg.integers(1, 3)), 3, shift=0.0)
-    t0 = exact_min(net, lo, hi, dis)
-    u = float(rg.choice([-1.0, 1.0]) * rg.uniform(0.005, 0.1))
-    dis = [(C, d + t0 + u) for C, d in dis]
+    net, lo, hi, dis, u = near_boundary_property(seed, (0.15, 0.4), 3)
     return net, lo, hi, dis, -u  # every row moved by t0 + u: the exact minimum moves by the same
 
 

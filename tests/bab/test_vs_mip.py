@@ -8,14 +8,13 @@ A bigger sweep is marked slow.
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
 import pytest
 import torch
 
-from tests.bab.oracle import box_confirm, exact_min, random_disjuncts, random_net
+from tests.bab.oracle import box_confirm, near_boundary_property, random_net
 from verify.attacks import pgd_attack
 from verify.bounds import compute_bounds
 from verify.bab import BabOptions, bab, robustness_disjuncts
@@ -53,17 +52,8 @@ def _gap_eps(net, x: torch.Tensor, y: int, p: str, rg: np.random.Generator) -> f
 
 
 def _property_case(seed: int) -> tuple[str, str, int]:
-    rg = np.random.default_rng(1000 + seed)
-    n_in = int(rg.integers(2, 5))
-    net = random_net(1000 + seed, n_in, (int(rg.integers(4, 9)), int(rg.integers(4, 9))), 3)
-    c = rg.uniform(0.2, 0.8, n_in)
-    eps = rg.uniform(0.1, 0.4)
-    lo, hi = np.clip(c - eps, 0, 1), np.clip(c + eps, 0, 1)
-    dis = random_disjuncts(rg, 3, int(rg.integers(1, 4)), 3, shift=0.0)
     # the boundary moved close to the instance: the exact minimum becomes -u
-    t0 = exact_min(net, lo, hi, dis)
-    u = float(rg.choice([-1.0, 1.0]) * rg.uniform(0.005, 0.1))
-    dis = [(C, d + t0 + u) for C, d in dis]
+    net, lo, hi, dis, _ = near_boundary_property(1000 + seed, (0.1, 0.4), 4)
     box, conf = box_confirm(net, torch.tensor(lo), torch.tensor(hi), dis)
     mip = solve_property(net, box, [Disjunct(C, d) for C, d in dis], confirm=conf, deadline=time.perf_counter() + TIMEOUT)
     mode = ["auto", "off"][seed % 2]

@@ -25,6 +25,7 @@ from torch import Tensor
 from ..bounds.adam import Adam
 from ..bounds.backward import backward_bound
 from ..bounds.relax import ReluRelaxation, relu_relaxation
+from ..bounds.slopes import keep_best
 from ..bounds.types import NodeBounds
 from ..network import Network
 from ..spec import LpBall
@@ -145,15 +146,8 @@ def bound_rows(
         for it in range(steps):
             val = evaluate(dt, rels, alpha, beta, theta, sgn)
             with torch.no_grad():
-                cur = val.detach()
-                better = torch.ones_like(cur, dtype=torch.bool) if best is None else cur > best
-                best = cur if best is None else torch.where(better, cur, best)
-                for i, t in alpha.items():
-                    m = better.reshape(*better.shape, *([1] * (t.ndim - 2)))
-                    best_alpha[i] = torch.where(m, t.detach(), best_alpha[i])
-                for i, t in beta.items():
-                    m = better.reshape(*better.shape, *([1] * (t.ndim - 2)))
-                    best_beta[i] = torch.where(m, t.detach().clamp(min=0), best_beta[i])
+                best, better = keep_best(best, val.detach(), (alpha, best_alpha),
+                                         ({i: t.clamp(min=0) for i, t in beta.items()}, best_beta))
                 if theta.numel():
                     m = better[:, rows.n_rows:].unsqueeze(-1)
                     best_theta = torch.where(m, theta.detach(), best_theta)

@@ -32,6 +32,18 @@ def crown_slopes(net: Network, bounds: NodeBounds, n_specs: int, nodes: list[int
     return out
 
 
+def keep_best(best: Tensor | None, cur: Tensor, *pairs: tuple[dict[int, Tensor], dict[int, Tensor]]
+              ) -> tuple[Tensor, Tensor]:
+    """The better of ``best`` and ``cur`` per (B, S) entry, and the mask where ``cur`` won; for each
+    (params, kept) pair, ``kept[i]`` (B, S, ...) takes ``params[i]``'s values there (in the dict)."""
+    better = torch.ones_like(cur, dtype=torch.bool) if best is None else cur > best
+    for params, kept in pairs:
+        for i, t in params.items():
+            mask = better.reshape(*better.shape, *([1] * (t.ndim - 2)))
+            kept[i] = torch.where(mask, t.detach(), kept[i])
+    return (cur if best is None else torch.where(better, cur, best)), better
+
+
 def optimise_slopes(
     net: Network,
     pset: LpBall,
@@ -62,12 +74,7 @@ def optimise_slopes(
             loss = -val.sum()
         with torch.no_grad():
             # val belongs to the current (already projected) slopes: keep the best per entry
-            cur = val.detach()
-            better = torch.ones_like(cur, dtype=torch.bool) if best is None else cur > best
-            best = cur if best is None else torch.where(better, cur, best)
-            for i, t in alpha.items():
-                mask = better.reshape(*better.shape, *([1] * (t.ndim - 2)))
-                best_alpha[i] = torch.where(mask, t.detach(), best_alpha[i])
+            best, _ = keep_best(best, val.detach(), (alpha, best_alpha))
         if last:
             break
         assert opt is not None
