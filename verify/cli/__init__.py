@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "certify": ("certify", "certify", "Attack, bound and solve the exact MIP: MMR-style lower and upper bounds."),
     "summary": ("batch", "summary", "Summarise a results store (table, CSV, JSON, plots)."),
     "merge": ("batch", "merge", "Merge sharded results stores into one."),
+    "curve": ("curve", "curve", "Robust error against eps from a radius run: LB/UB, PGD, certified curves (CSV, PNG)."),
     "vnnlib": ("vnnlib", "vnnlib", "Verify a VNN-COMP instance (ONNX network + VNNLIB property)."),
     "analyze": ("analyze", "analyze", "Analyse a model: operator norms, Lipschitz estimates, growth ratios."),
 }
