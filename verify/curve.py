@@ -206,10 +206,14 @@ def radius_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def write_curve_csv(path: str, curves: Mapping[str, np.ndarray]) -> None:
-    """The curves as CSV (columns eps, clean, pgd, certified, lb, ub; fractions of n), atomically."""
+def check_csv_path(path: str) -> None:
     if not str(path).endswith(".csv"):
         raise SpecError(f"--csv must end in .csv, got {path!r}")
+
+
+def write_curve_csv(path: str, curves: Mapping[str, np.ndarray]) -> None:
+    """The curves as CSV (columns eps, clean, pgd, certified, lb, ub; fractions of n), atomically."""
+    check_csv_path(path)
     lines = [",".join(CURVE_KEYS)]
     for i in range(len(curves["eps"])):
         lines.append(",".join(repr(float(curves[k][i])) for k in CURVE_KEYS))
@@ -225,7 +229,8 @@ def norm_tex(p: str | None) -> str:
 _FORMATS = (".png", ".pdf", ".svg")
 
 
-def _check_figure_path(path: str, option: str) -> None:
+def check_figure_path(path: str, option: str) -> None:
+    """SpecError unless ``path`` ends in a format the plots write (.png, .pdf, .svg)."""
     if not str(path).lower().endswith(_FORMATS):
         raise SpecError(f"{option} must end in {', '.join(_FORMATS)}, got {path!r}")
 
@@ -242,7 +247,7 @@ CURVES_DPI = 120
 def plot_curves(curves: Mapping[str, np.ndarray], path: str, title: str, p: str | None = None) -> None:
     """Robust error (%) against eps as step curves: LB and UB with the bracketed band between them
     shaded, PGD dashed, certified dotted, clean error a horizontal line."""
-    _check_figure_path(path, "the plot")
+    check_figure_path(path, "the plot")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -310,7 +315,7 @@ def plot_examples(
 ) -> None:
     """A grid, one row per example: the original (with its label), the perturbation (diverging colours,
     symmetric range, its norm), the adversarial input (with the class the network gives it)."""
-    _check_figure_path(path, "--examples-png")
+    check_figure_path(path, "--examples-png")
     k = len(originals)
     if not (k == len(adversarials) == len(labels) == len(predictions_adv) == len(distances)):
         raise SpecError("plot_examples: originals, adversarials, labels, predictions and distances differ in length")
@@ -361,6 +366,6 @@ def lp_distance(a: np.ndarray, b: np.ndarray, p: str) -> float:
     return float(np.linalg.norm(d, ord=parse_p(p))) if d.size else 0.0
 
 
-__all__ = ["CURVE_KEYS", "RADIUS_FIELDS", "as_image", "curves", "default_grid", "grid_top", "is_radius_results",
-           "lp_distance", "order_radius_row", "parse_grid", "plot_curves", "plot_examples", "plot_grid",
-           "radius_summary", "write_curve_csv"]
+__all__ = ["CURVE_KEYS", "RADIUS_FIELDS", "as_image", "check_csv_path", "check_figure_path", "curves", "default_grid",
+           "grid_top", "is_radius_results", "lp_distance", "order_radius_row", "parse_grid", "plot_curves", "plot_examples",
+           "plot_grid", "radius_summary", "write_curve_csv"]

@@ -165,13 +165,13 @@ def examples_png_path(results: str, png: str | None) -> str:
 
 
 def check_examples_options(results: str, png: str) -> None:
+    from ..curve import check_figure_path
     from ..errors import SpecError
 
     if results.endswith(".json"):
         raise SpecError("--examples needs a results store (.sqlite): a JSON file holds no points; "
                         "run 'verify radius' or 'verify certify' with --output RUN.sqlite")
-    if not png.lower().endswith((".png", ".pdf", ".svg")):
-        raise SpecError(f"--examples-png must end in .png, .pdf or .svg, got {png!r}")
+    check_figure_path(png, "--examples-png")
 
 
 def draw_examples(results: str, rows: list[dict[str, Any]], config: dict[str, Any], k: int, png: str,

@@ -68,14 +68,14 @@ def curve(results: str, grid_text: str | None, csv_path: str | None, plot_path: 
       verify curve out/radius.json --grid 0.01,0.02,0.05,0.1
     """
     from ..batch import StoreError
-    from ..curve import curves, default_grid, grid_top, is_radius_results, parse_grid, plot_curves, plot_grid, write_curve_csv
-    from ..errors import SpecError
+    from ..curve import (check_csv_path, check_figure_path, curves, default_grid, grid_top, is_radius_results, parse_grid,
+                         plot_curves, plot_grid, write_curve_csv)
 
     grid = parse_grid(grid_text) if grid_text is not None else None  # bad text: one line before any file is read
-    if csv_path is not None and not csv_path.endswith(".csv"):
-        raise SpecError(f"--csv must end in .csv, got {csv_path!r}")
-    if plot_path is not None and not plot_path.lower().endswith((".png", ".pdf", ".svg")):
-        raise SpecError(f"--plot must end in .png, .pdf or .svg, got {plot_path!r}")
+    if csv_path is not None:
+        check_csv_path(csv_path)
+    if plot_path is not None:
+        check_figure_path(plot_path, "--plot")
     config, rows = load_results(results)
     if not is_radius_results(config, rows):
         raise StoreError(f"{results} holds no radius results (command {config.get('command', 'certify')!r}): "
