@@ -36,9 +36,9 @@ GRID = [0.0, 0.01, 0.02, 0.03, 0.05, 0.06, 0.0605, 0.07, 0.08, 0.1, 0.2]
 EXPECTED = {
     "clean":     [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
     "pgd":       [1, 1, 1, 1, 1, 1, 2, 3, 3, 3, 3],  # upper_pgd <= e: 0.0605, 0.07
-    "certified": [1, 2, 3, 3, 4, 5, 5, 5, 5, 5, 5],  # lower_bounds <= e: 0.01, 0.02, 0.04, 0.06
+    "certified": [1, 1, 2, 3, 4, 4, 5, 5, 5, 5, 5],  # lower_bounds < e: 0.01, 0.02, 0.04, 0.06
     "lb":        [1, 1, 1, 1, 2, 2, 3, 3, 4, 4, 4],  # upper <= e: 0.05, 0.0605, 0.08 (beyond never)
-    "ub":        [1, 1, 1, 2, 3, 4, 4, 4, 4, 5, 5],  # lower <= e: 0.03, 0.05, 0.06, 0.1
+    "ub":        [1, 1, 1, 1, 2, 3, 4, 4, 4, 4, 5],  # lower < e: 0.03, 0.05, 0.06, 0.1
 }
 CONFIG = {"command": "radius", "p": "inf", "max_eps": 0.1, "tol": 1e-3, "model_path": "net.mat", "dataset": "mnist",
           "data_dir": None, "data": "mnist"}
@@ -197,8 +197,8 @@ def test_curve_command_writes_the_hand_counts(radius_store, tmp_path: Path, caps
     assert [float(r["eps"]) for r in table] == GRID
     for key, counts in EXPECTED.items():
         assert [float(r[key]) for r in table] == [k / 5 for k in counts], key
-    # the printed table: eps then clean, PGD, certified, LB, UB in %; at eps 0.06: 20, 20, 100, 40, 80
-    assert re.search(r"^\s*0\.06\s+20\.00%\s+20\.00%\s+100\.00%\s+40\.00%\s+80\.00%$", out, re.M), out
+    # the printed table: eps then clean, PGD, certified, LB, UB in %; at eps 0.06: 20, 20, 80, 40, 60
+    assert re.search(r"^\s*0\.06\s+20\.00%\s+20\.00%\s+80\.00%\s+40\.00%\s+60\.00%$", out, re.M), out
     assert mpimg.imread(tmp_path / "c.png").shape == (540, 840, 4)
     # the same rows as a radius JSON (what 'verify radius --output X.json' writes) give the same curves
     (tmp_path / "r.json").write_text(json.dumps({"config": CONFIG, "examples": rows}))
@@ -219,7 +219,7 @@ def test_curve_command_default_and_range_grids(radius_store, tmp_path: Path, cap
     assert code == 0, err
     table = read_csv(tmp_path / "r.csv")
     assert [float(r["eps"]) for r in table] == [0.0, 0.05, 0.1]
-    assert [float(r["ub"]) for r in table] == [0.2, 0.6, 1.0]  # lower <= 0.05: 0, 0.03, 0.05; all at 0.1
+    assert [float(r["ub"]) for r in table] == [0.2, 0.4, 0.8]  # lower < e: misclassified; 0.03; 0.05, 0.06
     assert [float(r["lb"]) for r in table] == [0.2, 0.4, 0.8]  # upper <= 0.05: 0, 0.05; then 0.0605 and 0.08
 
 

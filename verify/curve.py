@@ -1,7 +1,9 @@
 """Robust error against eps from the results of ``verify radius`` (one radius bracket per example).
 
 A radius row brackets an example's minimum adversarial distortion r* (in the run's norm p):
-``lower <= r* <= upper``. From the brackets alone, with no re-verification, follow five curves
+``lower <= r* <= upper``: the example is proven robust at every eps <= lower (a bound
+certificate at that closed ball, or a MIP dual bound with a slack below it), and a
+float64-confirmed counterexample lies at distance ``upper``. From the brackets alone, with no re-verification, follow five curves
 of the fraction of examples that are (or may be) non-robust at each eps of a grid:
 
 =========  ====================================================================  ==============
@@ -10,9 +12,9 @@ curve      an example counts at eps e when                                      
 clean      its centre is misclassified (constant)                                clean error
 pgd        PGD alone found a counterexample within e (``upper_pgd <= e``)         robust error >=
 certified  bound propagation alone does not prove it robust at e                 robust error <=
-           (``lower_bounds <= e``)
+           (``lower_bounds < e``)
 lb         a float64-confirmed counterexample lies within e (``upper <= e``)      robust error >=
-ub         it is not proven robust at e (``lower <= e``)                          robust error <=
+ub         it is not proven robust at e (``lower < e``)                           robust error <=
 =========  ====================================================================  ==============
 
 ``ub - lb`` at e is the fraction still bracketed there; misclassified examples count in every
@@ -75,12 +77,12 @@ def _checked(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, float | None]]
             raise SpecError(f"example {r.get('index')}: status {status!r} is not a radius status "
                             f"({', '.join(RADIUS_STATUSES)}): not the results of 'verify radius'")
         vals = {k: _num(r.get(k)) for k in _VALUE_FIELDS}
-        if status == "misclassified":
-            vals = {k: 0.0 for k in _VALUE_FIELDS}
+        if status == "misclassified":  # non-robust at every eps, 0 included
+            vals = {k: (-math.inf if k in ("lower", "lower_bounds") else 0.0) for k in _VALUE_FIELDS}
         else:
-            # a missing proven radius proves nothing: 0 (counted from eps 0 on, the safe side of UB)
-            vals["lower"] = vals["lower"] if vals["lower"] is not None else 0.0
-            vals["lower_bounds"] = vals["lower_bounds"] if vals["lower_bounds"] is not None else 0.0
+            # a missing proven radius proves nothing: -inf (counted from eps 0 on, the safe side of UB)
+            vals["lower"] = vals["lower"] if vals["lower"] is not None else -math.inf
+            vals["lower_bounds"] = vals["lower_bounds"] if vals["lower_bounds"] is not None else -math.inf
         vals["misclassified"] = 1.0 if status == "misclassified" else 0.0
         out.append(vals)
     return out
@@ -109,15 +111,17 @@ def curves(rows: Sequence[Mapping[str, Any]], grid: Sequence[float] | np.ndarray
     if n == 0:
         return {**out, **{k: np.zeros_like(g) for k in CURVE_KEYS[1:]}}
 
-    def frac(key: str) -> np.ndarray:
+    def frac(key: str, strict: bool = False) -> np.ndarray:
         v = np.array([np.inf if r[key] is None else r[key] for r in vals], dtype=np.float64)  # None: never
-        return np.asarray((v[None, :] <= g[:, None]).sum(axis=1) / n, dtype=np.float64)
+        hit = v[None, :] < g[:, None] if strict else v[None, :] <= g[:, None]
+        return np.asarray(hit.sum(axis=1) / n, dtype=np.float64)
 
     out["clean"] = np.full_like(g, sum(r["misclassified"] or 0.0 for r in vals) / n)
     out["pgd"] = frac("upper_pgd")
-    out["certified"] = frac("lower_bounds")
+    # a proven radius covers its closed ball: not robust-proven at e only when lower < e
+    out["certified"] = frac("lower_bounds", strict=True)
     out["lb"] = frac("upper")
-    out["ub"] = frac("lower")
+    out["ub"] = frac("lower", strict=True)
     return out
 
 

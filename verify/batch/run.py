@@ -20,7 +20,8 @@ def run_config(model_path: str, source: str, indices: Sequence[int], config: Any
     """What identifies a run: the model's bytes, the data selection and every setting that changes verdicts."""
     cfg = {k: v for k, v in dataclasses.asdict(config).items()}
     cfg["p"] = p_name(cfg["p"])
-    cfg["methods"] = list(cfg["methods"])
+    if "methods" in cfg:
+        cfg["methods"] = list(cfg["methods"])
     sel = hashlib.sha256(json.dumps(list(map(int, indices))).encode()).hexdigest()[:16]
     return {
         **cfg,

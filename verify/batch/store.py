@@ -32,7 +32,7 @@ SCHEMA_VERSION = 1
 # The selection of examples is not part of a run's identity: rows are keyed by their data-set
 # index, so a store made with -n 200 grows when the same command runs with -n 220.
 _NON_IDENTIFYING = {"shard", "workers", "scheduler", "cluster", "output", "model_path", "progress", "threads",
-                    "n_selected", "selection_sha"}
+                    "n_selected", "selection_sha", "data_dir"}
 
 
 class StoreError(VerifyError):

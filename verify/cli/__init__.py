@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "bounds": ("bounds", "bounds", "Certify with bound propagation (ibp, kw, crown, alpha-crown, lp)."),
     "attack": ("attack", "attack", "Run PGD (L1, L2, Linf) and report the attack success rate."),
     "certify": ("certify", "certify", "Attack, bound and solve the exact MIP: MMR-style lower and upper bounds."),
+    "radius": ("radius", "radius", "Minimum adversarial distortion per example (exact MIP, or a certified bracket)."),
     "summary": ("batch", "summary", "Summarise a results store (table, CSV, JSON, plots)."),
     "merge": ("batch", "merge", "Merge sharded results stores into one."),
     "curve": ("curve", "curve", "Robust error against eps from a radius run: LB/UB, PGD, certified curves (CSV, PNG)."),
