@@ -23,7 +23,7 @@ def small_net(seed: int, d: int = 4, h: int = 8, k: int = 3) -> Network:
                     Linear(torch.randn(k, h, generator=g), 0.3 * torch.randn(k, generator=g))), (d,), (0.0, 1.0))
 
 
-def brute_force_radius(net: Network, c: np.ndarray, y: int, p: float) -> float:
+def brute_force_radius(net: Network, c: np.ndarray, y: int, p: float, targets: list[int] | None = None) -> float:
     """min ||x - c||_p over the box with f_j(x) >= f_y(x) for some j, by one LP per activation pattern
     and target (the pattern's region is a polyhedron on which the network is affine)."""
     w1, b1 = (t.detach().double().numpy() for t in (net.layers[0].weight, net.layers[0].bias))
@@ -37,7 +37,7 @@ def brute_force_radius(net: Network, c: np.ndarray, y: int, p: float) -> float:
         a_reg, b_reg = sign[:, None] * w1, -sign * b1
         lin = w2 @ (s[:, None] * w1)
         off = w2 @ (s * b1) + b2
-        for j in range(k):
+        for j in range(k) if targets is None else targets:
             if j == y:
                 continue
             # f_y - f_j <= 0
@@ -85,6 +85,23 @@ def test_exact_radius_matches_brute_force_over_activation_patterns(p: float, see
         assert int(out.argmax()) != int(y[k]) or float(out.max()) == float(out[int(y[k])])
         assert abs(float(distances(x[k : k + 1], r.counterexample, p)[0]) - r.upper) <= 1e-12
         assert bool(((r.counterexample >= 0) & (r.counterexample <= 1)).all())
+
+
+def test_targeted_radius_matches_brute_force_for_that_class() -> None:
+    net = small_net(2, k=4)
+    x, y = points(net, 6, 21)
+    target = 2
+    res = minimum_distortion(net, x, y, list(range(100, 106)), RadiusConfig(p=1.0, target=target), progress=False)
+    keep = [k for k in range(6) if int(y[k]) != target]
+    assert [r.index for r in res] == [100 + k for k in keep]  # examples labelled with the target are left out
+    for k, r in zip(keep, res):
+        want = brute_force_radius(net, x[k].numpy(), int(y[k]), 1.0, targets=[target])
+        assert r.label == int(y[k]) and r.status == "exact" and r.target == target
+        assert r.upper is not None and abs(r.upper - want) <= 1e-6 and r.lower <= want + 1e-9
+        out = net.forward(r.counterexample)[0]
+        assert float(out[target]) >= float(out[int(y[k])])
+        # never closer than the untargeted radius
+        assert r.upper >= brute_force_radius(net, x[k].numpy(), int(y[k]), 1.0) - 1e-9
 
 
 def test_certify_agrees_on_both_sides_of_every_bracket() -> None:

@@ -43,13 +43,14 @@ class RadiusConfig:
 
     p: float
     max_eps: float | None = None
+    target: int | None = None  # the distortion to reach this class (None: any other class)
     method: str = "crown"
     bisect_steps: int = 14  # bound bisection: the certified radius to 2^-14 of the upper end
     attack_steps: int = 40
     attack_restarts: int = 1
     attack_bisect_steps: int = 6
     timeout: float = 120.0  # the MIP's time per example
-    tol: float = 1e-5  # exact: upper - lower <= tol
+    tol: float = 1e-5  # exact: upper - lower <= tol * max(1, upper)
     threads: int = 1
     no_mip: bool = False
 
@@ -62,6 +63,8 @@ class RadiusConfig:
             raise SpecError(f"--timeout must be positive, got {self.timeout}")
         if not self.tol > 0:
             raise SpecError(f"--tol must be positive, got {self.tol}")
+        if self.target is not None and self.target < 0:
+            raise SpecError(f"--target must be a class index >= 0, got {self.target}")
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,11 @@ class _Open:
     def offer(self, x: Tensor, d: float, target: int, by: str) -> None:
         if self.upper is None or d < self.upper:
             self.upper, self.x, self.target, self.upper_by = d, x.detach().to(torch.float64).clone(), target, by
+
+
+def _closed(lower: float, upper: float | None, tol: float) -> bool:
+    """Is the bracket exact: upper - lower <= tol * max(1, upper)?"""
+    return upper is not None and upper - lower <= tol * max(1.0, upper)
 
 
 def _charge(items: Sequence[_Open], stage: str, t0: float) -> float:
@@ -237,7 +245,7 @@ def _mip_stage(net: Network, c: Tensor, y: Tensor, o: _Open, p: float, config: R
     x_up = o.x if o.x is not None else None
     res = closest(net, c[i], int(y[i]), p, upper=radius, x_upper=x_up, lower=o.lower, targets=targets,
                   first_target=o.target, bounds=dict(br.intermediate), deadline=deadline, threads=config.threads,
-                  tol=config.tol)
+                  tol=config.tol * max(1.0, radius))
     if res.lower > o.lower:
         o.lower, o.lower_by = res.lower, "mip"
     if res.x is not None and res.upper is not None and res.target is not None:
@@ -257,7 +265,13 @@ def minimum_distortion(
     progress: bool = True,
     on_result: Callable[[RadiusResult], None] | None = None,
 ) -> list[RadiusResult]:
-    """The radius of every example (``centers`` (N, *input_shape), ``indices`` their data-set indices)."""
+    """The radius of every example (``centers`` (N, *input_shape), ``indices`` their data-set indices).
+
+    With ``config.target`` J: the distance to a point where f_J >= f_y, for the examples whose label
+    is not J (those with label J are left out of the results).
+    """
+    if config.target is not None:
+        return _targeted(net, centers, labels, indices, config, progress=progress, on_result=on_result)
     p = config.p
     c = centers.to(torch.float64)
     y = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
@@ -299,7 +313,7 @@ def minimum_distortion(
     t = _charge(open_, config.method, t)
     # shrink PGD's radius towards the certified one: a smaller ball makes a smaller MIP
     for _ in range(config.attack_bisect_steps):
-        todo = [o for o in open_ if o.upper is not None and o.upper - o.lower > config.tol]
+        todo = [o for o in open_ if o.upper is not None and not _closed(o.lower, o.upper, config.tol)]
         if not todo:
             break
         eps = torch.tensor([(o.lower + (o.upper or 0.0)) / 2 for o in todo])
@@ -313,22 +327,66 @@ def minimum_distortion(
             done(o, "beyond", n_bin=None)
             bar.update(1)
             continue
-        if (o.upper is None or o.upper - o.lower > config.tol) and not config.no_mip:
-            reason, n_bin = _mip_stage(net, c, y, o, p, config)
-        elif config.no_mip and (o.upper is None or o.upper - o.lower > config.tol):
-            reason = "no mip"
+        if not _closed(o.lower, o.upper, config.tol):
+            if config.no_mip:
+                reason = "no mip"
+            else:
+                reason, n_bin = _mip_stage(net, c, y, o, p, config)
         if o.upper is None:
             # the MIP's lower end sits a solver slack below max_eps (mip.closest.LOWER_SLACK_*)
             full = o.lower >= o.reach * (1 - 2e-6) - 2e-7
             status: RadiusStatus = "beyond" if reason is None and full else "bracketed"
         else:
-            status = "exact" if o.upper - o.lower <= config.tol else "bracketed"
+            status = "exact" if _closed(o.lower, o.upper, config.tol) else "bracketed"
             if status == "bracketed" and reason is None:
                 reason = "gap above tolerance"
         done(o, status, None if status == "exact" or status == "beyond" else reason, n_bin)
         bar.update(1)
     bar.close()
     return [results[k] for k in range(n)]
+
+
+def two_class(net: Network, label: int, target: int) -> Network:
+    """The network with one more affine layer: outputs (f_label, f_target). Its robustness for label 0
+    is robustness against the target alone, so every stage runs on it unchanged."""
+    from .network import Linear
+
+    sel = torch.zeros(2, net.n_classes, dtype=torch.float64)
+    sel[0, label] = sel[1, target] = 1.0
+    return Network(net.layers + (Linear(sel, torch.zeros(2, dtype=torch.float64)),), net.input_shape, net.input_range,
+                   name=f"{net.name}[{label} vs {target}]")
+
+
+def _targeted(net: Network, centers: Tensor, labels: Tensor, indices: Sequence[int], config: RadiusConfig, *,
+              progress: bool, on_result: Callable[[RadiusResult], None] | None) -> list[RadiusResult]:
+    """Per label group, the untargeted run on the two-output network; rows keep the real label and prediction."""
+    import dataclasses
+
+    j = config.target
+    assert j is not None
+    if j >= net.n_classes:
+        raise SpecError(f"--target {j} is not a class of this model (it has {net.n_classes})")
+    y = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+    with torch.no_grad():
+        pred = net.predict(centers.to(torch.float64))
+    inner = dataclasses.replace(config, target=None)
+    out: dict[int, RadiusResult] = {}
+    for label in sorted({int(v) for v in y.tolist()} - {j}):
+        pos = (y == label).nonzero().reshape(-1).tolist()
+
+        def fix(r: RadiusResult, _pos: list[int] = pos, _label: int = label) -> RadiusResult:
+            k = _pos[[int(indices[q]) for q in _pos].index(r.index)]
+            return dataclasses.replace(r, label=_label, prediction=int(pred[k]), target=j if r.upper is not None else None)
+
+        def sink(r: RadiusResult, _fix: Callable[[RadiusResult], RadiusResult] = fix) -> None:
+            if on_result is not None:
+                on_result(_fix(r))
+
+        res = minimum_distortion(two_class(net, label, j), centers[pos], torch.zeros(len(pos), dtype=torch.long),
+                                 [indices[q] for q in pos], inner, progress=progress, on_result=sink)
+        for q, r in zip(pos, res):
+            out[q] = fix(r)
+    return [out[q] for q in range(len(y)) if q in out]
 
 
 class _NoBar:

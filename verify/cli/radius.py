@@ -20,12 +20,15 @@ if TYPE_CHECKING:
 @click.option("--max-eps", default=None, type=float,
               help="Search no further than this distance: an example with no misclassified point that close "
                    "is 'beyond' (fast: bounds usually prove it). Default: as far as the input box reaches.")
+@click.option("--target", default=None, type=click.IntRange(min=0),
+              help="The distortion needed to reach this class (MIPVerify's target selection); examples labelled "
+                   "with it are left out. Default: any class other than the label.")
 @click.option("--method", default="crown", show_default=True, type=click.Choice(["ibp", "kw", "crown", "alpha-crown"]),
               help="Bound method bisected for the certified radius (the lower end before the MIP).")
 @click.option("--timeout", default=120.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="The MIP's time limit per example (s); when it hits, the example keeps a certified bracket.")
 @click.option("--tol", default=1e-5, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="An example is exact when upper - lower <= tol.")
+              help="An example is exact when upper - lower <= tol * max(1, upper).")
 @click.option("--attack-steps", default=40, show_default=True, type=click.IntRange(min=0), help="PGD steps (0: no attack).")
 @click.option("--no-mip", is_flag=True, help="Stop after attacks and bounds: report the bracket they give.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="Threads of HiGHS and torch.")
@@ -34,7 +37,8 @@ if TYPE_CHECKING:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @output_option
 def radius(model_path: str, model_format: str | None, arch: str | None, dataset: str | None, data_dir: str | None,
-           n: int | None, indices: str | None, inputs_path: str | None, p: str, max_eps: float | None, method: str,
+           n: int | None, indices: str | None, inputs_path: str | None, p: str, max_eps: float | None,
+           target: int | None, method: str,
            timeout: float, tol: float, attack_steps: int, no_mip: bool, threads: int, ce_path: str | None,
            quiet: bool, output: str | None) -> None:
     """Per example, the smallest perturbation (in the p-norm, inside the input box) that changes
@@ -48,6 +52,7 @@ def radius(model_path: str, model_format: str | None, arch: str | None, dataset:
     Examples:
       verify radius --model net.mat --dataset mnist -n 100 --p inf --output radii.json
       verify radius --model net.mat --dataset mnist -n 100 --p inf --max-eps 0.1 --output radii.sqlite
+      verify radius --model net.mat --dataset mnist -n 20 --p 1 --target 3 --timeout 60
       verify curve radii.sqlite --plot curve.png --csv curve.csv
       verify summary radii.sqlite --examples 8
     \b
@@ -66,7 +71,7 @@ def radius(model_path: str, model_format: str | None, arch: str | None, dataset:
         raise SpecError(f"--counterexamples must end in .npz, got {ce_path!r}")
     if max_eps is not None and not (math.isfinite(max_eps) and max_eps > 0):
         raise SpecError(f"--max-eps must be a positive number, got {max_eps}")
-    config = RadiusConfig(p=parse_p(p), max_eps=max_eps, method=method, timeout=timeout, tol=tol,
+    config = RadiusConfig(p=parse_p(p), max_eps=max_eps, target=target, method=method, timeout=timeout, tol=tol,
                           attack_steps=attack_steps, threads=threads, no_mip=no_mip)
     torch.set_num_threads(threads)
     net = load_model(model_path, model_format, arch)
