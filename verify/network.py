@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Literal, Protocol, Sequence, Union, overload
+from typing import Any, Iterable, Iterator, Literal, Protocol, Sequence, TypeVar, Union, overload
 
 import numpy as np
 import scipy.sparse as sp
@@ -617,6 +617,7 @@ class Add:
 
 
 Op = Union[Layer, Add, None]
+_L = TypeVar("_L", bound=Layer)
 
 
 @dataclass(frozen=True)
@@ -631,6 +632,14 @@ class Node:
     @property
     def is_relu(self) -> bool:
         return isinstance(self.op, ReLU)
+
+    def op_as(self, kind: type[_L]) -> _L:
+        """The op as a ``kind``, for code that already knows the node's layer type (a plan built
+        by isinstance checks on the graph); TypeError if it is not one."""
+        op = self.op
+        if not isinstance(op, kind):
+            raise TypeError(f"node {self.index} is {op!r}, not a {kind.__name__}")
+        return op
 
 
 def _build_graph(layers: Sequence[Layer], input_shape: Shape) -> tuple[Node, ...]:
