@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..network import ChannelAffine, Conv2d, Network, ReLU, _ConvLike
+from ..network import AffineLayer, ChannelAffine, Conv2d, Network, ReLU, _ConvLike
 from ..spec import LpBall
 from .relax import ReluRelaxation, through_relu, wide_sum
 
@@ -120,7 +120,7 @@ class LocalBounds:
     def __init__(self, net: Network, pset: LpBall, k: int, plan: list[tuple[int, Frame]],
                  relaxations: dict[int, ReluRelaxation]) -> None:
         node = net.graph[k]
-        assert isinstance(node.op, Conv2d)
+        self.conv = node.op_as(Conv2d)  # node k's layer
         self.net, self.k, self.plan = net, k, plan
         self.grid = (node.shape[1], node.shape[2])
         self.n_pos = self.grid[0] * self.grid[1]
@@ -128,7 +128,7 @@ class LocalBounds:
         self.ball: LpBall | None = None  # p = 1, 2: one ball per (example, position) row, on its input window
         self.relu: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
         self.valid: dict[int, Tensor] = {}
-        self.window_t: dict[int, tuple[Tensor, tuple[int, int, int]]] = {}
+        self.window_t: dict[int, tuple[Tensor, tuple[int, ...]]] = {}
         self.relaxations = relaxations
         self.input_box: tuple[Tensor, Tensor] | None = None  # Linf: the box itself
         for idx, frame in plan:
@@ -149,7 +149,8 @@ class LocalBounds:
             op = net.graph[idx].op
             if isinstance(op, ReLU):
                 rel = relaxations[net.graph[idx].inputs[0]]
-                self.relu[idx] = tuple(windows(t, frame, self.grid) for t in (rel.lam_lo, rel.lam_up, rel.mu_up))  # type: ignore[assignment]
+                lam_lo, lam_up, mu_up = (windows(t, frame, self.grid) for t in (rel.lam_lo, rel.lam_up, rel.mu_up))
+                self.relu[idx] = (lam_lo, lam_up, mu_up)
             else:
                 ones = torch.ones((1, *net.graph[idx].shape), dtype=pset.center.dtype, device=pset.center.device)
                 self.valid[idx] = windows(ones, frame, self.grid)
@@ -159,7 +160,7 @@ class LocalBounds:
                     # ~10x faster on CPU than conv_transpose2d over many tiny windows
                     eye = torch.eye(c * frame.h * frame.w, dtype=pset.center.dtype, device=pset.center.device)
                     m = op.linear_t_window(eye.reshape(-1, c, frame.h, frame.w))
-                    self.window_t[idx] = (m.reshape(eye.shape[0], -1), tuple(m.shape[1:]))  # type: ignore[assignment]
+                    self.window_t[idx] = (m.reshape(eye.shape[0], -1), tuple(m.shape[1:]))
 
     def range(self, ex: Tensor, neuron: Tensor, *, two_sided: bool) -> tuple[Tensor, Tensor]:
         """(lower, upper) on neuron ``neuron[i]`` (flat index into node k) of example ``ex[i]``.
@@ -167,7 +168,7 @@ class LocalBounds:
         ``two_sided`` needs parallel-line relaxations (rule kw): one pass gives both bounds;
         otherwise the lower bounds of +row and -row take one pass each.
         """
-        op = self.net.graph[self.k].op
+        op = self.conv
         ch, pos = neuron // self.n_pos, neuron % self.n_pos
         row = ex * self.n_pos + pos  # (example, position) row of every windows() tensor
         w = op.param("weight", self.like).index_select(0, ch)  # (P, C, kh, kw): the neuron's row of the conv
@@ -185,7 +186,7 @@ class LocalBounds:
         With fixed-pattern relaxations (``lam_lo == lam_up``, ``mu_up == 0``) this is the
         neuron's gradient w.r.t. the input on its receptive field (it is zero elsewhere).
         """
-        op = self.net.graph[self.k].op
+        op = self.conv
         ch, pos = neuron // self.n_pos, neuron % self.n_pos
         row = ex * self.n_pos + pos
         w = op.param("weight", self.like).index_select(0, ch)
@@ -209,7 +210,7 @@ class LocalBounds:
         pair = self._conv_pair()
         if pair is not None:
             return self._composed_coefficients(pair, rows, e)
-        w = self.net.graph[self.k].op.param("weight", self.like)  # (C, c, kh, kw)
+        w = self.conv.param("weight", self.like)  # (C, c, kh, kw)
         a = w.expand(e * n_pos, *w.shape)  # (E*P, C, c, kh, kw)
         for idx, _ in self.plan:
             if idx == 0:
@@ -228,7 +229,7 @@ class LocalBounds:
                 m, shape = self.window_t[idx]
                 flat = (flat.reshape(flat.shape[0], -1) @ m).reshape(-1, *shape)
             else:
-                flat = op.linear_t_window(flat)  # type: ignore[union-attr]
+                flat = graph[idx].op_as(_ConvLike).linear_t_window(flat)  # the chain's other layers
             a = flat.reshape(e * n_pos, g, *flat.shape[1:])
         a = a.reshape(e, n_pos, *a.shape[1:]) * self.valid[0][None, :, None]  # nothing on the input window's padding
         return a.permute(1, 0, 2, 4, 5, 3).unsqueeze(-1).unsqueeze(-1).contiguous()  # tiles of 1 x 1 pixels
@@ -255,11 +256,11 @@ class LocalBounds:
         rel = self.relaxations[graph[relu_idx].inputs[0]]
         if rel.lam_lo is not rel.lam_up:
             return None
-        op2 = graph[self.k].op
+        op2 = self.conv
 
         def conv1(t: Tensor) -> Tensor:  # the affine map from the input to conv1's output
             for i in (*affines, conv_idx):
-                t = graph[i].op.forward(t)
+                t = graph[i].op_as(AffineLayer).forward(t)
             return t
 
         lo, hi = self.input_box
@@ -305,10 +306,10 @@ class LocalBounds:
         """
         graph = self.net.graph
         relu_idx, conv_idx, affines = pair
-        op1, op2 = graph[conv_idx].op, graph[self.k].op
+        op1, op2 = graph[conv_idx].op_as(Conv2d), self.conv
         w1 = op1.param("weight", self.like)  # (C1, c0, kh1, kw1)
         for i in affines:  # input normalisation: y = scale * x + shift scales the input gradient
-            w1 = w1 * graph[i].op.param("scale", self.like)[None, :, None, None]
+            w1 = w1 * graph[i].op_as(ChannelAffine).param("scale", self.like)[None, :, None, None]
         w2 = op2.param("weight", self.like)  # (C2, C1, kh2, kw2)
         c2, c1, kh2, kw2 = w2.shape
         c0, kh1, kw1 = w1.shape[1:]
@@ -381,7 +382,7 @@ class LocalBounds:
                 m, shape = self.window_t[idx]
                 a = (a.reshape(a.shape[0], -1) @ m).reshape(-1, *shape)
             else:  # a wide window: the dense matrix would be too large
-                a = op.linear_t_window(a)  # type: ignore[union-attr]
+                a = graph[idx].op_as(_ConvLike).linear_t_window(a)
         return total, total_up, a
 
 
