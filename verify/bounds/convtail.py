@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..network import ChannelAffine, Conv2d, Network, ReLU
+from ..network import AffineLayer, ChannelAffine, Conv2d, Network, ReLU
 from ..spec import LpBall
 from .local import LocalBounds, local_plan, window_view
 from .relax import ReluRelaxation, flat_sum, through_relu, wide_sum
@@ -130,7 +130,8 @@ def tail_finish(net: Network, plan: TailPlan, pset: LpBall, a: Tensor, total: Te
     chunk = max(1, TAIL_CHUNK_ELEMENTS // (s * widest))
     if chunk >= b:
         return _tail_chunk(net, plan, pset, a, total, total_up, rel1, rel2, alpha1, alpha2)
-    lows, ups = [], []
+    lows: list[Tensor] = []
+    ups: list[Tensor] = []  # filled only when two-sided (then every chunk has an upper bound)
     for e0 in range(0, b, chunk):
         sl = slice(e0, e0 + chunk)
         pick = torch.arange(e0, min(b, e0 + chunk), device=a.device)
@@ -142,8 +143,9 @@ def tail_finish(net: Network, plan: TailPlan, pset: LpBall, a: Tensor, total: Te
                              cut(rel1), cut(rel2), None if alpha1 is None else alpha1[sl],
                              None if alpha2 is None else alpha2[sl])
         lows.append(lo)
-        ups.append(up)
-    return torch.cat(lows), (None if total_up is None else torch.cat(ups))  # type: ignore[arg-type]
+        if up is not None:
+            ups.append(up)
+    return torch.cat(lows), (None if total_up is None else torch.cat(ups))
 
 
 def _tail_chunk(net: Network, plan: TailPlan, pset: LpBall, a: Tensor, total: Tensor, total_up: Tensor | None,
@@ -151,10 +153,9 @@ def _tail_chunk(net: Network, plan: TailPlan, pset: LpBall, a: Tensor, total: Te
                 ) -> tuple[Tensor, Tensor | None]:
     graph = net.graph
     b, s = a.shape[:2]
-    two_sided = total_up is not None
     like = a.new_zeros(())
-    # r2: the ReLU after conv2
-    if two_sided:
+    # r2: the ReLU after conv2; total_up given: two-sided
+    if total_up is not None:
         mu = rel2.mu_up.unsqueeze(1)
         c_neg = flat_sum(a.clamp(max=0) * mu)
         total, total_up = total + c_neg, total_up + (flat_sum(a * mu) - c_neg)
@@ -162,7 +163,7 @@ def _tail_chunk(net: Network, plan: TailPlan, pset: LpBall, a: Tensor, total: Te
     else:
         a3, c = through_relu(a, rel2, alpha2)
         total = total + c
-    op2 = graph[plan.c2].op
+    op2 = graph[plan.c2].op_as(Conv2d)
     shape1 = graph[plan.r1].shape
     off = flat_sum(a3 * op2.offset(shape1, like))
     # conv1's offset (and the normalisation's), through r1's upper slopes and conv2
@@ -171,7 +172,7 @@ def _tail_chunk(net: Network, plan: TailPlan, pset: LpBall, a: Tensor, total: Te
     v = op2.linear(lam_up1 * beta1)  # (B, C2, H2, W2)
     off = off + flat_sum(a3 * v.unsqueeze(1))
     total = total + off
-    if two_sided:
+    if total_up is not None:
         total_up = total_up + off
     # a1 on r1's unstable neurons only
     idx = _unstable_index(rel1.unstable.reshape(b, -1))  # (B, U)
@@ -184,7 +185,7 @@ def _tail_chunk(net: Network, plan: TailPlan, pset: LpBall, a: Tensor, total: Te
         mu1 = _gather(rel1.mu_up.reshape(b, -1), idx).unsqueeze(1)
         c_neg = wide_sum(a1.clamp(max=0) * mu1, -1)
         total = total + c_neg
-        if two_sided:
+        if total_up is not None:
             total_up = total_up + (wide_sum(a1 * mu1, -1) - c_neg)
         else:
             up1 = _gather(lam_up1.reshape(b, -1), idx).unsqueeze(1)
@@ -203,9 +204,9 @@ def _tail_chunk(net: Network, plan: TailPlan, pset: LpBall, a: Tensor, total: Te
         rows = stem.index_select(0, idx.reshape(-1)).reshape(b, idx.shape[1], -1)  # (B, U, n0)
         a0 = a0 + torch.bmm(corr, rows).reshape(a0.shape)
     lower = total + pset.min_linear(a0)
-    if not two_sided:
+    if total_up is None:
         return lower, None
-    return lower, total_up - pset.min_linear(-a0)  # type: ignore[operator]
+    return lower, total_up - pset.min_linear(-a0)
 
 
 def _built(live: bool, build: Callable[[], Tensor]) -> Tensor:
@@ -225,17 +226,17 @@ def _stem_offset(net: Network, plan: TailPlan, like: Tensor) -> Tensor:
     """conv1's value at input 0 (its bias through the normalisation's shift)."""
     t = like.new_zeros((1, *net.graph[0].shape))
     for i in (*plan.affines, plan.c1):
-        t = net.graph[i].op.forward(t)  # type: ignore[union-attr]
+        t = net.graph[i].op_as(AffineLayer).forward(t)  # ChannelAffine* then Conv2d (tail_plan)
     return t[0]
 
 
 def _stem_matrix(net: Network, plan: TailPlan, like: Tensor) -> Tensor:
     """The linear part of input -> conv1 as a dense (N1, n0) matrix."""
     graph = net.graph
-    m = conv_matrix(graph[plan.c1].op, graph[0].shape, like)  # type: ignore[arg-type]
+    m = conv_matrix(graph[plan.c1].op_as(Conv2d), graph[0].shape, like)
     c0, h, w = graph[0].shape
     for i in plan.affines:
-        scale = graph[i].op.param("scale", like)  # type: ignore[union-attr]
+        scale = graph[i].op_as(ChannelAffine).param("scale", like)
         m = m * scale.reshape(c0, 1, 1).expand(c0, h, w).reshape(1, -1)
     return m
 
