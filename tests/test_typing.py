@@ -1,7 +1,7 @@
 """``mypy --strict`` passes on the package, as configured in pyproject.toml's ``[tool.mypy]``.
 
-The configuration names the files (``verify``), the strictness and the third-party packages
-without type information; verify/bounds is excluded there until the bound engine rewrite lands.
+The configuration names the files (``verify``, all of it: verify/bounds is checked too since
+issue #23), the strictness and the third-party packages without type information.
 """
 
 from __future__ import annotations
