@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UnsupportedLayerError
-from ..network import Add, MaxPool2d, Network, ReLU
+from ..network import Add, AffineLayer, MaxPool2d, Network, ReLU
 from ..spec import LpBall
 from .convtail import TAIL_MIN_ROWS, tail_finish, tail_plan
 from .relax import ReluRelaxation, Rule, flat_sum, relu_relaxation, through_relu
@@ -106,9 +106,9 @@ def _backward(net: Network, pset: LpBall, start: int, A: Tensor, bounds: NodeBou
         return tail_finish(net, plan, pset, a2, total, total_up, rels[0], rels[1], al[0], al[1])
     a0, total, total_up = _pull_back(net, start, A, bounds, rule=rule, const=const, alpha=alpha,
                                      relaxations=relaxations, two_sided=two_sided, extra=extra)
-    if not two_sided:
+    if total_up is None:  # not two_sided
         return total + pset.min_linear(a0), None
-    return total + pset.min_linear(a0), total_up - pset.min_linear(-a0)  # type: ignore[operator]
+    return total + pset.min_linear(a0), total_up - pset.min_linear(-a0)
 
 
 def _pull_back(net: Network, start: int, A: Tensor, bounds: NodeBounds, *, rule: Rule,
@@ -141,14 +141,14 @@ def _pull_back(net: Network, start: int, A: Tensor, bounds: NodeBounds, *, rule:
         src = node.inputs[0]
         if isinstance(op, ReLU):
             rel = _relaxation(src, bounds, relaxations, rule, a.dtype)
-            if two_sided:
+            if total_up is not None:  # two_sided
                 # parallel lines: z in [lam x, lam x + mu]; the max takes mu where a > 0
                 mu = rel.mu_up.unsqueeze(1)
                 a_in = a * rel.lam_up.unsqueeze(1)
                 c_all = flat_sum(a * mu)
                 c_neg = flat_sum(a.clamp(max=0) * mu)
                 total = total + c_neg
-                total_up = total_up + (c_all - c_neg)  # type: ignore[operator]
+                total_up = total_up + (c_all - c_neg)
             else:
                 a_in, c = through_relu(a, rel, None if alpha is None else alpha.get(idx))
                 total = total + c
@@ -158,11 +158,12 @@ def _pull_back(net: Network, start: int, A: Tensor, bounds: NodeBounds, *, rule:
             in_shape = graph[src].shape
             # offset() wants a batch-shaped tensor as its dtype/device template
             like = a.new_zeros((1,) * (len(in_shape) + 1))
-            off = flat_sum(a * op.offset(in_shape, like))  # type: ignore[union-attr]
+            aff = node.op_as(AffineLayer)  # every other layer is affine
+            off = flat_sum(a * aff.offset(in_shape, like))
             total = total + off
-            if two_sided:
-                total_up = total_up + off  # type: ignore[operator]
-            a_in = op.linear_t(a.reshape(b * s, *node.shape), in_shape).reshape(b, s, *in_shape)  # type: ignore[union-attr]
+            if total_up is not None:  # two_sided
+                total_up = total_up + off
+            a_in = aff.linear_t(a.reshape(b * s, *node.shape), in_shape).reshape(b, s, *in_shape)
         acc[src] = acc[src] + a_in if src in acc else a_in
     a_stop = acc.pop(stop)
     if acc:

@@ -14,7 +14,7 @@ radius eps has half-width eps in every one of the 784 coordinates).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -32,9 +32,10 @@ def node_interval(node: Node, bounds: NodeBounds) -> tuple[Tensor, Tensor]:
     """The interval of ``node`` from the intervals of its inputs."""
     op = node.op
     if isinstance(op, Add):
-        lo = sum(bounds[i][0] for i in node.inputs)
-        hi = sum(bounds[i][1] for i in node.inputs)
-        return lo, hi  # type: ignore[return-value]
+        # sum() starts from the int 0; with at least one input the result is a Tensor
+        lo = cast(Tensor, sum(bounds[i][0] for i in node.inputs))
+        hi = cast(Tensor, sum(bounds[i][1] for i in node.inputs))
+        return lo, hi
     lo, hi = bounds[node.inputs[0]]
     if isinstance(op, ReLU):
         return lo.clamp(min=0), hi.clamp(min=0)
@@ -45,8 +46,9 @@ def node_interval(node: Node, bounds: NodeBounds) -> tuple[Tensor, Tensor]:
         return F.max_pool2d(lo, op.kernel, op.stride, op.padding), F.max_pool2d(hi, op.kernel, op.stride, op.padding)
     mid = (hi + lo) / 2
     rad = (hi - lo) / 2
-    c = op.forward(mid)  # type: ignore[union-attr]
-    r = op.abs_linear(rad)  # type: ignore[union-attr]
+    aff = node.op_as(AffineLayer)  # every other layer is affine
+    c = aff.forward(mid)
+    r = aff.abs_linear(rad)
     return c - r, c + r
 
 

@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import cast
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..network import Add, AvgPool2d, ChannelAffine, Conv2d, Flatten, Linear, MaxPool2d, Network, Node, ReLU
+from ..network import Add, AffineLayer, AvgPool2d, ChannelAffine, Conv2d, Flatten, Linear, MaxPool2d, Network, Node, ReLU
 from ..spec import LpBall
 from .relax import relu_relaxation
 from .types import NodeBounds
@@ -211,11 +212,12 @@ class RoundingGuard:
             elif isinstance(op, MaxPool2d):
                 mag = torch.nn.functional.max_pool2d(m_in[0], op.kernel, op.stride, op.padding)
             elif isinstance(op, Add):
-                mag = sum(m_in)  # type: ignore[assignment]
+                mag = cast(Tensor, sum(m_in))  # sum() starts from the int 0; an Add has inputs
             else:
                 in_shape = self.net.graph[node.inputs[0]].shape
-                off = op.offset(in_shape, m_in[0]).abs()  # type: ignore[union-attr]
-                mag = op.abs_linear(m_in[0]) + off  # type: ignore[union-attr]
+                aff = node.op_as(AffineLayer)  # every other layer is affine
+                off = aff.offset(in_shape, m_in[0]).abs()
+                mag = aff.abs_linear(m_in[0]) + off
         if not exact:
             delta = 2 * gamma(rounding_budget(self.net, node.index), self.dtype) * mag * (1 + 1e-9) + self._absolute(mag)
             lo = round_down(lo.to(torch.float64) - delta, self.dtype) if not lo.requires_grad else lo - delta.to(lo.dtype)
