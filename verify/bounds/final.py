@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import Tensor
 
-from ..network import Network
+from ..network import AffineLayer, Network
 from ..spec import LpBall
 from .backward import backward_bound, margin_spec
 from .relax import Rule
@@ -31,14 +32,16 @@ def interval_margins(net: Network, bounds: NodeBounds, labels: Tensor) -> Tensor
     lo_out, hi_out = bounds[last.index]
     spec = margin_spec(labels, net.n_classes, lo_out.dtype)
     if getattr(last.op, "affine", False):
+        # cast, not isinstance: the branch is chosen by the layer's affine flag, as before
+        op = cast(AffineLayer, last.op)
         src = last.inputs[0]
         lo, hi = bounds[src]
         n, k = spec.shape[:2]
         in_shape = net.graph[src].shape
-        a = last.op.linear_t(spec.reshape(n * k, -1), in_shape).reshape(n, k, *in_shape)  # type: ignore[union-attr]
+        a = op.linear_t(spec.reshape(n * k, -1), in_shape).reshape(n, k, *in_shape)
         lo_v, hi_v = lo.unsqueeze(1), hi.unsqueeze(1)
         val = (a.clamp(min=0) * lo_v + a.clamp(max=0) * hi_v).reshape(n, k, -1).sum(-1)
-        off = last.op.offset(in_shape, lo[:1])  # type: ignore[union-attr]
+        off = op.offset(in_shape, lo[:1])
         val = val + (spec * off).sum(-1)
     else:
         val = (spec.clamp(min=0) * lo_out.unsqueeze(1) + spec.clamp(max=0) * hi_out.unsqueeze(1)).sum(-1)

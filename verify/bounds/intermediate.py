@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import math
 import time
+from typing import cast
 
 import torch
 from torch import Tensor
 
-from ..network import Flatten, Network
+from ..network import AffineLayer, Flatten, Network
 from ..spec import LpBall
 from .backward import backward_bound, backward_range, relu_inputs
 from .convtail import tail_plan
@@ -149,9 +150,10 @@ def _tighten(net: Network, pset: LpBall, k: int, lo: Tensor, hi: Tensor, bounds:
             onehot = lo.new_zeros((uniq.numel(), lo_f.shape[1]))
             onehot[torch.arange(uniq.numel(), device=lo.device), uniq] = 1.0
             in_shape = net.graph[begin].shape
-            rows = op.linear_t(onehot.reshape(uniq.numel(), *shape), in_shape)  # type: ignore[union-attr]
+            aff = cast(AffineLayer, op)  # first_affine: chosen by the layer's affine flag, not isinstance
+            rows = aff.linear_t(onehot.reshape(uniq.numel(), *shape), in_shape)
             like = lo.new_zeros((1,) * (len(in_shape) + 1))
-            bias = op.offset(in_shape, like).reshape(-1)[uniq]  # type: ignore[union-attr]
+            bias = aff.offset(in_shape, like).reshape(-1)[uniq]
             w, b = rows.index_select(0, inv).unsqueeze(1), bias.index_select(0, inv).unsqueeze(1)
         else:
             w = lo.new_zeros((p, 1, lo_f.shape[1]))
@@ -177,15 +179,15 @@ def _tighten_all_rows(net: Network, pset: LpBall, k: int, lo_f: Tensor, hi_f: Te
     rows of node k's own layer), so the batched stem below (verify.bounds.convtail) serves
     many rows per example."""
     node = net.graph[k]
-    op = node.op
+    op = cast(AffineLayer, node.op)  # the caller's first_affine: the layer's affine flag, not isinstance
     n, m = lo_f.shape
     begin = node.inputs[0]
     in_shape = net.graph[begin].shape
     eye = lo_f.new_zeros((m, m))
     diag = torch.arange(m, device=lo_f.device)
     eye[diag, diag] = 1.0
-    rows = op.linear_t(eye.reshape(m, *node.shape), in_shape)  # type: ignore[union-attr]
-    bias = op.offset(in_shape, lo_f.new_zeros((1,) * (len(in_shape) + 1))).reshape(-1)  # type: ignore[union-attr]
+    rows = op.linear_t(eye.reshape(m, *node.shape), in_shape)
+    bias = op.offset(in_shape, lo_f.new_zeros((1,) * (len(in_shape) + 1))).reshape(-1)
     chunk = max(1, CHUNK_ELEMENTS // (2 * m * math.prod(in_shape)))
     unstable = (lo_f < 0) & (hi_f > 0)
     los, his = [], []
