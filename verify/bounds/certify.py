@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -116,8 +117,8 @@ def certify_with_bounds(
     return CertifiedBounds(certified, margin, method)
 
 
-def _screen(net: Network, p32: LpBall, y: Tensor, method: Method, guard: RoundingGuard | None,
-            alpha_steps: int, alpha_lr: float) -> tuple[Tensor, dict[int, Tensor] | None]:
+def _screen(net: Network, p32: LpBall, y: Tensor, method: Literal["ibp", "kw", "crown", "alpha-crown"],
+            guard: RoundingGuard | None, alpha_steps: int, alpha_lr: float) -> tuple[Tensor, dict[int, Tensor] | None]:
     """Float32 margin bounds (N, K), each widened node by node when ``guard`` is given."""
     dtype = torch.float32
     if method == "ibp":
@@ -130,7 +131,7 @@ def _screen(net: Network, p32: LpBall, y: Tensor, method: Method, guard: Roundin
         return ibp, None
     if method == "alpha-crown":
         return _alpha_where_needed(net, p32, y, bounds, ibp, guard, alpha_steps, alpha_lr)
-    return torch.maximum(linear_margins(net, p32, y, bounds, rule=method), ibp), None  # type: ignore[arg-type]
+    return torch.maximum(linear_margins(net, p32, y, bounds, rule=method), ibp), None
 
 
 def _alpha_where_needed(net: Network, p32: LpBall, y: Tensor, bounds: NodeBounds, ibp: Tensor,
