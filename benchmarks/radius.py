@@ -13,7 +13,8 @@ radius, as MIPVerify.jl's ``closest`` runs are capped by their perturbation fami
   puts below its lower end must be verified by certify and every example whose upper end is <= eps
   must not be verified (and vice versa for certify's falsified). Any disagreement is listed.
 
-    python benchmarks/radius.py --n 100 --timeout 120 --out radius.json
+    python benchmarks/radius.py --n 100 --timeout 120 --out radius.json --rows rows.json
+    verify curve rows.json --plot docs/radius_curve.png
     python benchmarks/radius.py --quick          # n 10, timeout 20, grid 0.05,0.1
 """
 
@@ -40,14 +41,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--max-eps", type=float, default=0.1)
     ap.add_argument("--timeout", type=float, default=120.0)
-    ap.add_argument("--grid", default="0.02,0.04,0.06,0.08,0.1")
+    ap.add_argument("--grid", default=None, help="eps values of the certify baseline (default 0.02,0.04,...,0.1)")
     ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "datasets"))
     ap.add_argument("--no-baseline", action="store_true", help="Skip the certify-per-eps baseline.")
     ap.add_argument("--quick", action="store_true", help="Smoke run: n 10, timeout 20, grid 0.05,0.1.")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--rows", default=None, help="Also write the radius rows as a radius results JSON (for 'verify curve').")
     a = ap.parse_args(argv)
     if a.quick:
-        a.n, a.timeout, a.grid = min(a.n, 10), min(a.timeout, 20.0), "0.05,0.1"
+        a.n, a.timeout, a.grid = min(a.n, 10), min(a.timeout, 20.0), a.grid or "0.05,0.1"
+    a.grid = a.grid or "0.02,0.04,0.06,0.08,0.1"
     torch.set_num_threads(1)
 
     from verify.certify import CertifyConfig, certify
@@ -101,6 +104,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out["certify_per_eps"] = {"grid": grid, "runs": base, "total_seconds": total,
                                   "ratio_certify_grid_over_radius": total / radius_s if radius_s > 0 else None,
                                   "disagreements": disagree}
+    if a.rows:
+        from verify.cli.common import write_rows
+        from verify.radius import config_dict
+
+        cfg = {**config_dict(RadiusConfig(p=math.inf, max_eps=a.max_eps, timeout=a.timeout)), "model_path": a.model,
+               "dataset": "mnist", "data_dir": a.data_dir, "data": ex.source}
+        write_rows(a.rows, {"config": cfg}, rows)
     text = json.dumps(out, indent=1)
     if a.out:
         Path(a.out).write_text(text + "\n")

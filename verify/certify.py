@@ -231,7 +231,7 @@ def certify(
         i = pp.pos
         t0 = time.perf_counter()
         query = Query.robustness(pset.select([i]).to(torch.float64), int(labels[i]), net.n_classes)
-        bounds, row_lb = _complete_inputs(net, query, config, t0 + config.timeout)
+        bounds, row_lb = complete_inputs(net, query, config, t0 + config.timeout)
         out = decide(net, query, engine=config.complete, deadline=t0 + config.timeout, mip=solve, bounds=bounds,
                      row_lb=row_lb, warm=warm.get(i))
         clock.split(pp, out)
@@ -246,7 +246,7 @@ def certify(
     return [results[i] for i in range(n)]
 
 
-def _complete_inputs(net: Network, query: Query, config: CertifyConfig, deadline: float
+def complete_inputs(net: Network, query: Query, config: CertifyConfig, deadline: float
                      ) -> tuple[dict[int, tuple[Tensor, Tensor]] | None, np.ndarray | None]:
     """Starting bounds (float64) and per-target margin bounds for the complete stage of one example.
 
@@ -297,5 +297,6 @@ class _Bar:
             self.bar.close()
 
 
-__all__ = ["BOUND_METHODS", "CertResult", "CertifyConfig", "ROW_FIELDS", "Stage", "Status", "Summary", "certify", "order_row",
+__all__ = ["BOUND_METHODS", "CertResult", "CertifyConfig", "ROW_FIELDS", "Stage", "Status", "Summary", "certify",
+           "complete_inputs", "order_row",
            "summarize"]

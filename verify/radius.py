@@ -35,6 +35,9 @@ from .spec import LpBall, margins_f64, p_name
 
 RadiusStatus = Literal["exact", "bracketed", "beyond", "misclassified"]
 RADIUS_METHODS = ("ibp", "kw", "crown", "alpha-crown")
+# an example with no counterexample up to max_eps first goes to the complete stage at max_eps for
+# at most this share of its time limit (it usually decides in seconds); the distance MIP gets the rest
+DECIDE_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -228,13 +231,43 @@ def _bound_stage(net: Network, c: Tensor, y: Tensor, items: list[_Open], p: floa
         o.lower, o.lower_by, o.lower_bounds = float(lo[k]), "bounds", float(lo[k])
 
 
-def _mip_stage(net: Network, c: Tensor, y: Tensor, o: _Open, p: float, config: RadiusConfig) -> tuple[str | None, int | None]:
-    """The MIP for one item; returns (reason if undecided, binaries)."""
+def _decide_stage(net: Network, c: Tensor, y: Tensor, o: _Open, p: float, config: RadiusConfig,
+                  deadline: float) -> None:
+    """No counterexample up to max_eps yet: decide robustness at max_eps with the complete stage
+    (:func:`verify.complete.decide`, auto: branch and bound and/or the MIP) before any distance MIP.
+    Verified: the example is beyond max_eps (a closed-ball proof); falsified: its counterexample,
+    moved along its ray as close as it stays misclassified, is the first upper end."""
+    from .certify import CertifyConfig, complete_inputs
+    from .complete import HighsBackend, decide
+    from .query import Query
+
+    t0 = time.perf_counter()
+    i = o.pos
+    query = Query.robustness(LpBall.make(c[i : i + 1], o.reach, p, net.input_range, check_inside=False), int(y[i]),
+                             net.n_classes)
+    cc = CertifyConfig(p=p, eps=o.reach, timeout=max(deadline - t0, 1e-3), threads=config.threads)
+    bounds, row_lb = complete_inputs(net, query, cc, deadline)
+    out = decide(net, query, engine="auto", deadline=deadline, mip=HighsBackend(threads=config.threads), bounds=bounds,
+                 row_lb=row_lb)
+    if out.status == "verified":
+        o.lower, o.lower_by = o.reach, out.engine
+    elif out.status == "falsified" and out.counterexample is not None:
+        x = _ray_search(net, c[i : i + 1], y[i : i + 1], out.counterexample.to(torch.float64).reshape(1, *net.input_shape))
+        bad, cls = _confirmed(net, c[i : i + 1], x, y[i : i + 1])
+        if not bool(bad[0]):  # the engine's own point is confirmed (verify.query.confirm_point)
+            x = out.counterexample.to(torch.float64).reshape(1, *net.input_shape)
+            cls = _confirmed(net, c[i : i + 1], x, y[i : i + 1])[1]
+        o.offer(x, float(distances(c[i : i + 1], x, p)[0]), int(cls[0]), out.engine)
+    o.seconds["complete"] = o.seconds.get("complete", 0.0) + time.perf_counter() - t0
+
+
+def _mip_stage(net: Network, c: Tensor, y: Tensor, o: _Open, p: float, config: RadiusConfig,
+               deadline: float) -> tuple[str | None, int | None]:
+    """The distance MIP for one item; returns (reason if undecided, binaries)."""
     from .bounds import compute_bounds
     from .mip.closest import closest
 
     t0 = time.perf_counter()
-    deadline = t0 + config.timeout
     i = o.pos
     radius = o.upper if o.upper is not None else o.reach
     ball = LpBall.make(c[i : i + 1], radius, p, net.input_range, check_inside=False)
@@ -307,7 +340,7 @@ def minimum_distortion(
             open_.append(o)
 
     keys = [int(indices[o.pos]) for o in open_]
-    _attack_stage(net, c, y, open_, torch.tensor([o.reach for o in open_]), p, config, keys)
+    _attack_stage(net, c, y, open_, torch.tensor([o.reach for o in open_], dtype=torch.float64), p, config, keys)
     t = _charge(open_, "pgd", t)
     _bound_stage(net, c, y, open_, p, config)
     t = _charge(open_, config.method, t)
@@ -316,13 +349,18 @@ def minimum_distortion(
         todo = [o for o in open_ if o.upper is not None and not _closed(o.lower, o.upper, config.tol)]
         if not todo:
             break
-        eps = torch.tensor([(o.lower + (o.upper or 0.0)) / 2 for o in todo])
+        eps = torch.tensor([(o.lower + (o.upper or 0.0)) / 2 for o in todo], dtype=torch.float64)
         _attack_stage(net, c, y, todo, eps, p, config, [int(indices[o.pos]) for o in todo])
     t = _charge(open_, "pgd", t)
+
+    from .mip.closest import sound_lower
 
     bar = _bar(len(open_), progress)
     for o in open_:
         reason, n_bin = None, None
+        start = time.perf_counter()
+        if o.upper is None and o.lower < o.reach and not config.no_mip:
+            _decide_stage(net, c, y, o, p, config, start + DECIDE_SHARE * config.timeout)
         if o.upper is None and o.lower >= o.reach:
             done(o, "beyond", n_bin=None)
             bar.update(1)
@@ -331,10 +369,10 @@ def minimum_distortion(
             if config.no_mip:
                 reason = "no mip"
             else:
-                reason, n_bin = _mip_stage(net, c, y, o, p, config)
+                reason, n_bin = _mip_stage(net, c, y, o, p, config, start + config.timeout)
         if o.upper is None:
-            # the MIP's lower end sits a solver slack below max_eps (mip.closest.LOWER_SLACK_*)
-            full = o.lower >= o.reach * (1 - 2e-6) - 2e-7
+            # a distance MIP proves max_eps only up to its slack (verify.mip.closest.sound_lower)
+            full = o.lower >= sound_lower(o.reach)
             status: RadiusStatus = "beyond" if reason is None and full else "bracketed"
         else:
             status = "exact" if _closed(o.lower, o.upper, config.tol) else "bracketed"

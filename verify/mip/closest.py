@@ -88,7 +88,8 @@ def distance(center: Tensor, x: Tensor, p: float) -> float:
     return float(d.abs().max() if math.isinf(p) else d.norm(p=p))
 
 
-def _sound_lower(d: float) -> float:
+def sound_lower(d: float) -> float:
+    """What a solver dual bound d on the distance proves: d less the slack (LOWER_SLACK_*)."""
     return max(0.0, d - LOWER_SLACK_ABS - LOWER_SLACK_REL * abs(d))
 
 
@@ -240,9 +241,9 @@ def closest(
     if len(proven) < len(todo):
         status = "timeout"
         proven.append(lower)
-    lo_end = max(lower, _sound_lower(min([best] + proven)))
+    lo_end = max(lower, sound_lower(min([best] + proven)))
     return ClosestResult(min(lo_end, best), best if best_x is not None else None, best_x, best_j, status,
                          time.perf_counter() - t0, n_bin, solver_status)
 
 
-__all__ = ["ClosestResult", "LOWER_SLACK_ABS", "LOWER_SLACK_REL", "closest", "distance"]
+__all__ = ["ClosestResult", "LOWER_SLACK_ABS", "LOWER_SLACK_REL", "closest", "distance", "sound_lower"]
