@@ -275,8 +275,7 @@ def _mip_stage(net: Network, c: Tensor, y: Tensor, o: _Open, p: float, config: R
     margin = br.margin_lb[0].detach().numpy()
     # a target whose margin is provably positive over the ball cannot be reached inside it
     targets = [j for j in range(net.n_classes) if j != int(y[i]) and not margin[j] > 1e-6 * max(1.0, abs(margin[j]))]
-    x_up = o.x if o.x is not None else None
-    res = closest(net, c[i], int(y[i]), p, upper=radius, x_upper=x_up, lower=o.lower, targets=targets,
+    res = closest(net, c[i], int(y[i]), p, upper=radius, lower=o.lower, targets=targets,
                   first_target=o.target, bounds=dict(br.intermediate), deadline=deadline, threads=config.threads,
                   tol=config.tol * max(1.0, radius))
     if res.lower > o.lower:
