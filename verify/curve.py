@@ -275,7 +275,10 @@ def plot_curves(curves: Mapping[str, np.ndarray], path: str, title: str, p: str 
     ax.set_title(title, fontsize=9)
     if len(eps):
         ax.set_xlim(float(eps.min()), float(eps.max()) if eps.max() > eps.min() else float(eps.min()) + 1)
-    ax.set_ylim(-2, 102)
+    # a robust model's curves stay near the bottom: zoom the axis to them (but always show 0..5%)
+    top = max([float(v.max()) for v in pct.values() if v.size] + [0.0])
+    upper = 102.0 if top > 60 else max(5.0, 1.25 * top)
+    ax.set_ylim(-upper / 50, upper)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()

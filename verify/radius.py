@@ -82,8 +82,8 @@ class RadiusResult:
     upper: float | None
     lower_bounds: float  # the part of ``lower`` bound propagation proved (the certified radius)
     upper_pgd: float | None  # the distance of PGD's best counterexample (None: none up to max_eps)
-    lower_by: str
-    upper_by: str | None
+    lower_by: str  # clean, bounds, mip (a distance MIP's dual bound or the MIP at max_eps) or bab
+    upper_by: str | None  # clean, pgd, mip or bab (None: no counterexample up to max_eps)
     target: int | None  # the class of the counterexample at ``upper``
     seconds: dict[str, float]
     reason: str | None = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import math
 from typing import Any
 
@@ -14,8 +16,8 @@ TABLE_ROWS = 21  # at most this many grid rows are printed; --csv has them all
 
 
 def curve_title(results: str, config: dict[str, Any], n: int) -> str:
-    return (f"{results}: p {config.get('p')}  max_eps {config.get('max_eps')}  tol {config.get('tol')}  n {n}  "
-            f"model {config.get('model_path', '?')}")
+    model = Path(str(config.get("model_path", "?"))).name
+    return f"{Path(results).name}: p {config.get('p')}  max_eps {config.get('max_eps')}  tol {config.get('tol')}  n {n}  model {model}"
 
 
 def print_curve_table(c: dict[str, np.ndarray]) -> None:
