@@ -145,16 +145,15 @@ def _charge(items: Sequence[_Open], stage: str, t0: float) -> float:
 
 
 def _confirmed(net: Network, c: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """(misclassified in float64 (N,), the class reached (N,)) for points x of centres c."""
+    """(confirmed (N,), the class reached (N,)) for points x: the rule of
+    :func:`verify.spec.check_counterexample` -- strictly misclassified in float64 -- with the input
+    box as the set (a radius is not bounded by a ball)."""
+    x64 = x.to(torch.float64)
+    lo, hi = net.input_range
+    inside = ((x64 >= lo) & (x64 <= hi)).reshape(x.shape[0], -1).all(1)
     with torch.no_grad():
-        out = net.forward(x.to(torch.float64))
-    yy = y.reshape(-1, 1)
-    fy = out.gather(1, yy)
-    other = out.scatter(1, yy, -math.inf)
-    best, j = other.max(1)
-    inside = ((x.to(torch.float64) >= net.input_range[0]) & (x.to(torch.float64) <= net.input_range[1])).reshape(
-        x.shape[0], -1).all(1)
-    return (best > fy.reshape(-1)) & inside & torch.isfinite(best), j
+        other = net.forward(x64).scatter(1, y.reshape(-1, 1), -math.inf)
+    return inside & (margins_f64(net, x64, y) > 0), other.argmax(1)
 
 
 def _attack_stage(net: Network, c: Tensor, y: Tensor, items: list[_Open], eps: Tensor, p: float,
