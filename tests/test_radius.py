@@ -229,3 +229,31 @@ def test_radius_command_bad_input_is_one_line(small_files, capsys, extra, words)
     code, _, err = run_captured(["radius", "--model", str(tmp / "net.pt"), "--inputs", str(tmp / "pts.npz")] + extra,
                                 capsys)
     _one_line_error(code, err, *words)
+
+
+def test_radius_shards_merge_to_the_single_run(small_files, capsys) -> None:
+    import json
+
+    from cli_util import run_captured
+
+    _, _, _, tmp = small_files
+    base = ["radius", "--model", str(tmp / "net.pt"), "--inputs", str(tmp / "pts.npz"), "--p", "1", "-q"]
+    for i in (1, 2):
+        code, out, err = run_captured(base + ["--output", str(tmp / f"s{i}.sqlite"), "--shard", f"{i}/2"], capsys)
+        assert code == 0, err
+        assert f"shard {i}/2: 2 of 4 examples" in out
+    code, out, err = run_captured(["merge", str(tmp / "s1.sqlite"), str(tmp / "s2.sqlite"), "--out", str(tmp / "m.sqlite")],
+                                  capsys)
+    assert code == 0, err
+    code, out, err = run_captured(base + ["--output", str(tmp / "one.json")], capsys)
+    assert code == 0, err
+    code, out, err = run_captured(["summary", str(tmp / "m.sqlite"), "--json", str(tmp / "m.json")], capsys)
+    assert code == 0, err
+    merged = {r["index"]: r for r in json.loads((tmp / "m.json").read_text())["examples"]}
+    single = {r["index"]: r for r in json.loads((tmp / "one.json").read_text())["examples"]}
+    assert sorted(merged) == sorted(single) == [0, 1, 2, 3]
+    for i, r in single.items():  # the same exact radii, whichever process computed them
+        assert merged[i]["status"] == r["status"] == "exact"
+        assert abs(merged[i]["upper"] - r["upper"]) <= 1e-6
+    code, _, err = run_captured(base + ["--shard", "1/2"], capsys)
+    _one_line_error(code, err, "--shard")

@@ -34,13 +34,15 @@ if TYPE_CHECKING:
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="Threads of HiGHS and torch.")
 @click.option("--counterexamples", "ce_path", default=None, type=click.Path(dir_okay=False),
               help="Also write the closest counterexamples found (float64 inputs, re-checked) to this .npz.")
+@click.option("--shard", default=None,
+              help="Run shard i of n (e.g. 2/3, for SLURM array jobs) into a store; merge with 'verify merge'.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @output_option
 def radius(model_path: str, model_format: str | None, arch: str | None, dataset: str | None, data_dir: str | None,
            n: int | None, indices: str | None, inputs_path: str | None, p: str, max_eps: float | None,
            target: int | None, method: str,
            timeout: float, tol: float, attack_steps: int, no_mip: bool, threads: int, ce_path: str | None,
-           quiet: bool, output: str | None) -> None:
+           shard: str | None, quiet: bool, output: str | None) -> None:
     """Per example, the smallest perturbation (in the p-norm, inside the input box) that changes
     the prediction: exact (MIP), or a certified bracket [lower, upper] when the time limit hits.
 
@@ -57,6 +59,9 @@ def radius(model_path: str, model_format: str | None, arch: str | None, dataset:
       verify summary radii.sqlite --examples 8
     \b
     Results stores (.sqlite) are resumable: re-run the same command to continue where it stopped.
+    On a cluster, one shard per array task, then merge:
+      verify radius ... --output radii.$SLURM_ARRAY_TASK_ID.sqlite --shard $SLURM_ARRAY_TASK_ID/8
+      verify merge radii.*.sqlite --out radii.sqlite
     """
     import torch
 
@@ -64,7 +69,12 @@ def radius(model_path: str, model_format: str | None, arch: str | None, dataset:
     from ..radius import RadiusConfig, config_dict, minimum_distortion
     from ..spec import parse_p
 
+    from ..batch import parse_shard, shard_indices
+
+    shard_spec = parse_shard(shard)
     store = output is not None and output.endswith((".sqlite", ".db"))
+    if shard_spec is not None and not store:
+        raise SpecError("--shard needs a results store: --output radii.sqlite")
     if output is not None and not (store or output.endswith((".json", ".csv"))):
         raise SpecError(f"--output must end in .json, .csv or .sqlite, got {output!r}")
     if ce_path is not None and not ce_path.endswith(".npz"):
@@ -87,15 +97,18 @@ def radius(model_path: str, model_format: str | None, arch: str | None, dataset:
         from ..batch.run import run_config
 
         assert output is not None
-        ident = run_config(model_path, ex.source, idx, config, None) | {"command": "radius", "dataset": dataset,
-                                                                         "data_dir": data_dir}
+        ident = run_config(model_path, ex.source, idx, config, shard_spec) | {"command": "radius", "dataset": dataset,
+                                                                               "data_dir": data_dir}
         st = ResultsStore.open(output, ident)
         done = st.done()
-        keep = [k for k, i in enumerate(idx) if int(i) not in done]
-        if len(keep) < len(idx):
-            click.echo(f"resumed {output}: skipped {len(idx) - len(keep)} examples already in the store")
+        mine = set(shard_indices([int(i) for i in idx], shard_spec))
+        if shard_spec is not None:
+            click.echo(f"shard {shard_spec[0]}/{shard_spec[1]}: {len(mine)} of {len(idx)} examples")
+        keep = [k for k, i in enumerate(idx) if int(i) not in done and int(i) in mine]
+        if len(keep) < len(mine):
+            click.echo(f"resumed {output}: skipped {len(mine) - len(keep)} examples already in the store")
         for r in st.iter_stored():
-            if r.index in set(map(int, idx)):
+            if r.index in mine:
                 rows[r.index] = r.row
                 if r.counterexample is not None:
                     points[r.index] = r.counterexample
