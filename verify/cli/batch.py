@@ -154,7 +154,7 @@ def print_radius_summary(r: dict[str, Any], title: str) -> None:
     click.echo(f"exact radius (within tol)      {count('exact')}   radius mean {num(r['mean_radius'])}  "
                f"median {num(r['median_radius'])}")
     click.echo(f"bracketed (time limit)         {count('bracketed')}")
-    click.echo(f"beyond max_eps (no attack hit) {count('beyond')}")
+    click.echo(f"beyond max_eps (proven robust) {count('beyond')}")
     click.echo(f"seconds per example            mean {format_seconds(r['mean_seconds'] or 0.0)}   "
                f"median {format_seconds(r['median_seconds'] or 0.0)}   total {format_seconds(r['total_seconds'])}")
 
