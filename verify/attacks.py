@@ -1,4 +1,5 @@
-"""Adversarial attacks: PGD for L1, L2 and Linf balls intersected with the input box, and FGSM.
+"""Adversarial attacks: :func:`ascend`, the one projected-gradient loop (also behind
+:func:`verify.properties.attack_property`), PGD for L1, L2 and Linf balls intersected with the input box, and FGSM.
 
 As in Foolbox 3, :class:`Attack.__call__` validates the inputs, calls the subclass's
 ``run`` (which searches in float32), moves the points into the set in float64 arithmetic
@@ -9,8 +10,9 @@ a success in an :class:`AttackResult` is a counterexample a float64 forward pass
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Callable, Literal, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -19,7 +21,7 @@ from torch import Tensor
 
 from .errors import DataError, SpecError
 from .network import Classifier
-from .spec import P_VALUES, LpBall, check_counterexample, check_eps, margins_f64
+from .spec import P_VALUES, Box, LpBall, check_counterexample, check_eps, margins_f64
 
 LossName = Literal["margin", "ce"]
 Schedule = Literal["constant", "decay"]
@@ -152,14 +154,14 @@ def inside_set(pset: LpBall, x: Tensor) -> Tensor:
     return torch.where(out.reshape((-1,) + (1,) * (x.ndim - 1)), c, x)
 
 
-def project(ball: LpBall, x: Tensor) -> Tensor:
+def project(ball: LpBall | Box, x: Tensor) -> Tensor:
     """Euclidean projection onto the set; for p = 1 onto the L1 ball *intersected* with the box.
 
     ``LpBall.project`` clips after projecting onto the ball, which for L1 wastes the budget
     that clipping removes; here d_i = sign(z_i) min(max(|z_i| - theta, 0), room_i) with the
     soft threshold theta found by bisection on that piecewise-linear sum.
     """
-    if ball.p != 1.0:
+    if isinstance(ball, Box) or ball.p != 1.0:
         return ball.project(x)
     n = ball.n
     c = ball.center.reshape(n, -1)
@@ -222,10 +224,10 @@ def _flat_norm(g: Tensor, p: float) -> Tensor:
     return norms.reshape((-1,) + (1,) * (g.ndim - 1))
 
 
-def ascent_direction(g: Tensor, x: Tensor, ball: LpBall, l1_coordinates: int = 1) -> Tensor:
+def ascent_direction(g: Tensor, x: Tensor, ball: LpBall | Box, l1_coordinates: int = 1) -> Tensor:
     """The steepest-ascent step of unit p-norm for gradient g at x (Linf: sign; L2: normalised;
     L1: the signs of the ``l1_coordinates`` largest |g_i| among coordinates the box lets move)."""
-    if math.isinf(ball.p):
+    if isinstance(ball, Box) or math.isinf(ball.p):
         return g.sign()
     if ball.p == 2.0:
         return g / _flat_norm(g, 2.0).clamp(min=1e-12)
@@ -240,6 +242,48 @@ def ascent_direction(g: Tensor, x: Tensor, ball: LpBall, l1_coordinates: int = 1
     e.scatter_(1, top.indices, torch.sign(gf.gather(1, top.indices)) * (top.values > 0))
     e = e / e.abs().sum(1, keepdim=True).clamp(min=1.0)
     return e.reshape(g.shape)
+
+
+class Leg(NamedTuple):
+    """One run of :func:`ascend` on some rows: starts, set (their rows of an LpBall, or a Box that
+    broadcasts), objective (points -> (values to maximise (B,), the loss to differentiate)), step length."""
+
+    x: Tensor
+    pset: LpBall | Box
+    objective: Callable[[Tensor], tuple[Tensor, Tensor]]
+    size: Callable[[int], Tensor]  # step t -> (B, 1, ...) or broadcastable
+
+
+def ascend(n: int, leg: Callable[[int, Tensor], Leg], success: Callable[[Tensor], Tensor], best_x: Tensor, *,
+           steps: int, restarts: int = 1, l1_coordinates: int = 1, stop_on_success: bool = False,
+           deadline: float = math.inf) -> tuple[Tensor, Tensor, Tensor]:
+    """The one projected-gradient loop: :func:`ascent_direction` steps projected into the set, keeping
+    per row the point of largest objective over all steps and restarts (from ``best_x``). ``leg(r, rows)``
+    sets up restart r (all rows, then those whose best value is no ``success``); ``stop_on_success``
+    ends at the first. ``success`` sees values only: callers re-check reported points in float64.
+    Returns the best points, their values and the steps run per row."""
+    best_v = best_x.new_full((n,), -math.inf, dtype=best_x.dtype)
+    ran = torch.zeros(n, dtype=torch.long)
+    for r in range(restarts):
+        idx = torch.arange(n, device=best_v.device) if r == 0 else (~success(best_v)).nonzero()[:, 0]
+        if idx.numel() == 0:
+            break
+        run = leg(r, idx)
+        x = run.x
+        for t in range(steps + 1):
+            if time.perf_counter() > deadline:
+                break
+            x = x.detach().requires_grad_(True)
+            v, loss = run.objective(x)
+            better = v.detach() > best_v[idx]
+            best_v[idx[better]] = v.detach()[better]
+            best_x[idx[better]] = x.detach()[better]
+            if t == steps or (stop_on_success and bool(success(v.detach()).any())):
+                break
+            (g,) = torch.autograd.grad(loss, x)
+            x = project(run.pset, x.detach() + run.size(t) * ascent_direction(g, x.detach(), run.pset, l1_coordinates))
+            ran[idx.cpu()] += 1
+    return best_x, best_v, ran
 
 
 @dataclass(frozen=True)
@@ -282,52 +326,29 @@ class PGD(Attack):
             raise SpecError(f"batch_size must be >= 1, got {self.batch_size!r}")
 
     def run(self, net: Classifier, pset: LpBall, labels: Tensor, keys: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        keys = _keys(keys, pset.n)
-        outs, steps = [], []
-        for start in range(0, pset.n, self.batch_size):
-            idx = torch.arange(start, min(pset.n, start + self.batch_size), device=pset.center.device)
-            x, s = self._run_batch(net, pset.select(idx), labels[idx], keys[start : start + len(idx)])
-            outs.append(x)
-            steps.append(s)
-        return torch.cat(outs), torch.cat(steps)
+        keys, b = _keys(keys, pset.n), self.batch_size
+        runs = [self._run_batch(net, pset.select(torch.arange(s, min(pset.n, s + b), device=pset.center.device)),
+                                labels[s:s + b], keys[s:s + b]) for s in range(0, pset.n, b)]
+        return torch.cat([x for x, _ in runs]), torch.cat([n for _, n in runs])
 
     def _run_batch(self, net: Classifier, ball: LpBall, y: Tensor, keys: Tensor) -> tuple[Tensor, Tensor]:
-        best_x = ball.center.clone()
-        best_m = ball.center.new_full((ball.n,), -math.inf)
-        steps = torch.zeros(ball.n, dtype=torch.long)
-        for r in range(self.restarts):
-            idx = torch.arange(ball.n, device=best_m.device) if r == 0 else (best_m <= 0).nonzero()[:, 0]
-            if idx.numel() == 0:
-                break
+        def leg(r: int, idx: Tensor) -> Leg:
             sub, ys = ball.select(idx), y[idx]
             x = self._start(sub, keys[idx.cpu()], r, random=self.random_start or r > 0)
-            base = self._base_step(sub, x)
-            k_l1 = int(round(self.l1_sparsity * x[0].numel()))
-            for t in range(self.steps + 1):
-                x = x.detach().requires_grad_(True)
-                logits = net.forward(x)
+            step = x.new_full((sub.n,), self.step_size) if self.step_size is not None else 2.5 * sub.eps.to(x.dtype) / self.steps
+            base = step.reshape((-1,) + (1,) * (x.ndim - 1))
+
+            def objective(z: Tensor) -> tuple[Tensor, Tensor]:
+                logits = net.forward(z)
                 m = _margin(logits, ys)
-                better = m.detach() > best_m[idx]
-                best_m[idx[better]] = m.detach()[better]
-                best_x[idx[better]] = x.detach()[better]
-                if t == self.steps:
-                    break
-                loss = m.sum() if self.loss == "margin" else F.cross_entropy(logits, ys, reduction="sum")
-                (g,) = torch.autograd.grad(loss, x)
-                x = project(sub, x.detach() + self._factor(t) * base * ascent_direction(g, x.detach(), sub, k_l1))
-                steps[idx.cpu()] += 1
+                return m, m.sum() if self.loss == "margin" else F.cross_entropy(logits, ys, reduction="sum")
+            return Leg(x, sub, objective, lambda t: (1.0 if self.schedule == "constant" or t < self.steps // 2
+                                                     else 0.5 if t < (3 * self.steps) // 4 else 0.25) * base)
+
+        k_l1 = int(round(self.l1_sparsity * math.prod(ball.center.shape[1:])))
+        best_x, _, steps = ascend(ball.n, leg, lambda m: m > 0, ball.center.clone(), steps=self.steps,
+                                  restarts=self.restarts, l1_coordinates=k_l1)
         return best_x, steps
-
-    def _factor(self, t: int) -> float:
-        if self.schedule == "constant":
-            return 1.0
-        return 1.0 if t < self.steps // 2 else 0.5 if t < (3 * self.steps) // 4 else 0.25
-
-    def _base_step(self, ball: LpBall, x: Tensor) -> Tensor:
-        view = (-1,) + (1,) * (x.ndim - 1)
-        if self.step_size is not None:
-            return x.new_full((ball.n,), self.step_size).reshape(view)
-        return (2.5 * ball.eps.to(x.dtype) / self.steps).reshape(view)
 
     def _start(self, ball: LpBall, keys: Tensor, restart: int, random: bool) -> Tensor:
         c = ball.center

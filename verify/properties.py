@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .attacks import Leg, ascend
 from .errors import SpecError, UnsupportedLayerError
 from .complete import Engine, HighsBackend, check_engine, decide
 from .network import MaxPool2d, Network
@@ -92,21 +93,6 @@ def disjunct_check(net: Network, box: Box, disjuncts: Sequence[Disjunct]) -> Cal
 # --------------------------------------------------------------------------- attack
 
 
-def _stacked(prop: OutputProperty, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    """C (K, M, n_out), d (K, M) and a row mask, with disjuncts padded to M rows."""
-    k = len(prop.disjuncts)
-    m = max(1, max(len(dj.d) for dj in prop.disjuncts))
-    C = torch.zeros((k, m, prop.n_outputs), dtype=dtype)
-    d = torch.zeros((k, m), dtype=dtype)
-    mask = torch.zeros((k, m), dtype=torch.bool)
-    for i, dj in enumerate(prop.disjuncts):
-        r = len(dj.d)
-        C[i, :r] = torch.as_tensor(dj.C, dtype=dtype)
-        d[i, :r] = torch.as_tensor(dj.d, dtype=dtype)
-        mask[i, :r] = True
-    return C, d, mask
-
-
 def attack_property(
     net: Network,
     prop: OutputProperty,
@@ -118,7 +104,8 @@ def attack_property(
     starts: Tensor | None = None,
     deadline: float = math.inf,
 ) -> tuple[tuple[Tensor, np.ndarray, int] | None, Tensor]:
-    """Projected sign-gradient descent on each disjunct's violation max_i (C_i y - d_i), in float64.
+    """Projected sign-gradient descent on each disjunct's violation max_i (C_i y - d_i), in float64
+    (:func:`verify.attacks.ascend` on minus the violation, stopping at the first row that reaches 0).
 
     Every disjunct gets ``restarts`` runs (the first from the box centre, or from ``starts``
     when given; the rest from uniform random points). Returns (a confirmed counterexample or
@@ -142,40 +129,30 @@ def attack_property(
         return None, torch.cat(bests)
     if any(len(dj.d) == 0 for dj in prop.disjuncts):  # a disjunct without rows holds everywhere
         return confirm(net, prop, box, box.center[0]), box.center.expand(k, *shape).clone()
-    C, d, mask = _stacked(prop, torch.float64)
+    C = torch.zeros((k, max(len(dj.d) for dj in prop.disjuncts), prop.n_outputs), dtype=torch.float64)
+    d, mask = C.new_zeros(C.shape[:2]), torch.zeros(C.shape[:2], dtype=torch.bool)  # disjuncts padded to M rows
+    for i, dj in enumerate(prop.disjuncts):
+        C[i, :len(dj.d)], d[i, :len(dj.d)], mask[i, :len(dj.d)] = torch.as_tensor(dj.C), torch.as_tensor(dj.d), True
     gen = torch.Generator().manual_seed(seed)
     r = max(1, restarts)
     x = lo + (hi - lo) * torch.rand((k, r, *shape), generator=gen, dtype=torch.float64)
     x[:, 0] = box.center[0] if starts is None else box.project(starts.reshape(-1, *shape)).expand(k, *shape)
     x = x.reshape(k * r, *shape)
-    Cr = C.repeat_interleave(r, 0)
-    dr = d.repeat_interleave(r, 0)
-    mr = mask.repeat_interleave(r, 0)
+    Cr, dr, mr = (t.repeat_interleave(r, 0) for t in (C, d, mask))
     width = (hi - lo).expand_as(x)
-    best_x, best_v = x.clone(), torch.full((k * r,), math.inf, dtype=torch.float64)
 
-    def violation(z: Tensor) -> Tensor:
-        y = net.forward(z).reshape(z.shape[0], -1)
-        v = torch.einsum("rmo,ro->rm", Cr, y) - dr
-        return torch.where(mr, v, torch.full_like(v, -math.inf)).amax(1)
-
-    for t in range(steps + 1):
-        if time.perf_counter() > deadline:
-            break
-        z = x.clone().requires_grad_(True)
-        v = violation(z)
-        with torch.no_grad():
-            better = v < best_v
-            best_v = torch.where(better, v.detach(), best_v)
-            best_x[better] = x[better]
-        if bool((v <= 0).any()) or t == steps:
-            break
-        (g,) = torch.autograd.grad(v.sum(), z)
+    def leg(_: int, rows: Tensor) -> Leg:  # one leg: all disjuncts x restarts in one batch
+        def objective(z: Tensor) -> tuple[Tensor, Tensor]:
+            y = net.forward(z).reshape(z.shape[0], -1)
+            v = torch.einsum("rmo,ro->rm", Cr, y) - dr
+            neg = -torch.where(mr, v, torch.full_like(v, -math.inf)).amax(1)
+            return neg, neg.sum()
         # 2.5 * half-width / steps, halved for the last quarter (the usual PGD step)
-        alpha = 1.25 * width / max(1, steps) * (0.5 if t > 0.75 * steps else 1.0)
-        with torch.no_grad():
-            x = torch.maximum(torch.minimum(x - alpha * g.sign(), hi), lo)
-    per = best_v.reshape(k, r)
+        return Leg(x, box, objective, lambda t: 1.25 * width / max(1, steps) * (0.5 if t > 0.75 * steps else 1.0))
+
+    best_x, neg_v, _ = ascend(k * r, leg, lambda v: v >= 0, x.clone(), steps=steps, stop_on_success=True,
+                              deadline=deadline)
+    per = -neg_v.reshape(k, r)
     pick = per.argmin(1)
     best = best_x.reshape(k, r, *shape)[torch.arange(k), pick]
     for i in torch.argsort(per.min(1).values).tolist():
