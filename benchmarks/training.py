@@ -33,12 +33,17 @@ METHODS = {  # method -> (batch size, extra config)
     "crown-ibp": (128, {"eps": 0.1, "warmup_epochs": 0}),
     "mmr": (128, {"lmbd": 0.5, "gamma_rb": 0.2, "gamma_db": 0.2}),
     "mmr+at": (128, {"lmbd": 0.5, "gamma_rb": 0.2, "gamma_db": 0.2, "eps": 0.1, "ae_frac": 0.5, "pgd_steps": 40}),
+    # issue #28's yardstick: an MMR+at step against a plain PGD-10 adversarial-training step
+    "at-pgd10": (128, {"eps": 0.1, "ae_frac": 0.5, "pgd_steps": 10}),
+    "mmr+at-pgd10": (128, {"lmbd": 0.5, "gamma_rb": 0.2, "gamma_db": 0.2, "eps": 0.1, "ae_frac": 0.5, "pgd_steps": 10}),
 }
+METHOD_OF = {"at-pgd10": "at", "mmr+at-pgd10": "mmr+at"}  # benchmark name -> trainer method
 
 
 def seconds_per_batch(method: str, data: TrainData, batches: int, tmp: Path, device: str = "cpu") -> tuple[float, int]:
     bs, extra = METHODS[method]
-    base = dict(dataset="mnist", arch="cnn_lenet_small", method=method, batch_size=bs, epochs=1, eval_test=False,
+    base = dict(dataset="mnist", arch="cnn_lenet_small", method=METHOD_OF.get(method, method), batch_size=bs, epochs=1,
+                eval_test=False,
                 device=device, **extra)
     train(TrainConfig(**base, max_batches=1), run_dir=tmp / f"{method}-warm", data=data, progress=False)
     res = train(TrainConfig(**base, max_batches=batches), run_dir=tmp / method, data=data, progress=False)
@@ -74,6 +79,10 @@ def main() -> None:
         base = results["plain"]["seconds_per_epoch_10k_extrapolated"]
         for r in results.values():
             r["ratio_vs_plain"] = r["seconds_per_epoch_10k_extrapolated"] / base
+    if "at-pgd10" in results:  # per step (same batch size): issue #28's target is <= 3 for mmr+at-pgd10
+        base = results["at-pgd10"]["seconds_per_batch"]
+        for r in results.values():
+            r["step_ratio_vs_at_pgd10"] = r["seconds_per_batch"] / base
     out = {"benchmark": "training seconds per epoch, cnn_lenet_small, MNIST",
            "note": "measured on a fixed number of batches and extrapolated to a full epoch",
            "torch": torch.__version__, "device": args.device, "threads": torch.get_num_threads(), "machine": platform.machine(),
