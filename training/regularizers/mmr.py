@@ -126,7 +126,8 @@ def region_jacobians(net: Network, x: Tensor) -> RegionJacobians:
     return RegionJacobians(tuple(pre), tuple(grads), logits, lj.reshape(lj.shape[0], d, -1))
 
 
-def region_distances(net: Network, x: Tensor, labels: Tensor, *, p: float | str, defer: bool = False) -> RegionDistances:
+def region_distances(net: Network, x: Tensor, labels: Tensor, *, p: float | str, defer: bool = False,
+                     prune: bool = False) -> RegionDistances:
     """Lp distances to the ReLU hyperplanes and (signed) to the decision boundaries of each point's region.
 
     The gradient norms come from :func:`region_grad_norms` (receptive-field windows for conv
@@ -138,19 +139,30 @@ def region_distances(net: Network, x: Tensor, labels: Tensor, *, p: float | str,
     graph; :meth:`RegionDistances.closest` recomputes with it the few that are among the k
     closest. Values and the gradients of ``closest`` are the same either way; ``relu`` itself is
     then not differentiable in those columns.
+
+    ``prune`` (with ``defer``): those deferred columns of ``relu`` hold *lower bounds* of the
+    distances instead, from an upper bound of the gradient norm by the triangle inequality through
+    the windowed conv (:func:`_bounded_norms`, one small matrix product); :meth:`RegionDistances.closest`
+    computes exactly, with the autograd graph, only the units whose bound does not already exceed
+    the k-th smallest exact distance of their example: the same k smallest values as without it.
     """
     pv = _p_value(p)
     q = dual_norm(pv)
     net.check_input(x)
     y = labels.to(torch.long).reshape(-1)
-    g = region_grad_norms(net, x, y, q, defer=defer)
+    g = region_grad_norms(net, x, y, q, defer=defer, prune=prune)
     relu_d = [z.abs() / nrm.clamp(min=_MIN_NORM) for z, nrm in zip(g.pre, g.relu_norms)]
     relu = torch.cat(relu_d, dim=1) if relu_d else x.new_zeros((x.shape[0], 0))
     f_y = g.logits.gather(1, y[:, None])
     numer = f_y - g.logits
     is_label = torch.zeros_like(numer, dtype=torch.bool).scatter_(1, y[:, None], True)
     decision = torch.where(is_label, torch.full_like(numer, math.inf), numer / g.margin_norms.clamp(min=_MIN_NORM))
-    closest = (lambda k: _closest_recomputed(relu, g, k)) if g.deferred else None
+    if g.deferred and prune:
+        closest: Callable[[int], Tensor] | None = lambda k: _closest_pruned(relu, g, k)
+    elif g.deferred:
+        closest = lambda k: _closest_recomputed(relu, g, k)
+    else:
+        closest = None
     return RegionDistances(relu, decision, g.logits, pv, closest)
 
 
@@ -177,6 +189,44 @@ def _closest_recomputed(relu: Tensor, g: "RegionGradNorms", k: int) -> Tensor:
     return vals
 
 
+# the norm bounds of prune are inflated by this factor: a bound that is tight (one unit of the cut
+# feeding the row) must stay >= the exact norm after rounding, or a unit could be pruned wrongly
+_BOUND_SLACK = 1.0 + 1e-4
+
+
+def _closest_pruned(relu: Tensor, g: "RegionGradNorms", k: int) -> Tensor:
+    """The k smallest distances per example, when the deferred columns of ``relu`` are lower bounds.
+
+    t = each example's k-th smallest distance among the exact columns bounds its k-th smallest
+    over all columns from above; a deferred unit whose lower bound exceeds t is not among the k
+    smallest. The others (candidates) are computed exactly with the autograd graph; every pruned
+    unit counts as +inf, which changes no value among the k smallest.
+    """
+    m = relu.shape[1]
+    kk = min(k, m)
+    offsets = [0]
+    for nrm in g.relu_norms:
+        offsets.append(offsets[-1] + nrm.shape[1])
+    bound = torch.zeros_like(relu, dtype=torch.bool)
+    for d in g.deferred:
+        bound[d.start : d.start + d.n, offsets[d.slot] : offsets[d.slot + 1]] = True
+    full = relu.masked_fill(bound, math.inf)
+    t = torch.topk(full.detach(), kk, dim=1, largest=False).values[:, -1:]  # +inf when too few exact columns
+    for d in g.deferred:
+        c0, c1 = offsets[d.slot], offsets[d.slot + 1]
+        e0, e1 = d.start, d.start + d.n
+        cand = relu[e0:e1, c0:c1].detach() <= t[e0:e1]
+        if not bool(cand.any()):
+            continue
+        r = int(cand.sum(1).max())
+        order = torch.argsort((~cand).to(torch.int8), dim=1, stable=True)[:, :r]  # candidates first, distinct units
+        exact = g.pre[d.slot][e0:e1].gather(1, order).abs() / d.recompute(order).clamp(min=_MIN_NORM)
+        exact = torch.where(cand.gather(1, order), exact, torch.full_like(exact, math.inf))
+        block = torch.full_like(relu[e0:e1, c0:c1], math.inf).scatter(1, order, exact)
+        full = torch.cat([full[:e0], torch.cat([full[e0:e1, :c0], block, full[e0:e1, c1:]], dim=1), full[e1:]])
+    return torch.topk(full, kk, dim=1, largest=False).values
+
+
 @dataclass(frozen=True, eq=False)
 class RegionGradNorms:
     """``pre[i]`` (N, n_i) pre-activations of ReLU node i and ``relu_norms[i]`` (N, n_i) the q-norms of
@@ -200,7 +250,8 @@ class _Deferred:
     recompute: Callable[[Tensor], Tensor]
 
 
-def region_grad_norms(net: Network, x: Tensor, labels: Tensor, q: float, *, defer: bool = False) -> RegionGradNorms:
+def region_grad_norms(net: Network, x: Tensor, labels: Tensor, q: float, *, defer: bool = False,
+                      prune: bool = False) -> RegionGradNorms:
     """q-norms of the input gradients of every ReLU's pre-activation and of every margin, in the
     linear region of each point, without forming the (N, d, n) Jacobians.
 
@@ -213,10 +264,13 @@ def region_grad_norms(net: Network, x: Tensor, labels: Tensor, q: float, *, defe
     and composed with its window gradients (:func:`_pulled_norms`) instead of going on through
     the convs' transposes. Layers before the first ReLU have the same map for every point and are
     pulled back once. Differentiable in the network's parameters.
+
+    ``prune`` (with ``defer``): the deferred rows get upper bounds of their norms
+    (:func:`_bounded_norms`) instead of the norms.
     """
     n = x.shape[0]
     if n > EXAMPLES_PER_PASS:  # a few examples at a time: their windows and rows stay in the cache
-        parts = [region_grad_norms(net, xs, ys, q, defer=defer)
+        parts = [region_grad_norms(net, xs, ys, q, defer=defer, prune=prune)
                  for xs, ys in zip(torch.split(x, EXAMPLES_PER_PASS), torch.split(labels, EXAMPLES_PER_PASS))]
         deferred = tuple(_Deferred(d.slot, d.start + i * EXAMPLES_PER_PASS, d.n, d.recompute)
                          for i, r in enumerate(parts) for d in r.deferred)
@@ -236,17 +290,23 @@ def region_grad_norms(net: Network, x: Tensor, labels: Tensor, q: float, *, defe
     pre, norms = [], []
     deferred: list[_Deferred] = []
     cut: _WindowCut | None = None  # the last conv whose input gradients are known on windows
+    cut_norms: Tensor | None = None  # the q-norms of its units' window gradients (N, C*P)
     for node in net.relu_nodes:
         k = node.inputs[0]
         pre.append(values[k].reshape(n, -1))
         windowed = None if _shared(net, k) else _window_gradients(net, ball, k, rels)
         if windowed is not None:
             cut = windowed
-            norms.append(_window_norms(cut, q))
+            cut_norms = _window_norms(cut, q)
+            norms.append(cut_norms)
             continue
         if cut is not None and _separates(net, cut.node, k):
             with torch.set_grad_enabled(torch.is_grad_enabled() and not defer):
-                norms.append(_rows_norms(net, k, rels, cut, q))
+                if defer and prune:
+                    assert cut_norms is not None
+                    norms.append(_bounded_norms(net, k, rels, cut, cut_norms.detach()))
+                else:
+                    norms.append(_rows_norms(net, k, rels, cut, q))
             if defer:
                 deferred.append(_Deferred(len(norms) - 1, 0, n, functools.partial(_unit_norms, net, k, rels, cut, q)))
             continue
@@ -387,6 +447,29 @@ def _unit_norms(net: Network, k: int, rels: dict[int, ReluRelaxation], cut: _Win
     return _pulled_norms(net, k, a, rels, cut, q)
 
 
+def _bounded_norms(net: Network, k: int, rels: dict[int, ReluRelaxation], cut: _WindowCut, cut_norms: Tensor) -> Tensor:
+    """(N, n_k): upper bounds of the q-norms of the input gradients of node k's units.
+
+    Row j's input gradient is sum_u c_ju g_u over the cut's units u (c: its coefficients on the
+    cut's value, the ReLU pattern included; g_u: unit u's input gradient), so its q-norm is at most
+    sum_u |c_ju| ||g_u||_q (triangle inequality; ||g_u||_q over u's whole window, padding included,
+    is >= its norm on the image). Inflated by _BOUND_SLACK against rounding.
+    """
+    n = cut.grads.shape[1]
+    shape = net.graph[k].shape
+    nk = math.prod(shape)
+    eye = torch.eye(nk, dtype=cut.grads.dtype, device=cut.grads.device).reshape(1, nk, *shape)
+    relu = _relu_after(net, cut.node, k)
+    if relu is not None:  # a map shared by every point, times each point's pattern
+        coef, _ = backward_coefficients(net, k, eye, {}, stop=relu)  # (1, n_k, C, H, W)
+        w = cut_norms * rels[cut.node].lam_up.reshape(n, -1)  # (N, C*P)
+        bound = w @ coef.reshape(nk, -1).abs().T
+    else:
+        coef, _ = backward_coefficients(net, k, eye.expand(n, *eye.shape[1:]), rels, stop=cut.node)
+        bound = torch.bmm(coef.reshape(n, nk, -1).abs(), cut_norms.unsqueeze(2)).squeeze(2)
+    return bound * _BOUND_SLACK
+
+
 def _rows_norms(net: Network, k: int, rels: dict[int, ReluRelaxation], cut: _WindowCut, q: float) -> Tensor:
     """(N, n_k): q-norms of the input gradients of node k's units, through the cut's windows."""
     n = cut.grads.shape[1]
@@ -458,7 +541,7 @@ def mmr_terms(
     """Batch means of the ReLU-hyperplane and decision-boundary hinge terms (differentiable)."""
     if gamma_relu <= 0 or gamma_decision <= 0:
         raise SpecError(f"MMR gammas must be positive, got gamma_rb={gamma_relu:g}, gamma_db={gamma_decision:g}")
-    dist = region_distances(net, x, labels, p=p, defer=True)
+    dist = region_distances(net, x, labels, p=p, defer=True, prune=True)
     rb = _hinge(dist.closest(k_relu), k_relu, gamma_relu).mean()
     db = hinge_closest(dist.decision, k_decision, gamma_decision).mean()
     return MMRValue(rb, db, dist.logits)
