@@ -199,8 +199,9 @@ def _closest_pruned(relu: Tensor, g: "RegionGradNorms", k: int) -> Tensor:
 
     t = each example's k-th smallest distance among the exact columns bounds its k-th smallest
     over all columns from above; a deferred unit whose lower bound exceeds t is not among the k
-    smallest. The others (candidates) are computed exactly with the autograd graph; every pruned
-    unit counts as +inf, which changes no value among the k smallest.
+    smallest. The others (candidates) get their exact distances without the autograd graph, every
+    pruned unit counts as +inf (which changes no value among the k smallest), and
+    :func:`_closest_recomputed` recomputes with the graph those that are among the k smallest.
     """
     m = relu.shape[1]
     kk = min(k, m)
@@ -220,11 +221,12 @@ def _closest_pruned(relu: Tensor, g: "RegionGradNorms", k: int) -> Tensor:
             continue
         r = int(cand.sum(1).max())
         order = torch.argsort((~cand).to(torch.int8), dim=1, stable=True)[:, :r]  # candidates first, distinct units
-        exact = g.pre[d.slot][e0:e1].gather(1, order).abs() / d.recompute(order).clamp(min=_MIN_NORM)
-        exact = torch.where(cand.gather(1, order), exact, torch.full_like(exact, math.inf))
-        block = torch.full_like(relu[e0:e1, c0:c1], math.inf).scatter(1, order, exact)
+        with torch.no_grad():
+            exact = g.pre[d.slot][e0:e1].gather(1, order).abs() / d.recompute(order).clamp(min=_MIN_NORM)
+            exact = torch.where(cand.gather(1, order), exact, torch.full_like(exact, math.inf))
+            block = torch.full_like(relu[e0:e1, c0:c1], math.inf).scatter(1, order, exact)
         full = torch.cat([full[:e0], torch.cat([full[e0:e1, :c0], block, full[e0:e1, c1:]], dim=1), full[e1:]])
-    return torch.topk(full, kk, dim=1, largest=False).values
+    return _closest_recomputed(full, g, k)
 
 
 @dataclass(frozen=True, eq=False)
