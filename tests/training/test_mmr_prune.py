@@ -22,15 +22,9 @@ from verify.torch_modules import FlattenNHWC
 
 
 def _jacobian_terms(net, x, y, q, k_relu, k_dec, g_rb, g_db):
-    from training.regularizers.mmr import region_jacobians
+    from tests.training.test_mmr import _jacobian_distances
 
-    rj = region_jacobians(net, x)
-    relu = torch.cat([z.abs() / torch.linalg.vector_norm(g, ord=q, dim=1).clamp(min=1e-12)
-                      for z, g in zip(rj.pre, rj.grads)], 1)
-    lg = rj.logit_grads.expand(x.shape[0], -1, -1)
-    g_y = lg.gather(2, y[:, None, None].expand(-1, lg.shape[1], 1))
-    denom = torch.linalg.vector_norm(g_y - lg, ord=q, dim=1).clamp(min=1e-12)
-    dec = ((rj.logits.gather(1, y[:, None]) - rj.logits) / denom).scatter(1, y[:, None], math.inf)
+    relu, dec = _jacobian_distances(net, x, y, q)
     return hinge_closest(relu, k_relu, g_rb).mean(), hinge_closest(dec, k_dec, g_db).mean()
 
 
