@@ -91,6 +91,7 @@ def test_pruned_terms_match_the_jacobian_reference_on_random_nets(p: float, seed
     assert (True, True) in seen or {(True, False), (False, True)} <= seen, seen
 
 
+@pytest.mark.filterwarnings("ignore:the full MNIST training set was not found")  # the shared 10k subset is expected
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_pruned_terms_match_on_cnn_lenet_small_with_mnist(shared_data, dtype) -> None:
     """cnn_lenet_small (4804 ReLUs) on real MNIST images; the second batch after a few SGD steps of
