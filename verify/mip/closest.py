@@ -198,6 +198,11 @@ def closest(
             if run.status == _S.kInfeasible:  # nothing of target j closer than the cutoff
                 proven.append(best)
                 break
+            if run.status not in (_S.kOptimal, _S.kObjectiveBound, _S.kTimeLimit):
+                # a solver error proves nothing, not even the cutoff it ran with
+                status = "numerics" if status == "optimal" else status
+                proven.append(lower)
+                break
             d_bound = run.dual if math.isfinite(run.dual) else lower
             if run.objective is not None and run.objective < best:
                 col = np.asarray(h.getSolution().col_value)
