@@ -47,7 +47,7 @@ def radius(model_path: str, model_format: str | None, arch: str | None, dataset:
     the prediction: exact (MIP), or a certified bracket [lower, upper] when the time limit hits.
 
     \b
-    lower: the example is proven robust at every eps < lower (bound propagation, MIP dual bound).
+    lower: the example is proven robust at every eps <= lower (bound propagation, MIP dual bound).
     upper: a counterexample at that distance exists; it is re-checked in float64 and saved.
     Robust-error curves for every eps come from one such run: 'verify curve RESULTS'.
     \b
