@@ -14,8 +14,9 @@ batched over the examples where they can be:
    ball of the upper end, for the time left: its dual bound raises the lower end, its
    confirmed solutions lower the upper end; ``exact`` once they meet within ``tol``.
 
-Reading a result: the example is proven robust at every eps < ``lower``, and a saved,
-float64-confirmed counterexample lies at distance ``upper``.
+Reading a result: the example is proven robust at every eps <= ``lower`` (a bound certificate of
+that closed ball, or a MIP dual bound less its slack, which leaves room below the bound), and a
+saved, float64-confirmed counterexample lies at distance ``upper``.
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ L2_MAX_ROUNDS = 30
 class ClosestResult:
     """What the MIP proved about one example's minimum distortion.
 
-    ``lower``: no misclassified point lies at distance < lower (a solver dual bound, after the
+    ``lower``: no misclassified point lies at distance <= lower (a solver dual bound, after the
     slack). ``upper``/``x``/``target``: the best float64-confirmed counterexample the MIP found
     (None: none better than the ``upper`` it was given). ``status`` "optimal" when every target
     ran to the end, else "timeout", "numerics" (a solution failed the re-check) or "l2" (cut rounds).
