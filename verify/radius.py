@@ -32,7 +32,7 @@ from torch import Tensor
 
 from .errors import SpecError, UnsupportedLayerError
 from .network import Network
-from .spec import LpBall, margins_f64, p_name
+from .spec import LpBall, distances, margins_f64, p_name
 
 RadiusStatus = Literal["exact", "bracketed", "beyond", "misclassified"]
 RADIUS_METHODS = ("ibp", "kw", "crown", "alpha-crown")
@@ -107,11 +107,6 @@ def domain_reach(center: Tensor, p: float, input_range: tuple[float, float]) -> 
     return out
 
 
-def distances(center: Tensor, x: Tensor, p: float) -> Tensor:
-    d = (x.to(torch.float64) - center.to(torch.float64)).reshape(center.shape[0], -1)
-    return d.abs().amax(1) if math.isinf(p) else d.norm(p=p, dim=1)
-
-
 @dataclass
 class _Open:
     pos: int
@@ -170,20 +165,32 @@ def _attack_stage(net: Network, c: Tensor, y: Tensor, items: list[_Open], eps: T
     ok = att.success.nonzero().reshape(-1).tolist()
     if not ok:
         return
-    sel = torch.as_tensor(ok)
-    xs = _ray_search(net, c[[pos[k] for k in ok]], y[[pos[k] for k in ok]], att.x_adv[sel].to(torch.float64))
-    good, cls = _confirmed(net, c[[pos[k] for k in ok]], xs, y[[pos[k] for k in ok]])
-    d = distances(c[[pos[k] for k in ok]], xs, p)
-    for m, k in enumerate(ok):
-        if bool(good[m]):
+    found = _offer(net, c, y, [items[k] for k in ok], att.x_adv[torch.as_tensor(ok)], p, "pgd")
+    for k, d in zip(ok, found):
+        if d is not None:
             o = items[k]
-            o.offer(xs[m : m + 1], float(d[m]), int(cls[m]), "pgd")
-            o.upper_pgd = float(d[m]) if o.upper_pgd is None else min(o.upper_pgd, float(d[m]))
+            o.upper_pgd = d if o.upper_pgd is None else min(o.upper_pgd, d)
 
+
+def _offer(net: Network, c: Tensor, y: Tensor, items: list[_Open], x: Tensor, p: float, by: str) -> list[float | None]:
+    """Counterexample candidates x (one per item) moved along their rays to the decision boundary and
+    re-checked (:func:`_confirmed`); each confirmed point is offered as its item's upper end. Returns
+    the distances of the confirmed points (None where a point failed the check)."""
+    pos = [o.pos for o in items]
+    xs = _ray_search(net, c[pos], y[pos], x.to(torch.float64).reshape(len(items), *net.input_shape))
+    good, cls = _confirmed(net, c[pos], xs, y[pos])
+    d = distances(c[pos], xs, p)
+    out: list[float | None] = []
+    for m, o in enumerate(items):
+        out.append(float(d[m]) if bool(good[m]) else None)
+        if bool(good[m]):
+            o.offer(xs[m : m + 1], float(d[m]), int(cls[m]), by)
+    return out
 
 def _ray_search(net: Network, c: Tensor, y: Tensor, x: Tensor, steps: int = 30) -> Tensor:
     """Per point: the closest point c + s (x - c), s in (0, 1], still misclassified (bisection on s;
-    an attack's point usually lies well beyond the decision boundary)."""
+    an attack's point usually lies well beyond the decision boundary; s = 1, the point itself, when
+    no closer one is)."""
     c = c.to(torch.float64)
     lo = torch.zeros(x.shape[0], dtype=torch.float64)
     hi = torch.ones(x.shape[0], dtype=torch.float64)
@@ -256,12 +263,7 @@ def _decide_stage(net: Network, c: Tensor, y: Tensor, o: _Open, p: float, config
     if out.status == "verified":
         o.lower, o.lower_by = o.reach, out.engine
     elif out.status == "falsified" and out.counterexample is not None:
-        x = _ray_search(net, c[i : i + 1], y[i : i + 1], out.counterexample.to(torch.float64).reshape(1, *net.input_shape))
-        bad, cls = _confirmed(net, c[i : i + 1], x, y[i : i + 1])
-        if not bool(bad[0]):  # the engine's own point is confirmed (verify.query.confirm_point)
-            x = out.counterexample.to(torch.float64).reshape(1, *net.input_shape)
-            cls = _confirmed(net, c[i : i + 1], x, y[i : i + 1])[1]
-        o.offer(x, float(distances(c[i : i + 1], x, p)[0]), int(cls[0]), out.engine)
+        _offer(net, c, y, [o], out.counterexample, p, out.engine)
     o.seconds["complete"] = o.seconds.get("complete", 0.0) + time.perf_counter() - t0
 
 

@@ -325,6 +325,13 @@ def representable_point(box: Box, x: Tensor) -> Tensor:
     return cand if bool(box.contains(cand).all()) else x64
 
 
+def distances(center: Tensor, x: Tensor, p: float) -> Tensor:
+    """Per row, ||x - center||_p in float64 (center and x of shape (N, *input_shape))."""
+    d = (x.to(torch.float64) - center.to(torch.float64)).reshape(center.shape[0], -1)
+    out: Tensor = d.abs().amax(1) if math.isinf(p) else d.norm(p=p, dim=1)
+    return out
+
+
 def margins_f64(net: Classifier, x: Tensor, labels: Tensor) -> Tensor:
     """max_{j != y} f_j(x) - f_y(x) in float64 (positive: misclassified)."""
     with torch.no_grad():

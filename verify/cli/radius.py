@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -79,8 +78,6 @@ def radius(model_path: str, model_format: str | None, arch: str | None, dataset:
         raise SpecError(f"--output must end in .json, .csv or .sqlite, got {output!r}")
     if ce_path is not None and not ce_path.endswith(".npz"):
         raise SpecError(f"--counterexamples must end in .npz, got {ce_path!r}")
-    if max_eps is not None and not (math.isfinite(max_eps) and max_eps > 0):
-        raise SpecError(f"--max-eps must be a positive number, got {max_eps}")
     config = RadiusConfig(p=parse_p(p), max_eps=max_eps, target=target, method=method, timeout=timeout, tol=tol,
                           attack_steps=attack_steps, threads=threads, no_mip=no_mip)
     torch.set_num_threads(threads)

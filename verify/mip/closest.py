@@ -42,7 +42,7 @@ from torch import Tensor
 from .. import highs_run
 from ..network import Network
 from ..query import Query, confirm_point
-from ..spec import LpBall
+from ..spec import LpBall, distances
 from .formulation import INF, KIND_ABS, KIND_VALUE, Formulation, NodeBounds, build_model, relu_input_nodes
 from .highs import run_highs
 from .tighten import TightenConfig, Tightener
@@ -80,12 +80,6 @@ class ClosestResult:
     seconds: float
     n_binaries: int
     solver_status: str
-
-
-def distance(center: Tensor, x: Tensor, p: float) -> float:
-    """||x - center||_p in float64."""
-    d = (x.to(torch.float64) - center.to(torch.float64)).reshape(-1)
-    return float(d.abs().max() if math.isinf(p) else d.norm(p=p))
 
 
 def sound_lower(d: float) -> float:
@@ -209,7 +203,7 @@ def closest(
                 xs = form.input_value(col)
                 found = confirm_point(net, check, xs, push=PUSH)
                 if found is not None:
-                    dx = distance(c, found[0], p)
+                    dx = float(distances(c, found[0], p)[0])
                     if dx < best:
                         best, best_x, best_j = dx, found[0], int(check.targets()[found[1]])
                 elif status == "optimal":
@@ -242,4 +236,4 @@ def closest(
                          time.perf_counter() - t0, n_bin, solver_status)
 
 
-__all__ = ["ClosestResult", "LOWER_SLACK_ABS", "LOWER_SLACK_REL", "closest", "distance", "sound_lower"]
+__all__ = ["ClosestResult", "LOWER_SLACK_ABS", "LOWER_SLACK_REL", "closest", "sound_lower"]
