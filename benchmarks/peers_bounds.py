@@ -21,6 +21,9 @@ convex_adversarial's default DualNetwork ignores the [0, 1] input box; it has an
 our KW on the same box-free ball (input range widened to +-1e4), ``kw`` compares the boxed ones.
 auto_LiRPA gets the box through ``PerturbationLpNorm(x_L, x_U)``, the same set as ours.
 Peers absent from ``--peer-python`` are skipped and say so in the JSON. No peer code is vendored.
+Every worker imports ``verify`` (for the network conversion), so the peers run under the same
+allocator settings as ours (:mod:`verify.runtime`; ``allocator_tuned`` in each row): the ratios
+compare the algorithms, not glibc's defaults.
 """
 
 from __future__ import annotations
@@ -72,7 +75,8 @@ def _load(model: str, n: int, data_dir: str):  # type: ignore[no-untyped-def]
     from verify.data import load_dataset
     from verify.formats import load_model
 
-    net = _equivalent_nchw(load_model(ROOT / "models" / model))
+    path = ROOT / "models" / model
+    net = _equivalent_nchw(load_model(path if path.exists() or path.suffix else path.with_suffix(".mat")))
     ds = load_dataset("fashion-mnist" if model.startswith("fmnist") else "mnist", split="test", data_dir=data_dir)
     x = ds.x[:n].to(torch.float32).reshape(n, *net.input_shape)
     return net, x, ds.y[:n].to(torch.long)
@@ -90,6 +94,7 @@ def _spec(y, k: int):  # type: ignore[no-untyped-def]
 def _worker(tool: str, method: str, model: str, n: int, threads: int, data_dir: str, lirpa_steps: int) -> dict:
     import torch
 
+    from verify.runtime import keep_freed_memory
     from verify.torch_modules import network_to_torch
 
     torch.set_num_threads(threads)
@@ -137,7 +142,7 @@ def _worker(tool: str, method: str, model: str, n: int, threads: int, data_dir: 
     finite = lb[torch.isfinite(lb)]
     out = {"tool": tool, "method": method, "model": model, "n": n, "threads": threads, "seconds": secs,
            "certified": int(cert.sum()), "mean_margin_lb": float(finite.mean()) if finite.numel() else None,
-           "peak_rss_mb": peak, "peak_rss_mb_over_loaded": peak - base}
+           "peak_rss_mb": peak, "peak_rss_mb_over_loaded": peak - base, "allocator_tuned": keep_freed_memory()}
     if tool == "ours":
         # untimed: the plain float32 bound (no rounding allowance), comparable with the peers' float32 bounds
         from verify.bounds import compute_bounds

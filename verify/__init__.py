@@ -16,7 +16,10 @@ from .network import (
     Residual,
     same_padding,
 )
+from .runtime import keep_freed_memory
 from .spec import LpBall, check_counterexample
+
+keep_freed_memory()  # large temporaries reuse freed heap memory (verify/runtime.py; RELU_VERIFY_MALLOPT=0: off)
 
 __version__ = "0.1.0"
 
