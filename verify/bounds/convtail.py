@@ -128,8 +128,9 @@ def tail_finish(net: Network, plan: TailPlan, pset: LpBall, a: Tensor, total: Te
     n3 = math.prod(graph[plan.c2].shape)
     widest = max(n3 * 4, math.prod(graph[0].shape) * 2, n1)
     chunk = max(1, TAIL_CHUNK_ELEMENTS // (s * widest))
+    memo: dict[str, Tensor] = {}  # conv2's transposed matrix and the stem's: built once per call, not per chunk
     if chunk >= b:
-        return _tail_chunk(net, plan, pset, a, total, total_up, rel1, rel2, alpha1, alpha2)
+        return _tail_chunk(net, plan, pset, a, total, total_up, rel1, rel2, alpha1, alpha2, memo)
     lows: list[Tensor] = []
     ups: list[Tensor] = []  # filled only when two-sided (then every chunk has an upper bound)
     for e0 in range(0, b, chunk):
@@ -141,7 +142,7 @@ def tail_finish(net: Network, plan: TailPlan, pset: LpBall, a: Tensor, total: Te
 
         lo, up = _tail_chunk(net, plan, pset.select(pick), a[sl], total[sl], None if total_up is None else total_up[sl],
                              cut(rel1), cut(rel2), None if alpha1 is None else alpha1[sl],
-                             None if alpha2 is None else alpha2[sl])
+                             None if alpha2 is None else alpha2[sl], memo)
         lows.append(lo)
         if up is not None:
             ups.append(up)
@@ -149,8 +150,8 @@ def tail_finish(net: Network, plan: TailPlan, pset: LpBall, a: Tensor, total: Te
 
 
 def _tail_chunk(net: Network, plan: TailPlan, pset: LpBall, a: Tensor, total: Tensor, total_up: Tensor | None,
-                rel1: ReluRelaxation, rel2: ReluRelaxation, alpha1: Tensor | None, alpha2: Tensor | None
-                ) -> tuple[Tensor, Tensor | None]:
+                rel1: ReluRelaxation, rel2: ReluRelaxation, alpha1: Tensor | None, alpha2: Tensor | None,
+                memo: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
     graph = net.graph
     b, s = a.shape[:2]
     like = a.new_zeros(())
@@ -179,7 +180,9 @@ def _tail_chunk(net: Network, plan: TailPlan, pset: LpBall, a: Tensor, total: Te
     a3f = a3.reshape(b, s, -1)
     corr: Tensor | None = None
     if idx.shape[1]:
-        m2t = _built(op2.weight.requires_grad, lambda: F.pad(conv_matrix(op2, shape1, like).t(), (0, 0, 0, 1)))
+        if "m2t" not in memo:
+            memo["m2t"] = _built(op2.weight.requires_grad, lambda: F.pad(conv_matrix(op2, shape1, like).t(), (0, 0, 0, 1)))
+        m2t = memo["m2t"]
         cols = m2t.index_select(0, idx.reshape(-1)).reshape(b, idx.shape[1], -1)  # (B, U, N3): rows are contiguous
         a1 = torch.bmm(a3f, cols.transpose(1, 2))  # (B, S, U)
         mu1 = _gather(rel1.mu_up.reshape(b, -1), idx).unsqueeze(1)
@@ -200,7 +203,9 @@ def _tail_chunk(net: Network, plan: TailPlan, pset: LpBall, a: Tensor, total: Te
     if corr is not None:
         live = any(t.requires_grad for i in (*plan.affines, plan.c1) for t in vars(net.graph[i].op).values()
                    if isinstance(t, Tensor))
-        stem = _built(live, lambda: F.pad(_stem_matrix(net, plan, like), (0, 0, 0, 1)))
+        if "stem" not in memo:
+            memo["stem"] = _built(live, lambda: F.pad(_stem_matrix(net, plan, like), (0, 0, 0, 1)))
+        stem = memo["stem"]
         rows = stem.index_select(0, idx.reshape(-1)).reshape(b, idx.shape[1], -1)  # (B, U, n0)
         a0 = a0 + torch.bmm(corr, rows).reshape(a0.shape)
     lower = total + pset.min_linear(a0)
