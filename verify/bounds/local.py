@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..network import AffineLayer, ChannelAffine, Conv2d, Network, ReLU, _ConvLike
 from ..spec import LpBall
-from .relax import ReluRelaxation, through_relu, wide_sum
+from .relax import ReluRelaxation, flat_sum, through_relu, wide_sum
 
 
 # windows with more entries than this use conv_transpose2d instead of a dense window matrix
@@ -165,8 +165,9 @@ class LocalBounds:
     def range(self, ex: Tensor, neuron: Tensor, *, two_sided: bool) -> tuple[Tensor, Tensor]:
         """(lower, upper) on neuron ``neuron[i]`` (flat index into node k) of example ``ex[i]``.
 
-        ``two_sided`` needs parallel-line relaxations (rule kw): one pass gives both bounds;
-        otherwise the lower bounds of +row and -row take one pass each.
+        ``two_sided`` needs parallel-line relaxations (rule kw): one row gives both bounds;
+        otherwise the lower bounds of +row and -row, two rows of one pass (the windows they
+        read are gathered once).
         """
         op = self.conv
         ch, pos = neuron // self.n_pos, neuron % self.n_pos
@@ -174,24 +175,11 @@ class LocalBounds:
         w = op.param("weight", self.like).index_select(0, ch)  # (P, C, kh, kw): the neuron's row of the conv
         b = op.param("bias", self.like).index_select(0, ch)
         if two_sided:
-            lo, hi, _ = self._pass(row, pos, w, b, two_sided=True)
-            return lo, hi
-        lo, _, _ = self._pass(row, pos, w, b, two_sided=False)
-        neg, _, _ = self._pass(row, pos, -w, -b, two_sided=False)
-        return lo, -neg
-
-    def coefficients(self, ex: Tensor, neuron: Tensor) -> Tensor:
-        """Neuron ``neuron[i]``'s coefficients on example ``ex[i]``'s input window, (P, C, h, w).
-
-        With fixed-pattern relaxations (``lam_lo == lam_up``, ``mu_up == 0``) this is the
-        neuron's gradient w.r.t. the input on its receptive field (it is zero elsewhere).
-        """
-        op = self.conv
-        ch, pos = neuron // self.n_pos, neuron % self.n_pos
-        row = ex * self.n_pos + pos
-        w = op.param("weight", self.like).index_select(0, ch)
-        _, _, a = self._pass(row, pos, w, torch.zeros_like(ch, dtype=w.dtype), two_sided=True, box=False)
-        return a * self.valid[0].index_select(0, pos)  # nothing on the input window's padding
+            lo, hi = self._pass(row, pos, w.unsqueeze(1), b.unsqueeze(1), two_sided=True)
+            assert hi is not None
+            return lo[:, 0], hi[:, 0]
+        lo, _ = self._pass(row, pos, torch.stack([w, -w], 1), torch.stack([b, -b], 1), two_sided=False)
+        return lo[:, 0], -lo[:, 1]
 
     def all_coefficients(self, start: int, stop: int) -> Tensor:
         """Every neuron's coefficients on its input window for examples ``start:stop``:
@@ -200,8 +188,9 @@ class LocalBounds:
         (t * r + i, t' * r' + j) is entry [..., t, t', :, i, j] (:func:`window_view` gives the
         plain (P, E, C, c0, T * r, T' * r') view); pixels beyond the window's h x w are 0.
 
-        The same arithmetic as :meth:`coefficients` over all (example, neuron) pairs, with the
-        channels of a position kept together: they share that position's windows, which are then
+        The coefficients :meth:`_pass` carries to the input window (through r1's upper slopes;
+        with fixed-pattern relaxations the neuron's input gradient on its receptive field), over
+        all (example, neuron) pairs, with the channels of a position kept together: they share that position's windows, which are then
         read by slicing and broadcasting instead of a gather per (example, neuron) pair.
         """
         graph = self.net.graph
@@ -335,55 +324,61 @@ class LocalBounds:
         valid = valid.reshape(self.n_pos, c0, ty, sy, tx, sx).permute(0, 2, 4, 1, 3, 5).contiguous()
         return out.mul_(valid[:, None, None])  # (P, E, C2, T, T', c0, r, r')
 
-    def _pass(self, row: Tensor, pos: Tensor, a: Tensor, const: Tensor, *, two_sided: bool,
-              box: bool = True) -> tuple[Tensor, Tensor, Tensor]:
-        """(lower, upper, coefficients on the input window); ``box=False`` skips the bounds at the input."""
+    def _pass(self, row: Tensor, pos: Tensor, a: Tensor, const: Tensor, *, two_sided: bool
+              ) -> tuple[Tensor, Tensor | None]:
+        """(lower, upper if ``two_sided``) of the rows ``a`` (P, S, C, h, w) plus ``const`` (P, S)."""
         graph = self.net.graph
-        total = total_up = const
+        p, s = a.shape[:2]
+        total = const
+        total_up = const if two_sided else None
         for idx, _ in self.plan:
             if idx == 0:
-                if not box:
-                    break
                 if self.ball is not None:
-                    a = a * self.valid[0].index_select(0, pos)
+                    a = a * self.valid[0].index_select(0, pos).unsqueeze(1)
                     ball = self.ball.select(row)
-                    total = total + ball.min_linear(a.unsqueeze(1))[:, 0]
-                    if two_sided:
-                        total_up = total_up - ball.min_linear(-a.unsqueeze(1))[:, 0]
+                    total = total + ball.min_linear(a)
+                    if total_up is not None:
+                        total_up = total_up - ball.min_linear(-a)
                     break
-                lo_box, hi_box = (t.index_select(0, row) for t in self.box)
+                lo_box, hi_box = (t.index_select(0, row).unsqueeze(1) for t in self.box)
                 plus, minus = a.clamp(min=0), a.clamp(max=0)
-                total = total + _sum(plus * lo_box + minus * hi_box)
-                total_up = total_up + _sum(plus * hi_box + minus * lo_box)
+                total = total + flat_sum(plus * lo_box + minus * hi_box)
+                if total_up is not None:
+                    total_up = total_up + flat_sum(plus * hi_box + minus * lo_box)
                 break
             op = graph[idx].op
             if isinstance(op, ReLU):
                 lam_lo, lam_up, mu = (t.index_select(0, row) for t in self.relu[idx])
-                if two_sided:
-                    c_all, c_neg = _sum(a * mu), _sum(a.clamp(max=0) * mu)
+                if total_up is not None:
+                    mu1 = mu.unsqueeze(1)
+                    c_all, c_neg = flat_sum(a * mu1), flat_sum(a.clamp(max=0) * mu1)
                     total, total_up = total + c_neg, total_up + (c_all - c_neg)
-                    a = a * lam_up
+                    a = a * lam_up.unsqueeze(1)
                 else:
                     rel = ReluRelaxation(lam_lo, lam_up, mu, torch.zeros((), dtype=torch.bool, device=mu.device))
-                    a_in, c = through_relu(a.unsqueeze(1), rel, None)
-                    a, total = a_in.squeeze(1), total + c.squeeze(1)
+                    a, c = through_relu(a, rel, None)
+                    total = total + c
                 continue
             # affine: coefficients on positions outside the node (a later conv's zero padding)
             # must neither pick up this layer's offset nor flow further back
-            a = a * self.valid[idx].index_select(0, pos)
+            a = a * self.valid[idx].index_select(0, pos).unsqueeze(1)
             per_channel = (op.param("shift", self.like) if isinstance(op, ChannelAffine)
                            else op.param("bias", self.like) if isinstance(op, Conv2d) else None)  # AvgPool2d: none
             if per_channel is not None:
-                off = _sum(a * per_channel[None, :, None, None])
-                total, total_up = total + off, total_up + off
+                off = flat_sum(a * per_channel[None, None, :, None, None])
+                total = total + off
+                if total_up is not None:
+                    total_up = total_up + off
+            flat = a.reshape(p * s, *a.shape[2:])
             if isinstance(op, ChannelAffine):
-                a = op.linear_t(a, graph[idx].shape)
+                flat = op.linear_t(flat, graph[idx].shape)
             elif idx in self.window_t:
                 m, shape = self.window_t[idx]
-                a = (a.reshape(a.shape[0], -1) @ m).reshape(-1, *shape)
+                flat = (flat.reshape(flat.shape[0], -1) @ m).reshape(-1, *shape)
             else:  # a wide window: the dense matrix would be too large
-                a = graph[idx].op_as(_ConvLike).linear_t_window(a)
-        return total, total_up, a
+                flat = graph[idx].op_as(_ConvLike).linear_t_window(flat)
+            a = flat.reshape(p, s, *flat.shape[1:])
+        return total, total_up
 
 
 def _tiles(win: Tensor, tiles: tuple[int, ...], e: int, n_pos: int) -> Tensor:
@@ -417,6 +412,3 @@ def _taps(k2: int, k1: int, s: int, size: int, device: torch.device) -> tuple[in
     kh = torch.where(kh < k1, kh, -1)
     return t_n, a, kh
 
-
-def _sum(t: Tensor) -> Tensor:
-    return wide_sum(t.reshape(t.shape[0], -1), -1)
