@@ -32,6 +32,10 @@ from .types import NodeBounds
 CHUNK_ELEMENTS = 1 << 23
 # unstable share of a conv layer's neurons above which LocalBounds.all_ranges bounds them all
 ALL_AT_ONCE_FRACTION = 0.25
+# CROWN's KW first pass (_kw_first): judged on this many examples, kept if it leaves at most this
+# share of their unstable neurons unstable
+KW_PROBE = 16
+KW_FIRST_SHARE = 0.5
 
 
 def _interval_is_exact(net: Network, pset: LpBall, k: int) -> bool:
@@ -77,11 +81,49 @@ def linear_intermediate(
         if node.index in feeds and not _interval_is_exact(net, pset, node.index):
             if not intersect_interval:
                 lo, hi = torch.full_like(lo, -torch.inf), torch.full_like(hi, torch.inf)
+            if rule == "crown":
+                lo, hi = _kw_first(net, pset, node.index, lo, hi, bounds)
             lo, hi = _tighten(net, pset, node.index, lo, hi, bounds, rule)
         if guard is not None:
             lo, hi = guard.node(node, lo, hi, bounds)
         bounds[node.index] = (lo, hi)
     return bounds
+
+
+def _kw_first(net: Network, pset: LpBall, k: int, lo: Tensor, hi: Tensor, bounds: NodeBounds) -> tuple[Tensor, Tensor]:
+    """CROWN's intermediate bounds, first pass: KW's bounds where they stabilise most neurons.
+
+    KW's relaxation (the lower line parallel to the upper one) is one of CROWN's family, so its
+    bounds are as sound as CROWN's, and one two-sided row per neuron gives both ends on the
+    batched paths, at about half the cost of CROWN's two one-sided rows. On certifiably trained
+    networks it leaves few neurons unstable (the zoo's KW CNN at eps 0.1: 826 -> 134 of the second
+    conv layer's 1568, 93 -> 3.3 of the dense layer's 100 per example), and CROWN then only bounds
+    those, where the result is both bounds intersected. On networks where it stabilises little
+    (plain ones), the pass would be wasted: it is judged on the first ``KW_PROBE`` examples and
+    run on the rest only if it leaves at most ``KW_FIRST_SHARE`` of their unstable neurons.
+    """
+    n = lo.shape[0]
+    before = int(((lo < 0) & (hi > 0)).sum())
+    if before == 0:
+        return lo, hi
+    m = min(n, KW_PROBE)
+    head = torch.arange(m, device=lo.device)
+
+    def part(idx: Tensor) -> tuple[LpBall, NodeBounds]:
+        return pset.select(idx), {i: (b[0].index_select(0, idx), b[1].index_select(0, idx)) for i, b in bounds.items()}
+
+    sub, sub_bounds = part(head)
+    plo, phi = _tighten(net, sub, k, lo[:m], hi[:m], sub_bounds, "kw")
+    if m == n:
+        return plo, phi
+    probe_before = int(((lo[:m] < 0) & (hi[:m] > 0)).sum())
+    left = int(((plo < 0) & (phi > 0)).sum())
+    if left > KW_FIRST_SHARE * probe_before:
+        return torch.cat([plo, lo[m:]]), torch.cat([phi, hi[m:]])
+    tail = torch.arange(m, n, device=lo.device)
+    sub, sub_bounds = part(tail)
+    rlo, rhi = _tighten(net, sub, k, lo[m:], hi[m:], sub_bounds, "kw")
+    return torch.cat([plo, rlo]), torch.cat([phi, rhi])
 
 
 def _select(rel: ReluRelaxation, ex: Tensor) -> ReluRelaxation:
