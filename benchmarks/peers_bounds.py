@@ -21,9 +21,10 @@ convex_adversarial's default DualNetwork ignores the [0, 1] input box; it has an
 our KW on the same box-free ball (input range widened to +-1e4), ``kw`` compares the boxed ones.
 auto_LiRPA gets the box through ``PerturbationLpNorm(x_L, x_U)``, the same set as ours.
 Peers absent from ``--peer-python`` are skipped and say so in the JSON. No peer code is vendored.
-Every worker imports ``verify`` (for the network conversion), so the peers run under the same
-allocator settings as ours (:mod:`verify.runtime`; ``allocator_tuned`` in each row): the ratios
-compare the algorithms, not glibc's defaults.
+Every worker imports ``verify`` (for the network conversion), so by default the peers run under
+the same allocator settings as ours (:mod:`verify.runtime`; ``allocator_tuned`` in each row): the
+ratios compare the algorithms, not glibc's defaults; ``--peer-malloc default`` runs them with
+glibc's defaults instead, as their own users do.
 """
 
 from __future__ import annotations
@@ -157,8 +158,9 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _run(python: str, env_path: str, args: list[str], timeout: float) -> dict:
-    env = dict(os.environ, PYTHONPATH=env_path, OMP_NUM_THREADS=args[args.index("--threads") + 1])
+def _run(python: str, env_path: str, args: list[str], timeout: float, malloc: str = "tuned") -> dict:
+    env = dict(os.environ, PYTHONPATH=env_path, OMP_NUM_THREADS=args[args.index("--threads") + 1],
+               RELU_VERIFY_MALLOPT="1" if malloc == "tuned" else "0")
     try:
         p = subprocess.run([python, str(Path(__file__).resolve()), "--worker", *args], capture_output=True, text=True,
                            env=env, timeout=timeout)
@@ -196,6 +198,9 @@ def main() -> None:
     ap.add_argument("--lirpa-steps", type=int, default=20, help="alpha-CROWN iterations (ours: 20)")
     ap.add_argument("--timeout", type=float, default=1800.0)
     ap.add_argument("--output", default="peers_bounds.json")
+    ap.add_argument("--peer-malloc", choices=("tuned", "default"), default="tuned",
+                    help="the peers' allocator: ours (verify.runtime; compares the algorithms) or glibc's defaults "
+                         "(what the peers' users get)")
     a = ap.parse_args()
     ours_path = str(ROOT)
     peer_path = os.pathsep.join(p for p in (str(ROOT), a.lirpa_path) if p)
@@ -217,7 +222,7 @@ def main() -> None:
                 for peer in tools_for[method]:
                     if missing[peer]:
                         continue
-                    theirs = _run(a.peer_python, peer_path, ["--tool", peer, *args], a.timeout)
+                    theirs = _run(a.peer_python, peer_path, ["--tool", peer, *args], a.timeout, a.peer_malloc)
                     print(json.dumps(theirs), flush=True)
                     out["runs"].append(theirs)
                     if "seconds" in ours and "seconds" in theirs:

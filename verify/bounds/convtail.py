@@ -21,9 +21,11 @@ plus c . b1.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -128,7 +130,10 @@ def tail_finish(net: Network, plan: TailPlan, pset: LpBall, a: Tensor, total: Te
     n3 = math.prod(graph[plan.c2].shape)
     widest = max(n3 * 4, math.prod(graph[0].shape) * 2, n1)
     chunk = max(1, TAIL_CHUNK_ELEMENTS // (s * widest))
-    memo: dict[str, Tensor] = {}  # conv2's transposed matrix and the stem's: built once per call, not per chunk
+    # conv2's transposed matrix and the stem's: built once per call (not per chunk), or once per
+    # network within a reuse_matrices() block
+    scope = getattr(_reuse, "memo", None)
+    memo = _Memo({}, None if scope is None else scope.setdefault((id(net), plan, a.dtype, a.device), {}))
     if chunk >= b:
         return _tail_chunk(net, plan, pset, a, total, total_up, rel1, rel2, alpha1, alpha2, memo)
     lows: list[Tensor] = []
@@ -151,7 +156,7 @@ def tail_finish(net: Network, plan: TailPlan, pset: LpBall, a: Tensor, total: Te
 
 def _tail_chunk(net: Network, plan: TailPlan, pset: LpBall, a: Tensor, total: Tensor, total_up: Tensor | None,
                 rel1: ReluRelaxation, rel2: ReluRelaxation, alpha1: Tensor | None, alpha2: Tensor | None,
-                memo: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+                memo: _Memo) -> tuple[Tensor, Tensor | None]:
     graph = net.graph
     b, s = a.shape[:2]
     like = a.new_zeros(())
@@ -180,9 +185,7 @@ def _tail_chunk(net: Network, plan: TailPlan, pset: LpBall, a: Tensor, total: Te
     a3f = a3.reshape(b, s, -1)
     corr: Tensor | None = None
     if idx.shape[1]:
-        if "m2t" not in memo:
-            memo["m2t"] = _built(op2.weight.requires_grad, lambda: F.pad(conv_matrix(op2, shape1, like).t(), (0, 0, 0, 1)))
-        m2t = memo["m2t"]
+        m2t = memo.get("m2t", op2.weight.requires_grad, lambda: F.pad(conv_matrix(op2, shape1, like).t(), (0, 0, 0, 1)))
         cols = m2t.index_select(0, idx.reshape(-1)).reshape(b, idx.shape[1], -1)  # (B, U, N3): rows are contiguous
         a1 = torch.bmm(a3f, cols.transpose(1, 2))  # (B, S, U)
         mu1 = _gather(rel1.mu_up.reshape(b, -1), idx).unsqueeze(1)
@@ -203,15 +206,48 @@ def _tail_chunk(net: Network, plan: TailPlan, pset: LpBall, a: Tensor, total: Te
     if corr is not None:
         live = any(t.requires_grad for i in (*plan.affines, plan.c1) for t in vars(net.graph[i].op).values()
                    if isinstance(t, Tensor))
-        if "stem" not in memo:
-            memo["stem"] = _built(live, lambda: F.pad(_stem_matrix(net, plan, like), (0, 0, 0, 1)))
-        stem = memo["stem"]
+        stem = memo.get("stem", live, lambda: F.pad(_stem_matrix(net, plan, like), (0, 0, 0, 1)))
         rows = stem.index_select(0, idx.reshape(-1)).reshape(b, idx.shape[1], -1)  # (B, U, n0)
         a0 = a0 + torch.bmm(corr, rows).reshape(a0.shape)
     lower = total + pset.min_linear(a0)
     if total_up is None:
         return lower, None
     return lower, total_up - pset.min_linear(-a0)
+
+
+_reuse = threading.local()
+
+
+@contextlib.contextmanager
+def reuse_matrices() -> Iterator[None]:
+    """Within this block (per thread), :func:`tail_finish` builds the matrices derived from a
+    network's parameters once per network and reuses them: for callers that bound one network
+    many times with parameters that do not change meanwhile (the intermediate bounds, alpha-CROWN's
+    steps). Matrices that carry gradients to the parameters are never reused across calls (a
+    second backward through them would fail): only those built without gradients are kept."""
+    outer = getattr(_reuse, "memo", None)
+    if outer is None:
+        _reuse.memo = {}
+    try:
+        yield
+    finally:
+        if outer is None:
+            _reuse.memo = None
+
+
+@dataclass(frozen=True)
+class _Memo:
+    """Derived matrices of one tail_finish call, and of its reuse_matrices() block if any."""
+
+    call: dict[str, Tensor]
+    scope: dict[str, Tensor] | None
+
+    def get(self, key: str, live: bool, build: Callable[[], Tensor]) -> Tensor:
+        """The matrix ``key``, built by ``build`` if absent; one with gradients (``live``) only for this call."""
+        memo = self.call if live or self.scope is None else self.scope
+        if key not in memo:
+            memo[key] = _built(live, build)
+        return memo[key]
 
 
 def _built(live: bool, build: Callable[[], Tensor]) -> Tensor:

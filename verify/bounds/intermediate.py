@@ -20,7 +20,7 @@ from torch import Tensor
 from ..network import AffineLayer, Flatten, Network
 from ..spec import LpBall
 from .backward import backward_bound, backward_range, relu_inputs
-from .convtail import tail_plan
+from .convtail import reuse_matrices, tail_plan
 from .interval import node_interval
 from .local import LocalBounds, local_plan
 from .relax import ReluRelaxation, Rule, relu_relaxation
@@ -67,6 +67,12 @@ def linear_intermediate(
     ``guard`` widens every node's bounds by a rigorous bound on their rounding error before
     later nodes use them (:mod:`verify.bounds.rounding`).
     """
+    with reuse_matrices():  # the parameters do not change while the layers are bounded
+        return _linear_intermediate(net, pset, rule, dtype, start, intersect_interval, guard)
+
+
+def _linear_intermediate(net: Network, pset: LpBall, rule: Rule, dtype: torch.dtype, start: NodeBounds | None,
+                         intersect_interval: bool, guard: RoundingGuard | None) -> NodeBounds:
     pset = pset.to(dtype)
     feeds = set(relu_inputs(net))
     lo0, hi0 = pset.box()

@@ -17,6 +17,7 @@ from ..network import Network
 from ..spec import LpBall
 from .adam import Adam
 from .backward import backward_bound
+from .convtail import reuse_matrices
 from .relax import relu_relaxation
 from .types import NodeBounds
 
@@ -62,6 +63,12 @@ def optimise_slopes(
     so the result is never below their bound. Works under an outer ``no_grad``; gradients
     go to the slopes only, never to the network's parameters.
     """
+    with reuse_matrices():  # the network's parameters do not change during the steps
+        return _optimise(net, pset, start, spec, bounds, alpha, steps, lr, deadline)
+
+
+def _optimise(net: Network, pset: LpBall, start: int, spec: Tensor, bounds: NodeBounds, alpha: dict[int, Tensor],
+              steps: int, lr: float, deadline: float) -> tuple[Tensor, dict[int, Tensor]]:
     alpha = {i: t.detach().clone() for i, t in alpha.items()}
     best_alpha = {i: t.clone() for i, t in alpha.items()}
     params = [t.requires_grad_(steps > 0) for t in alpha.values()]
