@@ -8,7 +8,7 @@ every tool: each zoo model (``models/*.mat``, loaded with ``verify.formats``) re
 equivalent NCHW-flatten network that the peers' PyTorch modules need (the Linear layer's columns
 permuted; the function is the same). Every run is a fresh process (its own peak RSS), runs are
 interleaved (ours, then each peer, per method and thread count), and each records seconds,
-certified count, mean margin lower bound and peak RSS; ratios are peer seconds / our seconds
+certified count, mean margin lower bound and peak RSS; ratios are peer seconds / our seconds (wall, and CPU time)
 within the same benchmark run.
 
 Certified counts, fairly: ours are rigorous decisions (``certify_with_bounds``; float32 bounds
@@ -102,6 +102,7 @@ def _worker(tool: str, method: str, model: str, n: int, threads: int, data_dir: 
     net, x, y = _load(model, n, data_dir)
     box = method != "kw-nobox"
     base = _rss_mb()
+    c0 = _cpu_s()
     t0 = time.perf_counter()
     with torch.no_grad() if tool != "auto_lirpa" else torch.enable_grad():
         if tool == "ours":
@@ -139,9 +140,10 @@ def _worker(tool: str, method: str, model: str, n: int, threads: int, data_dir: 
             lb = torch.cat(parts).amin(1).to(torch.float64)
             cert = lb > 0
     secs = time.perf_counter() - t0
+    cpu = _cpu_s() - c0
     peak = _rss_mb()
     finite = lb[torch.isfinite(lb)]
-    out = {"tool": tool, "method": method, "model": model, "n": n, "threads": threads, "seconds": secs,
+    out = {"tool": tool, "method": method, "model": model, "n": n, "threads": threads, "seconds": secs, "cpu_seconds": cpu,
            "certified": int(cert.sum()), "mean_margin_lb": float(finite.mean()) if finite.numel() else None,
            "peak_rss_mb": peak, "peak_rss_mb_over_loaded": peak - base, "allocator_tuned": keep_freed_memory()}
     if tool == "ours":
@@ -152,6 +154,13 @@ def _worker(tool: str, method: str, model: str, n: int, threads: int, data_dir: 
             raw = compute_bounds(net, pset, y, method="kw" if method == "kw-nobox" else method).margin_lb.amin(1)  # type: ignore[arg-type]
         out["mean_margin_lb_float32"] = float(raw[torch.isfinite(raw)].mean())
     return out
+
+
+def _cpu_s() -> float:
+    """This process's CPU time (user + system, all threads): on a machine shared with other jobs it
+    varies far less than wall time, so ratios are also given on it."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def _rss_mb() -> float:
@@ -228,6 +237,7 @@ def main() -> None:
                     if "seconds" in ours and "seconds" in theirs:
                         out["ratios"].append({"model": model, "method": method, "threads": threads, "peer": peer,
                                               "speedup_ours": theirs["seconds"] / ours["seconds"],
+                                              "speedup_ours_cpu": theirs["cpu_seconds"] / ours["cpu_seconds"],
                                               "certified_ours": ours["certified"], "certified_peer": theirs["certified"],
                                               "mean_lb_ours": ours["mean_margin_lb"], "mean_lb_peer": theirs["mean_margin_lb"],
                                               "mean_lb_ours_float32": ours.get("mean_margin_lb_float32"),

@@ -27,7 +27,7 @@ from .types import CertifiedBounds, Method, NodeBounds
 SAFETY_REL = 1e-6
 # examples bounded together: every node's bounds, relaxations and slopes of a chunk are held at
 # once (about 0.1 MB per example on the zoo's MNIST CNN, 1 MB with alpha-CROWN's slopes)
-CERTIFY_CHUNK = 250
+CERTIFY_CHUNK = 200
 CERTIFY_CHUNK_ALPHA = 100  # alpha-CROWN also holds slopes, their best copy and Adam's moments per margin
 
 

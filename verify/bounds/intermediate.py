@@ -5,7 +5,9 @@ One forward sweep over the graph: every node first gets interval bounds from the
 with the backward engine, but only on the neurons the interval bounds leave unstable
 (stable neurons need no better bound: their relaxation is already exact). Each such
 neuron is one row of a batch of (example, neuron) pairs, processed in chunks so that
-memory stays bounded. New bounds are intersected with the interval ones.
+memory stays bounded. New bounds are intersected with the interval ones. CROWN's rows go
+only to the neurons that a KW pass (one two-sided row each, where it pays: ``_kw_first``) leaves
+unstable; both are sound, so their intersection is.
 """
 
 from __future__ import annotations
