@@ -50,8 +50,8 @@ from ..network import Network
 from ..query import Query, confirm_point
 from ..spec import LpBall
 from . import VERIFY_TOL, MipResult
-from .formulation import INF, KIND_VALUE, Expr, Formulation, NodeBounds, build_model, relu_input_nodes
-from .tighten import Tightener, TightenConfig
+from .formulation import INF, KIND_VALUE, Expr, Formulation, NodeBounds
+from .tighten import TightenConfig, build_tightened
 
 _S = highspy.HighsModelStatus
 Mode = Literal["per-disjunct", "indicator"]
@@ -269,10 +269,8 @@ def solve_query(
     ``objective`` / ``dual_bound`` are on the negated violation (robustness: max_j f_j - f_y).
     """
     t0 = time.perf_counter()
-    h = highs_run.new(options.threads)
-    rins = relu_input_nodes(net)
-    tight = Tightener(options.tighten, rins[0] if rins else -1).start(deadline)
-    form = build_model(net, query.input_set, 0, bounds, integer=False, highs=h, refine=tight)  # type: ignore[arg-type]
+    form = build_tightened(net, query.input_set, bounds, config=options.tighten, deadline=deadline,  # type: ignore[arg-type]
+                           threads=options.threads)
     n_bin = len(form.binaries)
     n_dis = len(query.disjuncts)
     open_k = [k for k in range(n_dis) if row_lb is None or not row_lb[k] > 0]

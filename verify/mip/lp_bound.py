@@ -1,8 +1,8 @@
 """Bound method ``lp``: the triangle relaxation of every unstable ReLU, solved exactly by HiGHS.
 
-It lives next to the MIP because its model is the MIP's: :func:`verify.mip.formulation.build_model`
-with ``integer=False`` (one implementation of the encoding for the LP and the MIP): MIPVerify's ReLU encoding with
-its indicator relaxed to [0, 1], whose projection onto (x, z) is exactly the triangle
+It lives next to the MIP because its model is the MIP's (one implementation of the encoding for
+both): :func:`verify.mip.formulation.build_model` with ``integer=False``, MIPVerify's ReLU encoding
+with its indicator relaxed to [0, 1], whose projection onto (x, z) is exactly the triangle
 z >= 0, z >= x, z <= u (x - l) / (u - l). Stable ReLUs are exact.
 
 Soundness: the reported bound is not HiGHS's primal objective (which carries its

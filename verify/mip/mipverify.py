@@ -88,7 +88,7 @@ class MipVerifyOptions:
 
     @classmethod
     def coerce(cls, options: Any) -> "MipVerifyOptions":
-        """These options, or ones taking the time limit of another backend's options (HighsOptions)."""
+        """These options, or defaults taking the ``time_limit`` of another backend's options object."""
         if options is None:
             return cls()
         if isinstance(options, cls):
