@@ -1,4 +1,4 @@
-"""BaB (verify.bab) against the HiGHS MIP (verify.mip.highs.solve_example) on a plainly trained
+"""BaB (verify.bab) against the HiGHS MIP (verify.mip.highs.solve_query) on a plainly trained
 MNIST MLP (784-256-256-10, trained here in a few seconds on mnist-train-10k; not saved), Linf eps
 on the first N test images. Writes JSON: per image both verdicts and times, solved counts, medians.
 
@@ -56,7 +56,8 @@ def main() -> None:
     from verify.bab import BabOptions, bab, robustness_disjuncts
     from verify.bab.robust import robustness_confirm
     from verify.data import load_dataset
-    from verify.mip.highs import HighsOptions, solve_example
+    from verify.mip.highs import HighsOptions, solve_query
+    from verify.query import Query
     from verify.spec import LpBall
     from verify.torch_modules import network_from_torch
 
@@ -81,7 +82,7 @@ def main() -> None:
         row.update(bab=r.status, bab_reason=r.reason, bab_s=r.seconds, bab_domains=r.domains, bab_lb=r.lower_bound)
         if not args.no_mip:
             t = time.perf_counter()
-            m = solve_example(net, ball, y, 0, options=HighsOptions(time_limit=args.mip_timeout, threads=1))
+            m = solve_query(net, Query.robustness(ball, y, 10), deadline=t + args.mip_timeout, options=HighsOptions(threads=1))
             row.update(mip=m.status, mip_reason=m.reason, mip_s=time.perf_counter() - t)
         rows.append(row)
         print(json.dumps(row), flush=True)

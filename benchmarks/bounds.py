@@ -74,7 +74,7 @@ def _maxrss_mb() -> float:
 def _child(net_name: str, method: str, n: int, data_dir: str | None, threads: int, queue) -> None:
     try:
         torch.set_num_threads(threads)
-        from verify.bounds import certify_with_bounds
+        from verify.mip.lp_bound import certify_with_method
         from verify.spec import LpBall
 
         net = NETS[net_name]()
@@ -84,7 +84,7 @@ def _child(net_name: str, method: str, n: int, data_dir: str | None, threads: in
         base = _maxrss_mb()
         t0 = time.perf_counter()
         with torch.no_grad():
-            res = certify_with_bounds(net, pset, y, method=method)  # type: ignore[arg-type]
+            res = certify_with_method(net, pset, y, method=method)  # type: ignore[arg-type]
         secs = time.perf_counter() - t0
         queue.put({"network": net_name, "method": method, "n": n, "seconds": secs, "examples_per_second": n / secs,
                    "peak_rss_mb_over_baseline": _maxrss_mb() - base, "peak_rss_mb": _maxrss_mb(),

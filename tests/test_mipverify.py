@@ -11,6 +11,7 @@ import math
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -325,7 +326,8 @@ def test_julia_reads_the_same_logits(tmp_path, shared_data):
 @pytest.mark.julia
 @pytest.mark.slow
 def test_mipverify_verdicts_equal_highs(shared_data):
-    from verify.mip.highs import HighsOptions, solve_example as highs_solve
+    from verify.mip.highs import solve_query
+    from verify.query import Query
 
     g = torch.Generator().manual_seed(3)
     net = Network([Flatten(), _linear(g, 784, 12), ReLU(), _linear(g, 12, 10)], (1, 28, 28), name="small")
@@ -336,7 +338,7 @@ def test_mipverify_verdicts_equal_highs(shared_data):
     for p, eps in (("inf", 0.01), ("inf", 0.05), ("1", 0.5), ("1", 3.0)):
         pset = LpBall.make(xt, eps, p)
         for i in range(len(x)):
-            a = highs_solve(net, pset, int(y[i]), i, options=HighsOptions(time_limit=60))
+            a = solve_query(net, Query.robustness(pset.select([i]), int(y[i]), 10), deadline=time.perf_counter() + 60)
             b = mipverify.solve_example(net, pset, int(y[i]), i, options=MipVerifyOptions(time_limit=60))
             if "unknown" in (a.status, b.status):
                 continue

@@ -14,6 +14,7 @@ import torch
 from tests.bounds.nets import _w, conv_net
 from tests.bounds.test_convtail import normalised_net
 from verify.bounds import certify_with_bounds, compute_bounds, convtail
+from verify.mip.lp_bound import lp_bounds
 from verify.bounds.backward import backward_bound, margin_spec
 from verify.bounds.intermediate import linear_intermediate
 from verify.bounds.relax import ReluRelaxation, relu_relaxation
@@ -81,7 +82,7 @@ def test_error_bound_covers_the_float32_error(monkeypatch, make, rule) -> None:
 
 def _shift_to_gap(net: Network, pset: LpBall, y: torch.Tensor, gap: float) -> Network:
     """The same network with class y's bias moved so that the exact min of the smallest margin is ``gap``."""
-    exact = compute_bounds(net, pset, y, method="lp").margin_lb.amin(1)  # stable ReLUs: the LP is exact
+    exact = lp_bounds(net, pset, y).margin_lb.amin(1)  # stable ReLUs: the LP is exact
     layers = list(net.layers)
     last = layers[-1]
     bias = last.bias.clone()

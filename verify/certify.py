@@ -148,7 +148,7 @@ def certify(
     """
     clock = _Clock()
     from .attacks import pgd_attack
-    from .bounds import certify_with_bounds
+    from .mip.lp_bound import certify_with_method
 
     labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
     n = pset.n
@@ -210,7 +210,7 @@ def certify(
         if not pending:
             break
         idx = [pp.pos for pp in pending]
-        cb = certify_with_bounds(net, pset.select(idx), labels[idx], method=method)  # type: ignore[arg-type]
+        cb = certify_with_method(net, pset.select(idx), labels[idx], method=method)  # type: ignore[arg-type]
         clock.charge(method, pending)
         rest = []
         for k, pp in enumerate(pending):

@@ -2,9 +2,8 @@
 
 Engines (``--complete``):
 
-* ``mip``  -- the MIP on HiGHS (:mod:`verify.mip.highs` for robustness queries,
-  :mod:`verify.mip.property` for general ones) or on MIPVerify.jl (robustness only), behind
-  the small :class:`MipBackend` protocol;
+* ``mip``  -- the MIP on HiGHS (:func:`verify.mip.highs.solve_query`, one loop over the disjuncts
+  of any query) or on MIPVerify.jl (robustness only), behind the small :class:`MipBackend` protocol;
 * ``bab``  -- branch and bound on the bound engine (:mod:`verify.bab`);
 * ``auto`` -- a portfolio: the MIP alone where its model is small (few unstable ReLUs after
   the bounds, where HiGHS decides in well under a second) or has MaxPool, otherwise branch and
@@ -92,33 +91,18 @@ class MipBackend(Protocol):
 
 @dataclass(frozen=True)
 class HighsBackend:
-    """The MIP on HiGHS: per-target robustness solves, or per-disjunct / indicator property solves."""
+    """The MIP on HiGHS: each open disjunct minimised on one model, or one indicator MIP over them."""
 
     threads: int = 1
     mode: Literal["per-disjunct", "indicator"] = "per-disjunct"
 
     def __call__(self, net: Network, query: Query, *, deadline: float, bounds: NodeBounds | None,
                  row_lb: np.ndarray | None, warm: Tensor | None) -> Outcome:
-        left = max(1e-3, deadline - time.perf_counter())
-        if query.label is not None:
-            from .mip.highs import HighsOptions, solve_example
+        from .mip.highs import HighsOptions, solve_query
 
-            margin = None
-            if row_lb is not None:  # per disjunct -> per class, the label's column +inf
-                margin = np.full(len(query.disjuncts) + 1, math.inf)
-                margin[query.targets()] = row_lb
-            ball = query.input_set
-            r = solve_example(net, ball, query.label, 0, bounds=bounds, margin_lb=margin, warm_start=warm,  # type: ignore[arg-type]
-                              options=HighsOptions(time_limit=left, threads=self.threads))
-            return _from_mip(net, r, query)
-        from .mip.property import solve_property
-
-        res = solve_property(net, query.input_set, list(query.disjuncts),
-                             confirm=lambda x: confirm_point(net, query, x), bounds=bounds, deadline=deadline,
-                             mode=self.mode, threads=self.threads, warm_starts=warm)
-        status: OutcomeStatus = {"sat": "falsified", "unsat": "verified"}.get(res.status, "unknown")  # type: ignore[assignment]
-        return Outcome(status, "mip", res.reason, res.counterexample, res.disjunct, None, None, res.n_binaries,
-                       None, res.seconds, {"mip": res.seconds})
+        r = solve_query(net, query, deadline=deadline, bounds=bounds, row_lb=row_lb, warm=warm,
+                        options=HighsOptions(threads=self.threads, mode=self.mode))
+        return _from_mip(net, r, query)
 
 
 @dataclass(frozen=True)
@@ -139,7 +123,7 @@ class MipVerifyBackend:
 
 
 def _from_mip(net: Network, r: Any, query: Query) -> Outcome:
-    """A robustness MipResult as an Outcome (its dual bound is on the violation, the negated margin)."""
+    """A MipResult as an Outcome (its dual bound is on the negated violation: robustness, the negated margin)."""
     lb = -r.dual_bound if r.status == "verified" and r.dual_bound is not None else None
     disjunct = None
     if r.counterexample is not None:  # confirmed by the backend; which target it hits

@@ -8,7 +8,7 @@ outputs y satisfy every row of at least one :class:`Disjunct` ``C y <= d``. The 
 * ``unsat`` -- a proof that no such point exists: for every disjunct, some row has a lower
   bound on ``C_i y - d_i`` above a float safety margin (computed in float64 by the backward
   engine on the output node, spec A = the rows of C), or the MIP over the remaining
-  disjuncts is INFEASIBLE / has a dual bound >= VERIFY_TOL (:mod:`verify.mip.property`);
+  disjuncts is INFEASIBLE / has a dual bound >= VERIFY_TOL (:func:`verify.mip.highs.solve_query`);
 * ``timeout`` / ``unknown`` (with a reason) otherwise.
 
 :class:`Box` is the per-coordinate input set. It offers the interface the bound engine,
@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -82,12 +82,6 @@ def confirm(net: Network, prop: OutputProperty, box: Box, x: Tensor) -> tuple[Te
     a float64 forward pass), else None."""
     found = confirm_point(net, Query(box, prop.disjuncts), x)
     return None if found is None else (found[0], outputs_f64(net, found[0]), found[1])
-
-
-def disjunct_check(net: Network, box: Box, disjuncts: Sequence[Disjunct]) -> Callable[[Tensor], tuple[Tensor, int] | None]:
-    """:func:`verify.query.confirm_point` against these disjuncts (indices into them), as the MIP's re-check."""
-    q = Query(box, tuple(disjuncts))
-    return lambda x: confirm_point(net, q, x)
 
 
 # --------------------------------------------------------------------------- attack
@@ -332,4 +326,4 @@ def verify_property(net: Network, prop: OutputProperty, options: VerifyOptions =
 
 
 __all__ = ["Box", "Disjunct", "MIP_MODES", "OutputProperty", "PropertyBounds", "PropertyResult", "VerifyOptions",
-           "attack_property", "confirm", "disjunct_check", "outputs_f64", "property_bounds", "representable_point", "verify_property"]
+           "attack_property", "confirm", "outputs_f64", "property_bounds", "representable_point", "verify_property"]

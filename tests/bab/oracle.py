@@ -10,7 +10,8 @@ import torch
 from scipy.optimize import linprog
 
 from verify.network import Linear, Network, ReLU
-from verify.properties import Box, Disjunct, disjunct_check
+from verify.properties import Box, Disjunct
+from verify.query import Query, confirm_point
 
 
 def random_net(seed: int, n_in: int, hidden: tuple[int, ...], n_out: int) -> Network:
@@ -87,7 +88,8 @@ def exact_min(net: Network, lo: np.ndarray, hi: np.ndarray, disjuncts: list[tupl
 
 def box_confirm(net: Network, lo: torch.Tensor, hi: torch.Tensor, disjuncts: list[tuple[np.ndarray, np.ndarray]]):
     box = Box.make(lo.reshape(1, -1).numpy(), hi.reshape(1, -1).numpy())
-    return box, disjunct_check(net, box, [Disjunct(np.asarray(C), np.asarray(d)) for C, d in disjuncts])
+    q = Query(box, tuple(Disjunct(np.asarray(C), np.asarray(d)) for C, d in disjuncts))
+    return box, lambda x: confirm_point(net, q, x)
 
 
 def random_disjuncts(g: np.random.Generator, n_out: int, k: int, m_max: int, shift: float) -> list[tuple[np.ndarray, np.ndarray]]:

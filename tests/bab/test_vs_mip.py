@@ -1,7 +1,7 @@
 """BaB against the HiGHS MIP (verify.mip): identical verdicts on generated instances.
 
-Box inputs with random multi-row disjunctive properties (solve_property), and robustness on Linf,
-L1 and L2 balls (solve_example). Instances are placed near the decision boundary (a random shift
+Box inputs with random multi-row disjunctive properties, and robustness on Linf, L1 and L2 balls
+(both through verify.mip.highs.solve_query). Instances are placed near the decision boundary (a random shift
 of the property / a radius around the distance to the boundary) so that many need branching.
 A bigger sweep is marked slow.
 """
@@ -19,9 +19,9 @@ from verify.attacks import pgd_attack
 from verify.bounds import compute_bounds
 from verify.bab import BabOptions, bab, robustness_disjuncts
 from verify.bab.robust import robustness_confirm
-from verify.mip.highs import HighsOptions, solve_example
-from verify.mip.property import solve_property
+from verify.mip.highs import solve_query
 from verify.properties import Disjunct
+from verify.query import Query
 from verify.spec import LpBall
 
 TIMEOUT = 20.0
@@ -55,14 +55,16 @@ def _property_case(seed: int) -> tuple[str, str, int]:
     # the boundary moved close to the instance: the exact minimum becomes -u
     net, lo, hi, dis, _ = near_boundary_property(1000 + seed, (0.1, 0.4), 4)
     box, conf = box_confirm(net, torch.tensor(lo), torch.tensor(hi), dis)
-    mip = solve_property(net, box, [Disjunct(C, d) for C, d in dis], confirm=conf, deadline=time.perf_counter() + TIMEOUT)
+    mip = solve_query(net, Query(box, tuple(Disjunct(C, d) for C, d in dis)), deadline=time.perf_counter() + TIMEOUT)
     mode = ["auto", "off"][seed % 2]
     r = bab(net, box, [(torch.tensor(C), torch.tensor(d)) for C, d in dis], confirm=conf,
             options=BabOptions(timeout=TIMEOUT, input_split=mode, seed=seed))  # type: ignore[arg-type]
     if r.status == "falsified":
         assert r.counterexample is not None and r.counterexample.dtype == torch.float64
         assert conf(r.counterexample) is not None
-    return {"sat": "falsified", "unsat": "verified"}.get(mip.status, mip.status), r.status, r.domains
+    if mip.status == "falsified":
+        assert mip.counterexample is not None and conf(mip.counterexample) is not None
+    return mip.status, r.status, r.domains
 
 
 def _ball_case(seed: int, p: str) -> tuple[str, str, int]:
@@ -74,7 +76,7 @@ def _ball_case(seed: int, p: str) -> tuple[str, str, int]:
     y = int(net.forward(x).argmax())
     eps = _gap_eps(net, x, y, p, rg)
     ball = LpBall.make(x, eps, p)
-    m = solve_example(net, ball, y, 0, options=HighsOptions(time_limit=TIMEOUT))
+    m = solve_query(net, Query.robustness(ball, y, k), deadline=time.perf_counter() + TIMEOUT)
     r = bab(net, ball, robustness_disjuncts(y, k), confirm=robustness_confirm(net, ball, y),
             options=BabOptions(timeout=TIMEOUT, seed=seed))
     if r.status == "verified":

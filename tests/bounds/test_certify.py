@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from verify.bounds import SAFETY_REL, certify_with_bounds, compute_bounds
+from verify.errors import SpecError
+from verify.mip.lp_bound import certify_with_method
 from verify.network import Linear, Network
 from verify.spec import LpBall
 
@@ -30,7 +33,7 @@ def test_float64_bound_on_the_edge_is_not_certified() -> None:
     for gap in (-1e-9, 0.0, 1e-9, 1e-8, 5e-7, 0.9 * threshold):
         net, pset, y, true_gap = _edge_net(gap)
         for method in ("ibp", "kw", "crown", "alpha-crown", "lp"):
-            res = certify_with_bounds(net, pset, y, method=method)
+            res = certify_with_method(net, pset, y, method=method)
             assert not bool(res.certified[0]), (gap, method, float(res.margin_lb[0]))
     # and a bound that float32 screening alone would have passed is still refused
     refused_after_screen = 0
@@ -51,7 +54,7 @@ def test_clear_margin_is_certified_with_a_rigorous_bound() -> None:
     reported bound is below the exact margin by at most the rounding allowance (lp: float64)."""
     net, pset, y, true_gap = _edge_net(1e-3)
     for method in ("ibp", "kw", "crown", "alpha-crown", "lp"):
-        res = certify_with_bounds(net, pset, y, method=method)
+        res = certify_with_method(net, pset, y, method=method)
         assert bool(res.certified[0]), method
         assert res.margin_lb.dtype == torch.float64
         assert float(res.margin_lb[0]) <= 1e-3 + 1e-12
@@ -77,3 +80,11 @@ def test_certified_implies_positive_float64_bound_on_random_nets() -> None:
             assert bool((ref[res.certified] > SAFETY_REL).all())
         assert not bool((res.certified & (net.predict(x) != y)).any())
         assert math.isfinite(float(res.margin_lb.min()))
+
+
+def test_method_lp_is_the_mips_not_the_bound_engines() -> None:
+    """verify.bounds does not import the MIP: its entry points refuse lp and name where it lives."""
+    net, pset, y, _ = _edge_net(1e-3)
+    for call in (certify_with_bounds, compute_bounds):
+        with pytest.raises(SpecError, match="verify.mip.lp_bound"):
+            call(net, pset, y, method="lp")

@@ -12,6 +12,7 @@ from scipy.optimize import linprog
 from tests.bounds.nets import dense_net
 from tests.bounds.sampling import sample_set
 from verify.bounds import compute_bounds, linear_intermediate, linear_margins
+from verify.mip.lp_bound import lp_bounds
 from verify.network import Linear
 from verify.spec import LpBall
 
@@ -47,7 +48,7 @@ def test_method_ordering_on_100_examples(p: str) -> None:
         kw = compute_bounds(net, pset, y, method="kw", dtype=torch.float64)
         crown = compute_bounds(net, pset, y, method="crown", dtype=torch.float64).margin_lb
         alpha = compute_bounds(net, pset, y, method="alpha-crown", dtype=torch.float64, alpha_steps=20).margin_lb
-        lp = compute_bounds(net, pset, y, method="lp", intermediate=kw.intermediate).margin_lb
+        lp = lp_bounds(net, pset, y, intermediate=kw.intermediate).margin_lb
         assert bool((_finite(ibp) <= _finite(kw.margin_lb) + TOL).all())
         assert bool((_finite(kw.margin_lb) <= _finite(lp) + LP_TOL).all()), float((kw.margin_lb - lp).nan_to_num().max())
         assert bool((_finite(crown) <= _finite(alpha) + TOL).all())

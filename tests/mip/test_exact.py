@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 
 import numpy as np
 import pytest
 import torch
 from scipy.optimize import linprog
 
+from verify import highs_run
 from verify.mip.formulation import build_model
-from verify.mip.highs import HighsOptions, solve_example
+from verify.mip.highs import HighsOptions, solve_query
 from verify.mip.tighten import TightenConfig
 from verify.network import Linear, Network, ReLU
+from verify.query import Query
 from verify.spec import LpBall
 
 
@@ -75,7 +78,7 @@ def mip_min_margin(net: Network, ball: LpBall, y: int, j: int) -> float:
     f.highs.changeObjectiveOffset(off)
     f.highs.setOptionValue("mip_rel_gap", 0.0)
     f.highs.setOptionValue("mip_abs_gap", 0.0)
-    f.highs.run()
+    highs_run.run(f.highs)  # not Highs.run(): it would pin HiGHS's scheduler to the default thread count
     return f.highs.getInfo().objective_function_value
 
 
@@ -108,7 +111,8 @@ def test_verdict_matches_brute_force_with_tightening(p: float) -> None:
             worst = min(brute_force_min_margin(net, c[0].numpy(), eps, p, y, j) for j in range(3) if j != y)
             if abs(worst) < 1e-4:
                 continue  # too close to call for either side
-            r = solve_example(net, ball, y, 0, options=HighsOptions(time_limit=30, tighten=TightenConfig(levels=("lp", "mip"))))
+            r = solve_query(net, Query.robustness(ball, y, 3), deadline=time.perf_counter() + 30,
+                            options=HighsOptions(tighten=TightenConfig(levels=("lp", "mip"))))
             assert r.status == ("verified" if worst > 0 else "falsified"), (seed, eps, worst, r)
             if r.status == "falsified":
                 assert r.counterexample is not None and ball.contains(r.counterexample).all()
@@ -153,7 +157,7 @@ def test_l2_verdicts_match_socp_brute_force() -> None:
             worst = brute_force_l2_verdict(net, c[0].numpy(), eps, y)
             if abs(worst) < 1e-3:
                 continue
-            r = solve_example(net, LpBall.make(c, eps, 2), y, 0, options=HighsOptions(time_limit=30))
+            r = solve_query(net, Query.robustness(LpBall.make(c, eps, 2), y, 3), deadline=time.perf_counter() + 30)
             assert r.status == ("verified" if worst > 0 else "falsified"), (seed, eps, worst, r)
             checked += 1
     assert checked >= 5
@@ -165,7 +169,7 @@ def test_tiny_timeout_gives_unknown_never_verified() -> None:
                    ReLU(), Linear(torch.randn(3, 40))), (10,))
     x = torch.rand(1, 10, dtype=torch.float64)
     y = int(net(x).argmax())
-    r = solve_example(net, LpBall.make(x, 0.3, 2), y, 0, options=HighsOptions(time_limit=0.05))
+    r = solve_query(net, Query.robustness(LpBall.make(x, 0.3, 2), y, 3), deadline=time.perf_counter() + 0.05)
     assert r.status != "verified"
     if r.status == "unknown":
         assert r.reason is not None

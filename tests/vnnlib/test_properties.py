@@ -15,10 +15,11 @@ import pytest
 import torch
 from scipy.optimize import linprog
 
-from verify.mip.property import solve_property
+from verify.mip.highs import HighsOptions, solve_query
 from verify.network import Linear, Network, ReLU
-from verify.properties import (Box, Disjunct, OutputProperty, VerifyOptions, attack_property, disjunct_check, property_bounds,
+from verify.properties import (Box, Disjunct, OutputProperty, VerifyOptions, attack_property, property_bounds,
                                representable_point, verify_property)
+from verify.query import Query
 from verify.spec import LpBall
 
 
@@ -126,9 +127,9 @@ def test_mip_is_exact_against_brute_force(seed: int) -> None:
             continue
         single = OutputProperty(prop.lower, prop.upper, (dj,), prop.n_outputs)
         for mode in ("per-disjunct", "indicator"):
-            r = solve_property(net, box, [dj], confirm=disjunct_check(net, box, [dj]), deadline=math.inf, mode=mode)
-            assert r.status == ("sat" if truth[k] < 0 else "unsat"), (k, truth[k], mode)
-            if r.status == "sat":
+            r = solve_query(net, Query(box, (dj,)), deadline=math.inf, options=HighsOptions(mode=mode))
+            assert r.status == ("falsified" if truth[k] < 0 else "verified"), (k, truth[k], mode)
+            if r.status == "falsified":
                 y = net.forward(r.counterexample).numpy()[0]
                 assert bool(box.contains(r.counterexample).all()) and dj.violation(y) <= 0
         res = verify_property(net, single, VerifyOptions(timeout=60, attack_steps=0))

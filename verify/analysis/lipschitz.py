@@ -199,13 +199,14 @@ def lipschitz_summary(
         other[torch.arange(len(y)), y] = -math.inf
         margin = logits[torch.arange(len(y)), y] - other.amax(1)
         cert_prod = float((correct & (margin > factor * bound * eps * (1 + SAFETY_REL))).float().mean())
-        from ..bounds import METHODS, certify_with_bounds
+        from ..bounds import METHODS
+        from ..mip.lp_bound import certify_with_method
 
         if method not in METHODS:
             raise SpecError(f"unknown bound method {method!r}: use one of {', '.join(METHODS)}")
         ball = LpBall.make(x, eps, pv, net.input_range)
         with torch.no_grad():
-            res = certify_with_bounds(net, ball, y, method=method)  # type: ignore[arg-type]
+            res = certify_with_method(net, ball, y, method=method)  # type: ignore[arg-type]
         cert_bounds = float((res.certified & correct).float().mean())
     return LipschitzSummary(
         p=p_name(pv), n=int(x.shape[0]), clean_accuracy=float(correct.float().mean()),

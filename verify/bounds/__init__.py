@@ -1,5 +1,6 @@
-"""Bound propagation: interval (IBP), kw (Wong & Kolter's dual = Fast-Lin), crown,
-alpha-crown (optimised slopes) and lp (the triangle relaxation solved exactly by HiGHS).
+"""Bound propagation: interval (IBP), kw (Wong & Kolter's dual = Fast-Lin), crown and
+alpha-crown (optimised slopes). The fifth method, lp (the triangle relaxation solved exactly by
+HiGHS), is the MIP's model relaxed and lives with it (:mod:`verify.mip.lp_bound`).
 
 * :func:`interval_bounds` -- interval bounds on every node of ``net.graph``;
 * :func:`compute_bounds` -- lower bounds on every margin f_y - f_j, with the intermediate

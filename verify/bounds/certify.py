@@ -9,6 +9,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from ..errors import SpecError
 from ..network import Network
 from ..spec import LpBall
 from .backward import check_supported
@@ -61,9 +62,11 @@ def certify_with_bounds(
     uncertified), and are certified only if that float64 bound exceeds
     ``SAFETY_REL * max(1, max_j |f_j(centre)|)`` (relative to the logit scale, SAFETY_REL = 1e-6).
     L1 / L2 balls: the float32 pass screens and every positive example is rechecked so.
-    ``lp`` runs in float64 throughout. ``margin_lb``: the bound that decided (rigorous float32,
-    float64) or the screening bound.
+    ``margin_lb``: the bound that decided (rigorous float32, float64) or the screening bound.
+    Method ``lp``: :func:`verify.mip.lp_bound.certify_with_method`.
     """
+    if method == "lp":
+        raise SpecError("method lp is the MIP's relaxation: verify.mip.lp_bound.certify_with_method")
     y = check_labels(net, pset, labels)
     chunk = CERTIFY_CHUNK_ALPHA if method == "alpha-crown" else CERTIFY_CHUNK
     if pset.n > chunk:  # examples are independent: bounded memory, whatever n
@@ -71,15 +74,12 @@ def certify_with_bounds(
                                      y[i : i + chunk], method=method, alpha_steps=alpha_steps, alpha_lr=alpha_lr)
                  for i in range(0, pset.n, chunk)]
         return CertifiedBounds(torch.cat([r.certified for r in parts]), torch.cat([r.margin_lb for r in parts]), method)
-    guarded = method != "lp" and guard_applies(pset)
+    guarded = guard_applies(pset)
     p32 = outward_ball(pset) if guarded else pset.to(torch.float32)
     guard = RoundingGuard(net, torch.float32) if guarded else None
     best_alpha: dict[int, Tensor] | None = None
-    if method == "lp":
-        screen = compute_bounds(net, pset, y, method=method, dtype=torch.float64).margin_lb
-    else:
-        with ieee_context() if guarded else contextlib.nullcontext():
-            screen, best_alpha = _screen(net, p32, y, method, guard, alpha_steps, alpha_lr)
+    with ieee_context() if guarded else contextlib.nullcontext():
+        screen, best_alpha = _screen(net, p32, y, method, guard, alpha_steps, alpha_lr)
     n = pset.n
     if not screen.shape[1]:
         dev = pset.center.device
@@ -101,9 +101,7 @@ def certify_with_bounds(
         return CertifiedBounds(certified, margin, method)
     sub = pset.select(cand).to(torch.float64)
     ys = y[cand]
-    if method == "lp":
-        m64 = screen[cand].to(torch.float64)
-    elif method == "alpha-crown":
+    if method == "alpha-crown":
         assert best_alpha is not None
         b64 = linear_intermediate(net, sub, rule="crown", dtype=torch.float64)
         init = {i: t[cand].to(torch.float64) for i, t in best_alpha.items()}

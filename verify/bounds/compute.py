@@ -41,25 +41,23 @@ def compute_bounds(
     """Lower bounds on every margin f_y - f_j over the set (N, K), +inf in column y.
 
     Intermediate bounds: ``ibp`` interval; ``kw`` and ``crown`` layer-by-layer backward
-    bounds with their own relaxation; ``alpha-crown`` and ``lp`` CROWN's (only the final
-    bound is optimised / solved exactly). If ``intermediate`` is given it is used instead
-    (intersected with interval bounds, which also fill in any missing node).
+    bounds with their own relaxation; ``alpha-crown`` CROWN's (only the final bound is
+    optimised). If ``intermediate`` is given it is used instead (intersected with interval
+    bounds, which also fill in any missing node).
 
-    The kw / crown / alpha-crown / lp margins are the maximum of the method's bound and the
+    The kw / crown / alpha-crown margins are the maximum of the method's bound and the
     interval bound with the same intermediate bounds: both are sound, so the maximum is,
-    and a linear bound can be looser than the interval one on some networks.
-    ``lp`` always runs in float64 and rejects p = 2. Everything except ``lp`` is
-    differentiable with respect to the network's parameters (for training regularisers).
+    and a linear bound can be looser than the interval one on some networks. Every method
+    is differentiable with respect to the network's parameters (for training regularisers).
+    Method ``lp`` solves the MIP's model relaxed and lives with it: :func:`verify.mip.lp_bound.lp_bounds`.
     """
     if method not in METHODS:
         raise SpecError(f"unknown bound method {method!r}: use one of {', '.join(METHODS)}")
-    y = check_labels(net, pset, labels)
     if method == "lp":
-        dtype = torch.float64
+        raise SpecError("method lp is the MIP's relaxation: verify.mip.lp_bound.lp_bounds")
+    y = check_labels(net, pset, labels)
     if method != "ibp":
         check_supported(net, method)
-    if method == "lp" and pset.p == 2.0:
-        raise SpecError("method lp needs a polyhedral set: the L2 ball is not one (use crown or alpha-crown for p=2)")
     pset = pset.to(dtype)
     if intermediate is not None:
         bounds = interval_bounds(net, pset, dtype=dtype, start=intermediate)
@@ -72,10 +70,6 @@ def compute_bounds(
         return BoundResult(ibp, bounds, method)
     if method == "kw" or method == "crown":  # narrows method to a Rule (`in` narrows only on newer mypy)
         lin = linear_margins(net, pset, y, bounds, rule=method)
-    elif method == "alpha-crown":
-        lin, _ = alpha_margins(net, pset, y, bounds, steps=alpha_steps, lr=alpha_lr)
     else:
-        from .lp import lp_margins
-
-        lin = lp_margins(net, pset, y, bounds)
+        lin, _ = alpha_margins(net, pset, y, bounds, steps=alpha_steps, lr=alpha_lr)
     return BoundResult(torch.maximum(lin, ibp), bounds, method)

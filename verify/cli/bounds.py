@@ -7,7 +7,8 @@ import time
 import click
 import torch
 
-from ..bounds import METHODS, certify_with_bounds
+from ..bounds import METHODS
+from ..mip.lp_bound import certify_with_method
 from ..spec import check_eps, parse_p
 from .common import (chunked, data_options, load_examples, load_model, make_ball, model_option, output_option, p_label,
                      quiet_option, spec_options, write_rows)
@@ -50,7 +51,7 @@ def bounds(model_path: str, model_format: str | None, arch: str | None, dataset:
     for sl in chunked(len(ex.indices), chunk, f"bounds {method}", not quiet):
         with torch.no_grad():
             idx = list(range(sl.start, sl.stop))
-            parts.append(certify_with_bounds(net, ball.select(idx), ex.y[sl], method=method,  # type: ignore[arg-type]
+            parts.append(certify_with_method(net, ball.select(idx), ex.y[sl], method=method,  # type: ignore[arg-type]
                                              alpha_steps=alpha_steps, alpha_lr=alpha_lr))
     seconds = time.perf_counter() - t0
     correct = pred == ex.y

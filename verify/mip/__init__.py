@@ -2,8 +2,10 @@
 
 :mod:`formulation` turns a Network, a perturbation set and pre-activation bounds
 into a HiGHS model (one binary per unstable ReLU); :mod:`tighten` makes the bounds
-tighter before the binaries are encoded; :mod:`highs` answers the robustness query.
-Every backend (HiGHS here, MIPVerify.jl in :mod:`mipverify`) reports a :class:`MipResult`.
+tighter before the binaries are encoded; :mod:`highs` answers any query (robustness or a
+property), one disjunct at a time; :mod:`lp_bound` is bound method ``lp`` (the model relaxed);
+:mod:`closest` the minimum-distortion MIP. Every backend (HiGHS here, MIPVerify.jl in
+:mod:`mipverify`) reports a :class:`MipResult`.
 """
 
 from __future__ import annotations
@@ -15,19 +17,19 @@ from torch import Tensor
 
 MipStatus = Literal["verified", "falsified", "unknown"]
 
-# A violation max_j f_j - f_y must be below -VERIFY_TOL (as a dual bound) to certify, so that
-# solver feasibility tolerances (1e-6 to 1e-7 in HiGHS) cannot turn a tiny violation into a proof.
+# A disjunct's violation (robustness: the margin f_y - f_j) must be proven >= VERIFY_TOL (a dual bound)
+# to certify, so that solver feasibility tolerances (1e-6 to 1e-7 in HiGHS) cannot turn a tiny violation into a proof.
 VERIFY_TOL = 1e-6
 
 
 @dataclass(frozen=True)
 class MipResult:
-    """The verdict of one exact solve for one example.
+    """The verdict of one exact solve for one query.
 
-    ``objective`` is the best incumbent's max violation max_j f_j(x) - f_y(x) (> 0: a
-    counterexample), ``dual_bound`` an upper bound on that violation proven by the solver
-    (< -VERIFY_TOL: verified). ``counterexample`` is set only for ``falsified`` and has
-    passed :func:`verify.spec.check_counterexample` in float64.
+    ``objective`` is the best incumbent's negated violation (robustness: max_j f_j(x) - f_y(x);
+    > 0: a counterexample), ``dual_bound`` an upper bound on it proven by the solver
+    (<= -VERIFY_TOL: verified). ``counterexample`` is set only for ``falsified`` and has
+    passed :func:`verify.query.confirm_point` in float64.
     """
 
     status: MipStatus

@@ -39,13 +39,12 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from .. import highs_run
 from ..network import Network
 from ..query import Query, confirm_point
 from ..spec import LpBall, distances
-from .formulation import INF, KIND_ABS, KIND_VALUE, Formulation, NodeBounds, build_model, relu_input_nodes
+from .formulation import INF, KIND_ABS, KIND_VALUE, Formulation, NodeBounds
 from .highs import run_highs
-from .tighten import TightenConfig, Tightener
+from .tighten import TightenConfig, build_tightened
 
 _S = highspy.HighsModelStatus
 
@@ -150,13 +149,11 @@ def closest(
     c = center.to(torch.float64).reshape(1, *net.input_shape)
     lo_dom, hi_dom = net.input_range
     ball = LpBall.make(c, upper, p, (lo_dom, hi_dom), check_inside=False)
-    h = highs_run.new(threads)
+    form = build_tightened(net, ball, bounds, config=tighten, deadline=deadline, threads=threads)
+    h = form.highs
     # stop a target's search once its incumbent and dual bound are within a quarter of ``tol``
     h.setOptionValue("mip_rel_gap", 0.0)
     h.setOptionValue("mip_abs_gap", tol / 4)
-    rins = relu_input_nodes(net)
-    tight = Tightener(tighten, rins[0] if rins else -1).start(deadline)
-    form = build_model(net, ball, 0, bounds, integer=False, highs=h, refine=tight)
     n_bin = len(form.binaries)
     cvec = c.reshape(-1).numpy()
     dist = _Distance(form, cvec, p, lower, upper)

@@ -296,8 +296,4 @@ def build_model(
     return f
 
 
-def relu_input_nodes(net: Network) -> list[int]:
-    return [n.inputs[0] for n in net.relu_nodes]
-
-
-__all__ = ["Expr", "Formulation", "NodeBounds", "build_model", "relu_input_nodes", "BOUND_SLACK", "INF"]
+__all__ = ["Expr", "Formulation", "NodeBounds", "build_model", "BOUND_SLACK", "INF"]

@@ -88,7 +88,7 @@ class MipVerifyOptions:
 
     @classmethod
     def coerce(cls, options: Any) -> "MipVerifyOptions":
-        """These options, or ones taking the time limit of another backend's options (HighsOptions)."""
+        """These options, or defaults taking the ``time_limit`` of another backend's options object."""
         if options is None:
             return cls()
         if isinstance(options, cls):
@@ -231,8 +231,7 @@ def solve_example(
 ) -> MipResult:
     """Decide robustness of example ``example_index`` of ``pset`` with MIPVerify.jl.
 
-    Same call as :func:`verify.mip.highs.solve_example`. ``bounds``, ``margin_lb`` and
-    ``warm_start`` are accepted for that reason and not used: MIPVerify tightens its own bounds.
+    ``bounds``, ``margin_lb`` and ``warm_start`` are accepted and not used: MIPVerify tightens its own bounds.
     ``time_limit`` overrides ``options.time_limit``; ``threads`` is accepted and not used (the
     solvers run with their own defaults).
     """

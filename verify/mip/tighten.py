@@ -21,7 +21,9 @@ import highspy
 import numpy as np
 
 from .. import highs_run
-from .formulation import Expr, Formulation
+from ..network import Network
+from ..spec import LpBall
+from .formulation import Expr, Formulation, NodeBounds, build_model
 
 Level = Literal["lp", "mip"]
 _SLACK = 1e-7
@@ -170,4 +172,13 @@ class Tightener:
         return lo, hi
 
 
-__all__ = ["Level", "TightenConfig", "Tightener", "optimize_rows"]
+def build_tightened(net: Network, pset: LpBall, bounds: NodeBounds | None, *, config: TightenConfig, deadline: float,
+                    threads: int) -> Formulation:
+    """The model of the single example of ``pset`` (binaries still continuous), every ReLU input's
+    bounds tightened per ``config`` on the layers before it while it is built, until ``deadline``."""
+    rins = [n.inputs[0] for n in net.relu_nodes]
+    tight = Tightener(config, rins[0] if rins else -1).start(deadline)
+    return build_model(net, pset, 0, bounds, integer=False, highs=highs_run.new(threads), refine=tight)
+
+
+__all__ = ["Level", "TightenConfig", "Tightener", "build_tightened", "optimize_rows"]

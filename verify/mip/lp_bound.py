@@ -1,8 +1,8 @@
-"""The exact LP bound: the triangle relaxation of every unstable ReLU, solved by HiGHS.
+"""Bound method ``lp``: the triangle relaxation of every unstable ReLU, solved exactly by HiGHS.
 
-The model is :func:`verify.mip.formulation.build_model` with ``integer=False`` (one
-implementation of the encoding for the LP and the MIP): MIPVerify's ReLU encoding with
-its indicator relaxed to [0, 1], whose projection onto (x, z) is exactly the triangle
+It lives next to the MIP because its model is the MIP's (one implementation of the encoding for
+both): :func:`verify.mip.formulation.build_model` with ``integer=False``, MIPVerify's ReLU encoding
+with its indicator relaxed to [0, 1], whose projection onto (x, z) is exactly the triangle
 z >= 0, z >= x, z <= u (x - l) / (u - l). Stable ReLUs are exact.
 
 Soundness: the reported bound is not HiGHS's primal objective (which carries its
@@ -16,6 +16,9 @@ Every column of the model has finite bounds, so the bound is finite.
 
 Input sets: Linf (column bounds) and L1 (auxiliary |x - x0| columns) are polyhedra; the L2
 ball is not, so method ``lp`` rejects p = 2 with a SpecError.
+
+:mod:`verify.bounds` does not import this module (bounds sit below the MIP): callers that take
+any method by name (``certify``, ``verify bounds``) go through :func:`certify_with_method`.
 """
 
 from __future__ import annotations
@@ -29,10 +32,15 @@ import torch
 from torch import Tensor
 
 from .. import highs_run
+from ..bounds import certify_with_bounds, interval_bounds, interval_margins, linear_intermediate
+from ..bounds.backward import check_supported
+from ..bounds.certify import CERTIFY_CHUNK, safety_threshold
+from ..bounds.compute import check_labels
+from ..bounds.types import BoundResult, CertifiedBounds, Method, NodeBounds
 from ..errors import SpecError
 from ..network import Network
 from ..spec import LpBall
-from .types import NodeBounds
+from .formulation import build_model
 
 
 def safe_dual_bound(h: highspy.Highs, cost: np.ndarray) -> float:
@@ -66,11 +74,7 @@ def safe_dual_bound(h: highspy.Highs, cost: np.ndarray) -> float:
 
 
 def lp_margins(net: Network, pset: LpBall, labels: Tensor, bounds: NodeBounds) -> Tensor:
-    """LP lower bounds on f_y - f_j (N, K), +inf in column y, float64."""
-    from ..mip.formulation import build_model
-
-    if pset.p == 2.0:
-        raise SpecError("method lp needs a polyhedral set: the L2 ball is not one (use crown or alpha-crown for p=2)")
+    """LP lower bounds on f_y - f_j (N, K), +inf in column y, float64, with the given intermediate bounds."""
     pset = pset.to(torch.float64)
     k = net.n_classes
     out = torch.full((pset.n, k), math.inf, dtype=torch.float64)
@@ -94,3 +98,40 @@ def lp_margins(net: Network, pset: LpBall, labels: Tensor, bounds: NodeBounds) -
                 continue
             out[i, j] = safe_dual_bound(h, cost) + offset
     return out
+
+
+def lp_bounds(net: Network, pset: LpBall, labels: Tensor, *, intermediate: NodeBounds | None = None) -> BoundResult:
+    """Method ``lp`` as :func:`verify.bounds.compute_bounds` reports a method: float64 CROWN intermediate
+    bounds (or ``intermediate``, intersected with interval bounds), the margins the maximum of the LP's
+    and the interval bound's."""
+    y = check_labels(net, pset, labels)
+    check_supported(net, "lp")
+    if pset.p == 2.0:
+        raise SpecError("method lp needs a polyhedral set: the L2 ball is not one (use crown or alpha-crown for p=2)")
+    pset = pset.to(torch.float64)
+    if intermediate is not None:
+        bounds = interval_bounds(net, pset, dtype=torch.float64, start=intermediate)
+    else:
+        bounds = linear_intermediate(net, pset, rule="crown", dtype=torch.float64)
+    lin = lp_margins(net, pset, y, bounds)
+    return BoundResult(torch.maximum(lin, interval_margins(net, bounds, y)), bounds, "lp")
+
+
+def certify_with_method(net: Network, pset: LpBall, labels: Tensor, *, method: Method, alpha_steps: int = 20,
+                        alpha_lr: float = 0.25) -> CertifiedBounds:
+    """:func:`verify.bounds.certify_with_bounds` for every method name, ``lp`` included: the LP runs in
+    float64 throughout, and certifies where its bound exceeds the safety threshold."""
+    if method != "lp":
+        return certify_with_bounds(net, pset, labels, method=method, alpha_steps=alpha_steps, alpha_lr=alpha_lr)
+    y = check_labels(net, pset, labels)
+    margins = []
+    for i in range(0, pset.n, CERTIFY_CHUNK):  # examples are independent: bounded memory, whatever n
+        sub = pset.select(torch.arange(i, min(pset.n, i + CERTIFY_CHUNK), device=pset.center.device))
+        screen = lp_bounds(net, sub, y[i : i + CERTIFY_CHUNK]).margin_lb
+        margins.append(screen.amin(1) if screen.shape[1] else torch.full((sub.n,), math.inf, dtype=torch.float64))
+    margin = torch.cat(margins) if margins else torch.zeros(0, dtype=torch.float64)
+    certified = margin > safety_threshold(net, pset)
+    return CertifiedBounds(certified, margin, method)
+
+
+__all__ = ["certify_with_method", "lp_bounds", "lp_margins", "safe_dual_bound"]
