@@ -36,6 +36,7 @@ from ..spec import Box
 from .attack import linear_minimiser, pgd, set_projector
 from .bound import Bounded, bound_rows
 from .leaf import leaf_lp
+from .retighten import retighten_after
 from .spec import Rows, make_rows
 
 Progress = Callable[[dict[str, Any]], None]
@@ -66,9 +67,11 @@ class BabOptions:
     input_split: Literal["auto", "on", "off"] = "auto"  # auto: input splitting when <= INPUT_SPLIT_MAX_DIM input features
     seed: int = 0
     # re-tighten the children's intermediate bounds with CROWN every ``retighten``-th round (0: never; True: every
-    # round). Off by default, as in beta-CROWN: children keep the parent's bounds with the split neuron's clamped at
-    # 0, and the split itself enters the final bound through beta. On the 784-256x4 MNIST MLP one re-tightening cost
-    # ~2.5 s per round of 128 children, ten times the rest of the round, for little gain per child.
+    # round): only the ReLU inputs after each child's shallowest split not yet propagated (verify.bab.retighten), in
+    # one batched pass per layer, stopping at the deadline. Off by default: children keep the parent's bounds with the
+    # split neuron's clamped at 0, and the split enters the final bound through beta. Measured on the zoo's
+    # 784-256x4 / x6 MLPs (20-60 s, docs/bab.md): BaBSR splits mostly last-layer neurons (nothing to re-tighten),
+    # and where it does re-tighten the gain per child does not pay for the ~6x cost per child.
     retighten: int = 0
     fsb_candidates: int = 3
     # alpha / beta steps in float32 (about twice as fast on CPU); they only choose the parameters, the bounds that
@@ -105,6 +108,9 @@ class _Domain:
     # input splitting
     lo: Tensor | None = None
     hi: Tensor | None = None
+    # position (in relu_inputs order) of the shallowest split whose effect the bounds of later ReLU
+    # inputs do not include yet (no re-tightening since): those later layers may tighten
+    stale: int = 1 << 30
 
 
 class _Search:
@@ -265,7 +271,7 @@ class _Search:
         kids = self.children_inputs(parents, splits, retighten=False)
         if kids is None:
             return [p if p is not None else self.choose(d) for p, d in zip(picks, doms)]
-        bounds, signs, alpha, beta, theta, infeasible, _ = kids
+        bounds, signs, alpha, beta, theta, infeasible, _, _ = kids
         res = bound_rows(self.net, self.many(bounds), self.rows, bounds, alpha, beta, signs, theta,
                          torch.zeros((theta.shape[0], self.rows.n_all), dtype=torch.float64),
                          steps=0, lr_alpha=0, lr_beta=0, scores=False)
@@ -302,12 +308,13 @@ class _Search:
             hi.reshape(n, -1)[2 * c, i] = 0.0  # inactive child: x <= 0
             signs[j].reshape(n, -1)[2 * c, i] = -1
             signs[j].reshape(n, -1)[2 * c + 1, i] = 1
+        pos = {j: q for q, j in enumerate(self.srcs)}
+        stale = torch.tensor([min(p.stale, pos[j]) for p, (j, _) in zip(parents, splits)]).repeat_interleave(2)
         if retighten:
             if time.perf_counter() >= self.deadline:
                 return None
-            with torch.no_grad():
-                full = linear_intermediate(self.net, self.many(bounds), rule="crown", dtype=torch.float64, start=bounds)
-            bounds = {j: full[j] for j in self.srcs}
+            bounds = retighten_after(self.net, self.many(bounds), bounds, self.srcs, stale, deadline=self.deadline)
+            stale = torch.full_like(stale, 1 << 30)
         infeasible = torch.zeros(n, dtype=torch.bool)
         for j in self.srcs:
             lo, hi = bounds[j]
@@ -324,7 +331,7 @@ class _Search:
             beta[j] = torch.cat(parts).repeat_interleave(2, 0).to(torch.float64)
         theta = torch.cat([p.theta for p in parents]).repeat_interleave(2, 0)
         signs_f = {j: s.to(torch.float64) for j, s in signs.items() if bool((s != 0).any())}
-        return bounds, signs_f, alpha, beta, theta, infeasible, signs
+        return bounds, signs_f, alpha, beta, theta, infeasible, signs, stale
 
     def relu_round(self, parents: list[_Domain]) -> None:
         splits: list[tuple[int, int] | None]
@@ -347,7 +354,7 @@ class _Search:
             for d in ps:
                 self.push(d)
             return
-        bounds, signs, alpha, beta, theta, infeasible, signs8 = kids
+        bounds, signs, alpha, beta, theta, infeasible, signs8, stale = kids
         n = 2 * len(ps)
         plb = torch.stack([d.lb for d in ps]).repeat_interleave(2, 0)
         pprov = torch.stack([d.proven for d in ps]).repeat_interleave(2, 0)
@@ -371,7 +378,8 @@ class _Search:
                         bounds={j: (bounds[j][0][c : c + 1], bounds[j][1][c : c + 1]) for j in self.srcs},
                         signs={j: s[c : c + 1] for j, s in signs8.items() if bool((s[c] != 0).any())},
                         beta={i: t[c : c + 1].to(torch.float32) for i, t in res.beta.items()},
-                        scores={i: t[c : c + 1].to(torch.float32) for i, t in res.scores.items()})
+                        scores={i: t[c : c + 1].to(torch.float32) for i, t in res.scores.items()},
+                        stale=int(stale[c]))
             kids_out.append(d)
             self.push(d)
         self.attack_children(kids_out, None, None)
