@@ -74,6 +74,11 @@ class BabOptions:
     # and where it does re-tighten the gain per child does not pay for the ~6x cost per child.
     retighten: int = 0
     fsb_candidates: int = 3
+    # a search per disjunct still open at the root (robustness: per target class), see _per_disjunct. Measured on the
+    # zoo's 784-256x6 MLP at Linf 0.01, image #9: 1525 subdomains of one row each instead of 5829 of nine rows
+    per_disjunct: bool = True
+    # fsb judges candidates by a float32 evaluation (only a choice; the children's bounds are float64 as always)
+    fsb_float32: bool = True
     # alpha / beta steps in float32 (about twice as fast on CPU); they only choose the parameters, the bounds that
     # decide are float64 evaluations at the chosen ones
     float32_steps: bool = True
@@ -274,7 +279,7 @@ class _Search:
         bounds, signs, alpha, beta, theta, infeasible, _, _ = kids
         res = bound_rows(self.net, self.many(bounds), self.rows, bounds, alpha, beta, signs, theta,
                          torch.zeros((theta.shape[0], self.rows.n_all), dtype=torch.float64),
-                         steps=0, lr_alpha=0, lr_beta=0, scores=False)
+                         steps=0, lr_alpha=0, lr_beta=0, scores=False, estimate=self.o.fsb_float32)
         prov = torch.stack([d.proven for d in parents]).repeat_interleave(2, 0)
         lb = torch.maximum(res.lb, torch.stack([d.lb for d in parents]).repeat_interleave(2, 0))
         val = self.value(lb, prov | self.rows.decide(lb))
@@ -550,8 +555,61 @@ def bab(net: Network, input_set: Any, disjuncts: Sequence[tuple[Tensor, Tensor]]
         root.bounds = {j: bounds[j] for j in s.srcs}
         root.scores = {i: t.to(torch.float32) for i, t in res.scores.items()}
     s.attack_children([root], None, None, steps=50)
+    open_k = [k for k in range(rows.n_disjuncts) if not bool(proven[0, k])]
+    if options.per_disjunct and len(open_k) >= 2 and s.found is None:
+        return _per_disjunct(net, pset, disjuncts, rows, scale, bounds, res, proven, root, open_k, options, end,
+                             confirm, progress, t0, s, input_mode)
     status, reason = s.run(root, input_mode)
     lb = s.global_lb() if status != "falsified" else min(s.global_lb(), 0.0)
     if status != "verified":
         lb = min(lb, 0.0)
     return result(status, reason, s, lb)  # type: ignore[arg-type]
+
+
+def _per_disjunct(net: Network, pset: Any, disjuncts: Sequence[tuple[Tensor, Tensor]], rows: Rows, scale: float,
+                  bounds: NodeBounds, res: Bounded, proven: Tensor, root: _Domain, open_k: list[int], options: BabOptions, end: float,
+                  confirm: Callable[[Tensor], tuple[Tensor, int] | None], progress: Progress | None, t0: float,
+                  s: _Search, input_mode: bool) -> BabResult:
+    """One search per disjunct still open at the root, easiest (highest root value) first, each on that
+    disjunct's rows alone (``BabOptions.per_disjunct``), from the root's intermediate bounds and slopes.
+
+    Every subdomain of the joint search pays for all open rows and is split for their sum; a search
+    per disjunct bounds one row (plus a combination row) per subdomain and splits for it alone. The
+    query is verified when every disjunct's search is; a point ``confirm`` accepts (for any disjunct)
+    falsifies it."""
+    values = rows.value(res.lb)[0]
+    best = [float(v) for v in values]  # per disjunct: its root bound, then its search's
+    domains, max_queue = s.domains, s.max_queue
+    owner_all = rows.owner_all
+    for k in sorted(open_k, key=lambda k: -float(values[k])):
+        sub_rows = make_rows([disjuncts[k]], net.n_classes, scale)
+        idx = (owner_all == k).nonzero().reshape(-1)  # the disjunct's rows, then its combination row
+        m = sub_rows.combo_d.shape[1]
+        theta = res.theta[:, (rows.combo_owner == k).nonzero().reshape(-1), :m]
+        alpha = {i: t[:, idx] for i, t in res.alpha.items()}
+        sub = _Search(net, pset, sub_rows, options, end, confirm, progress, t0)
+        sub.domains = domains
+        r = bound_rows(net, pset, sub_rows, bounds, alpha, {}, {},
+                       theta, torch.ones((1, sub_rows.n_all), dtype=torch.float64), steps=0, lr_alpha=0.0,
+                       lr_beta=0.0, deadline=end, scores=not input_mode)
+        sub_proven = sub_rows.decide(r.lb)
+        val = float(sub.value(r.lb, sub_proven)[0])
+        if bool(sub_proven.all()):
+            best[k] = max(best[k], val)
+            continue
+        d = _Domain(r.lb[0], sub_proven[0], val, 0, {i: t.to(torch.float32) for i, t in r.alpha.items()}, r.theta,
+                    None if r.a0 is None else r.a0.to(torch.float32), bounds=root.bounds, lo=root.lo, hi=root.hi)
+        d.scores = {i: t.to(torch.float32) for i, t in r.scores.items()}
+        status, reason = sub.run(d, input_mode)
+        domains, max_queue = sub.domains, max(max_queue, sub.max_queue)
+        best[k] = max(best[k], sub.global_lb())
+        lb = min(best)
+        if status != "verified":
+            found = sub.found if status == "falsified" else None
+            return BabResult(status, reason, None if found is None else found[0].to(torch.float64).reshape(1, *net.input_shape),  # type: ignore[arg-type]
+                             None if found is None else found[1], min(lb, 0.0), domains, max_queue,
+                             time.perf_counter() - t0)
+    lb = min(best)
+    if time.perf_counter() >= end:
+        return BabResult("unknown", "timeout", None, None, min(lb, 0.0), domains, max_queue, time.perf_counter() - t0)
+    return BabResult("verified", None, None, None, lb, domains, max_queue, time.perf_counter() - t0)
