@@ -19,7 +19,7 @@ import heapq
 import itertools
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Literal, Sequence
 
 import torch
@@ -46,6 +46,8 @@ Progress = Callable[[dict[str, Any]], None]
 # halving of the width; a 7-feature robustness instance stayed open after 60k boxes in 20 s where ReLU splitting
 # decided it with 69 subdomains in 0.4 s (tests/bab/test_vs_mip.py's sweep, case 15 on an Linf ball)
 INPUT_SPLIT_MAX_DIM = 5
+# a search per disjunct (BabOptions.per_disjunct) splits up to this many times more parents per round
+MAX_BATCH_GROWTH = 4
 
 
 @dataclass(frozen=True)
@@ -587,7 +589,10 @@ def _per_disjunct(net: Network, pset: Any, disjuncts: Sequence[tuple[Tensor, Ten
         m = sub_rows.combo_d.shape[1]
         theta = res.theta[:, (rows.combo_owner == k).nonzero().reshape(-1), :m]
         alpha = {i: t[:, idx] for i, t in res.alpha.items()}
-        sub = _Search(net, pset, sub_rows, options, end, confirm, progress, t0)
+        # fewer rows per subdomain: more subdomains per batched pass (the same tree when the search completes; measured
+        # on the 784-256x4 MLP at Linf 0.01, image #2: verified in 26.4 s with 256 parents per round, 33.3 s with 64)
+        grow = max(1, min(MAX_BATCH_GROWTH, rows.n_all // max(1, sub_rows.n_all)))
+        sub = _Search(net, pset, sub_rows, replace(options, batch=options.batch * grow), end, confirm, progress, t0)
         sub.domains = domains
         r = bound_rows(net, pset, sub_rows, bounds, alpha, {}, {},
                        theta, torch.ones((1, sub_rows.n_all), dtype=torch.float64), steps=0, lr_alpha=0.0,
