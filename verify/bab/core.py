@@ -592,7 +592,11 @@ def _per_disjunct(net: Network, pset: Any, disjuncts: Sequence[tuple[Tensor, Ten
         # fewer rows per subdomain: more subdomains per batched pass (the same tree when the search completes; measured
         # on the 784-256x4 MLP at Linf 0.01, image #2: verified in 26.4 s with 256 parents per round, 33.3 s with 64)
         grow = max(1, min(MAX_BATCH_GROWTH, rows.n_all // max(1, sub_rows.n_all)))
-        sub = _Search(net, pset, sub_rows, replace(options, batch=options.batch * grow), end, confirm, progress, t0)
+        def report(info: dict[str, Any], k: int = k) -> None:  # the query's bound: the other disjuncts' count too
+            if progress is not None:
+                progress({**info, "lower_bound": min([info["lower_bound"]] + [b for q, b in enumerate(best) if q != k])})
+
+        sub = _Search(net, pset, sub_rows, replace(options, batch=options.batch * grow), end, confirm, report, t0)
         sub.domains = domains
         r = bound_rows(net, pset, sub_rows, bounds, alpha, {}, {},
                        theta, torch.ones((1, sub_rows.n_all), dtype=torch.float64), steps=0, lr_alpha=0.0,
