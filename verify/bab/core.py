@@ -572,18 +572,19 @@ def _per_disjunct(net: Network, pset: Any, disjuncts: Sequence[tuple[Tensor, Ten
                   bounds: NodeBounds, res: Bounded, proven: Tensor, root: _Domain, open_k: list[int], options: BabOptions, end: float,
                   confirm: Callable[[Tensor], tuple[Tensor, int] | None], progress: Progress | None, t0: float,
                   s: _Search, input_mode: bool) -> BabResult:
-    """One search per disjunct still open at the root, easiest (highest root value) first, each on that
+    """One search per disjunct still open at the root, hardest (lowest root bound) first, each on that
     disjunct's rows alone (``BabOptions.per_disjunct``), from the root's intermediate bounds and slopes.
 
     Every subdomain of the joint search pays for all open rows and is split for their sum; a search
     per disjunct bounds one row (plus a combination row) per subdomain and splits for it alone. The
     query is verified when every disjunct's search is; a point ``confirm`` accepts (for any disjunct)
-    falsifies it."""
+    falsifies it. Hardest first: the likeliest to be violated, and when time runs out on it the easier ones could
+    not have made the query verified anyway, while the bound reported is then the searched one's, not its root's."""
     values = rows.value(res.lb)[0]
     best = [float(v) for v in values]  # per disjunct: its root bound, then its search's
     domains, max_queue = s.domains, s.max_queue
     owner_all = rows.owner_all
-    for k in sorted(open_k, key=lambda k: -float(values[k])):
+    for k in sorted(open_k, key=lambda k: float(values[k])):
         sub_rows = make_rows([disjuncts[k]], net.n_classes, scale)
         idx = (owner_all == k).nonzero().reshape(-1)  # the disjunct's rows, then its combination row
         m = sub_rows.combo_d.shape[1]
