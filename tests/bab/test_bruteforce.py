@@ -12,12 +12,16 @@ import functools
 import pytest
 import torch
 
-from tests.bab.oracle import box_confirm, near_boundary_property
+import numpy as np
+
+from tests.bab.oracle import box_confirm, exact_min, near_boundary_property, random_disjuncts, random_net
 from verify.bab import BabOptions, bab
 
 MODES = [("on", True, "babsr", {}), ("off", True, "babsr", {}), ("off", False, "babsr", {}), ("off", True, "fsb", {}),
          # CROWN re-tightening of the children every other round, float64 steps, alpha-CROWN on the whole root
-         ("off", True, "babsr", {"retighten": 2, "float32_steps": False, "intermediate_alpha_share": 1.0})]
+         ("off", True, "babsr", {"retighten": 2, "float32_steps": False, "intermediate_alpha_share": 1.0}),
+         # one joint search over every open disjunct (the default is a search per disjunct)
+         ("off", True, "babsr", {"per_disjunct": False})]
 
 
 @functools.lru_cache(maxsize=None)
@@ -49,3 +53,48 @@ def test_decides_like_the_exact_minimum(split: str, attack: bool, branching: str
             assert r.lower_bound <= true + 1e-9
         branched += r.domains > 1
     assert branched >= 3
+
+
+def _every_disjunct_near(seed: int):
+    """3-4 disjuncts, each moved to within 0.005-0.1 of the boundary on its own (so that several are open at the
+    root), all on the same side: (net, lo, hi, disjuncts, exact minimum)."""
+    rg = np.random.default_rng(1000 + seed)
+    n_in = int(rg.integers(2, 5))
+    net = random_net(1000 + seed, n_in, (int(rg.integers(4, 9)), int(rg.integers(4, 9))), 3)
+    c = rg.uniform(0.2, 0.8, n_in)
+    eps = rg.uniform(0.15, 0.4)
+    lo, hi = np.clip(c - eps, 0, 1), np.clip(c + eps, 0, 1)
+    side = float(rg.choice([-1.0, 1.0]))
+    out = []
+    for C, d in random_disjuncts(rg, 3, int(rg.integers(3, 5)), 3, shift=0.0):
+        t = exact_min(net, lo, hi, [(C, d)])
+        out.append((C, d + t - side * rg.uniform(0.005, 0.1)))
+    return net, lo, hi, out, exact_min(net, lo, hi, out)
+
+
+def test_a_search_per_disjunct_decides_like_the_exact_minimum(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Up to four disjuncts of 1-3 rows: the default path (a search per disjunct open at the root,
+    verify.bab.core._per_disjunct) runs, decides every instance as the exact minimum says, and its
+    lower bound of a verified instance lies in (0, exact minimum]."""
+    import verify.bab.core as core
+
+    calls: list[int] = []
+    inner = core._per_disjunct
+
+    def counting(*a, **k):  # type: ignore[no-untyped-def]
+        calls.append(len(a[9]))  # open_k
+        return inner(*a, **k)
+
+    monkeypatch.setattr(core, "_per_disjunct", counting)
+    for seed in range(12):
+        net, lo, hi, dis, true = _every_disjunct_near(seed)
+        box, conf = box_confirm(net, torch.tensor(lo), torch.tensor(hi), dis)
+        r = bab(net, box, [(torch.tensor(C), torch.tensor(d)) for C, d in dis], confirm=conf,
+                options=BabOptions(timeout=8, input_split="off"))
+        assert r.status == ("verified" if true > 0 else "falsified"), (seed, true, r)
+        if r.status == "verified":
+            assert 0 < r.lower_bound <= true + 1e-9, (seed, true, r)
+        else:
+            assert r.counterexample is not None and conf(r.counterexample) is not None
+            assert r.lower_bound <= true + 1e-9
+    assert len(calls) >= 3 and max(calls) >= 2, calls

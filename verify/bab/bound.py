@@ -94,6 +94,7 @@ def bound_rows(
     deadline: float = math.inf,
     scores: bool = True,
     step_dtype: torch.dtype = torch.float64,
+    estimate: bool = False,
 ) -> Bounded:
     """Optimise alpha / beta / theta for ``steps`` Adam steps, then bound every row in float64.
 
@@ -101,7 +102,8 @@ def bound_rows(
     entry per such node. ``weights`` (B, R') pick the rows whose sum is maximised (the others are
     still bounded, at their starting parameters' quality). The steps run in ``step_dtype`` (float32
     halves their cost) and only choose parameters: per (subdomain, row) the best seen; the returned
-    bound is one float64 evaluation at those parameters (alpha clipped to [0, 1], beta >= 0: sound
+    bound is one float64 evaluation at those parameters (with ``estimate``, ``scores`` off: a float32 evaluation,
+    only an estimate for choosing splits, never a bound) (alpha clipped to [0, 1], beta >= 0: sound
     whatever they are). With ``scores`` that evaluation also takes the gradient of the weighted
     bound w.r.t. the upper intercepts of the relaxations: -grad * mu is BaBSR's estimate of what
     splitting each unstable neuron gains.
@@ -177,6 +179,12 @@ def bound_rows(
             gain = torch.zeros_like(r.mu_up) if g is None else (-g * r.mu_up.detach()).clamp(min=0)
             out_scores[i] = torch.where(r.unstable, gain, torch.full_like(gain, -1.0))
         val = val.detach()
+    elif estimate:
+        # an estimate for choosing (branching), not a bound: float32 arithmetic, no soundness claim
+        f32 = {i: ReluRelaxation(r.lam_lo.float(), r.lam_up.float(), r.mu_up.float(), r.unstable) for i, r in rels64.items()}
+        with torch.no_grad():
+            val = evaluate(torch.float32, f32, {i: t.float() for i, t in al64.items()}, {i: t.float() for i, t in be64.items()},
+                           best_theta, {i: t.float() for i, t in sg64.items()})
     else:
         with torch.no_grad():
             val = evaluate(torch.float64, rels64, al64, be64, best_theta, sg64)

@@ -19,7 +19,7 @@ import heapq
 import itertools
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Literal, Sequence
 
 import torch
@@ -36,6 +36,7 @@ from ..spec import Box
 from .attack import linear_minimiser, pgd, set_projector
 from .bound import Bounded, bound_rows
 from .leaf import leaf_lp
+from .retighten import retighten_after
 from .spec import Rows, make_rows
 
 Progress = Callable[[dict[str, Any]], None]
@@ -45,6 +46,8 @@ Progress = Callable[[dict[str, Any]], None]
 # halving of the width; a 7-feature robustness instance stayed open after 60k boxes in 20 s where ReLU splitting
 # decided it with 69 subdomains in 0.4 s (tests/bab/test_vs_mip.py's sweep, case 15 on an Linf ball)
 INPUT_SPLIT_MAX_DIM = 5
+# a search per disjunct (BabOptions.per_disjunct) splits up to this many times more parents per round
+MAX_BATCH_GROWTH = 4
 
 
 @dataclass(frozen=True)
@@ -66,11 +69,18 @@ class BabOptions:
     input_split: Literal["auto", "on", "off"] = "auto"  # auto: input splitting when <= INPUT_SPLIT_MAX_DIM input features
     seed: int = 0
     # re-tighten the children's intermediate bounds with CROWN every ``retighten``-th round (0: never; True: every
-    # round). Off by default, as in beta-CROWN: children keep the parent's bounds with the split neuron's clamped at
-    # 0, and the split itself enters the final bound through beta. On the 784-256x4 MNIST MLP one re-tightening cost
-    # ~2.5 s per round of 128 children, ten times the rest of the round, for little gain per child.
+    # round): only the ReLU inputs after each child's shallowest split not yet propagated (verify.bab.retighten), in
+    # one batched pass per layer, stopping at the deadline. Off by default: children keep the parent's bounds with the
+    # split neuron's clamped at 0, and the split enters the final bound through beta. Measured on the zoo's
+    # 784-256x4 / x6 MLPs (20-60 s, docs/bab.md): BaBSR splits mostly last-layer neurons (nothing to re-tighten),
+    # and where it does re-tighten the gain per child does not pay for the ~6x cost per child.
     retighten: int = 0
     fsb_candidates: int = 3
+    # a search per disjunct still open at the root (robustness: per target class), see _per_disjunct. Measured on the
+    # zoo's 784-256x6 MLP at Linf 0.01, image #9: 1525 subdomains of one row each instead of 5829 of nine rows
+    per_disjunct: bool = True
+    # fsb judges candidates by a float32 evaluation (only a choice; the children's bounds are float64 as always)
+    fsb_float32: bool = True
     # alpha / beta steps in float32 (about twice as fast on CPU); they only choose the parameters, the bounds that
     # decide are float64 evaluations at the chosen ones
     float32_steps: bool = True
@@ -105,6 +115,9 @@ class _Domain:
     # input splitting
     lo: Tensor | None = None
     hi: Tensor | None = None
+    # position (in relu_inputs order) of the shallowest split whose effect the bounds of later ReLU
+    # inputs do not include yet (no re-tightening since): those later layers may tighten
+    stale: int = 1 << 30
 
 
 class _Search:
@@ -265,10 +278,10 @@ class _Search:
         kids = self.children_inputs(parents, splits, retighten=False)
         if kids is None:
             return [p if p is not None else self.choose(d) for p, d in zip(picks, doms)]
-        bounds, signs, alpha, beta, theta, infeasible, _ = kids
+        bounds, signs, alpha, beta, theta, infeasible, _, _ = kids
         res = bound_rows(self.net, self.many(bounds), self.rows, bounds, alpha, beta, signs, theta,
                          torch.zeros((theta.shape[0], self.rows.n_all), dtype=torch.float64),
-                         steps=0, lr_alpha=0, lr_beta=0, scores=False)
+                         steps=0, lr_alpha=0, lr_beta=0, scores=False, estimate=self.o.fsb_float32)
         prov = torch.stack([d.proven for d in parents]).repeat_interleave(2, 0)
         lb = torch.maximum(res.lb, torch.stack([d.lb for d in parents]).repeat_interleave(2, 0))
         val = self.value(lb, prov | self.rows.decide(lb))
@@ -302,12 +315,13 @@ class _Search:
             hi.reshape(n, -1)[2 * c, i] = 0.0  # inactive child: x <= 0
             signs[j].reshape(n, -1)[2 * c, i] = -1
             signs[j].reshape(n, -1)[2 * c + 1, i] = 1
+        pos = {j: q for q, j in enumerate(self.srcs)}
+        stale = torch.tensor([min(p.stale, pos[j]) for p, (j, _) in zip(parents, splits)]).repeat_interleave(2)
         if retighten:
             if time.perf_counter() >= self.deadline:
                 return None
-            with torch.no_grad():
-                full = linear_intermediate(self.net, self.many(bounds), rule="crown", dtype=torch.float64, start=bounds)
-            bounds = {j: full[j] for j in self.srcs}
+            bounds = retighten_after(self.net, self.many(bounds), bounds, self.srcs, stale, deadline=self.deadline)
+            stale = torch.full_like(stale, 1 << 30)
         infeasible = torch.zeros(n, dtype=torch.bool)
         for j in self.srcs:
             lo, hi = bounds[j]
@@ -324,7 +338,7 @@ class _Search:
             beta[j] = torch.cat(parts).repeat_interleave(2, 0).to(torch.float64)
         theta = torch.cat([p.theta for p in parents]).repeat_interleave(2, 0)
         signs_f = {j: s.to(torch.float64) for j, s in signs.items() if bool((s != 0).any())}
-        return bounds, signs_f, alpha, beta, theta, infeasible, signs
+        return bounds, signs_f, alpha, beta, theta, infeasible, signs, stale
 
     def relu_round(self, parents: list[_Domain]) -> None:
         splits: list[tuple[int, int] | None]
@@ -347,7 +361,7 @@ class _Search:
             for d in ps:
                 self.push(d)
             return
-        bounds, signs, alpha, beta, theta, infeasible, signs8 = kids
+        bounds, signs, alpha, beta, theta, infeasible, signs8, stale = kids
         n = 2 * len(ps)
         plb = torch.stack([d.lb for d in ps]).repeat_interleave(2, 0)
         pprov = torch.stack([d.proven for d in ps]).repeat_interleave(2, 0)
@@ -371,7 +385,8 @@ class _Search:
                         bounds={j: (bounds[j][0][c : c + 1], bounds[j][1][c : c + 1]) for j in self.srcs},
                         signs={j: s[c : c + 1] for j, s in signs8.items() if bool((s[c] != 0).any())},
                         beta={i: t[c : c + 1].to(torch.float32) for i, t in res.beta.items()},
-                        scores={i: t[c : c + 1].to(torch.float32) for i, t in res.scores.items()})
+                        scores={i: t[c : c + 1].to(torch.float32) for i, t in res.scores.items()},
+                        stale=int(stale[c]))
             kids_out.append(d)
             self.push(d)
         self.attack_children(kids_out, None, None)
@@ -542,8 +557,69 @@ def bab(net: Network, input_set: Any, disjuncts: Sequence[tuple[Tensor, Tensor]]
         root.bounds = {j: bounds[j] for j in s.srcs}
         root.scores = {i: t.to(torch.float32) for i, t in res.scores.items()}
     s.attack_children([root], None, None, steps=50)
+    open_k = [k for k in range(rows.n_disjuncts) if not bool(proven[0, k])]
+    if options.per_disjunct and len(open_k) >= 2 and s.found is None:
+        return _per_disjunct(net, pset, disjuncts, rows, scale, bounds, res, proven, root, open_k, options, end,
+                             confirm, progress, t0, s, input_mode)
     status, reason = s.run(root, input_mode)
     lb = s.global_lb() if status != "falsified" else min(s.global_lb(), 0.0)
     if status != "verified":
         lb = min(lb, 0.0)
     return result(status, reason, s, lb)  # type: ignore[arg-type]
+
+
+def _per_disjunct(net: Network, pset: Any, disjuncts: Sequence[tuple[Tensor, Tensor]], rows: Rows, scale: float,
+                  bounds: NodeBounds, res: Bounded, proven: Tensor, root: _Domain, open_k: list[int], options: BabOptions, end: float,
+                  confirm: Callable[[Tensor], tuple[Tensor, int] | None], progress: Progress | None, t0: float,
+                  s: _Search, input_mode: bool) -> BabResult:
+    """One search per disjunct still open at the root, hardest (lowest root bound) first, each on that
+    disjunct's rows alone (``BabOptions.per_disjunct``), from the root's intermediate bounds and slopes.
+
+    Every subdomain of the joint search pays for all open rows and is split for their sum; a search
+    per disjunct bounds one row (plus a combination row) per subdomain and splits for it alone. The
+    query is verified when every disjunct's search is; a point ``confirm`` accepts (for any disjunct)
+    falsifies it. Hardest first: the likeliest to be violated, and when time runs out on it the easier ones could
+    not have made the query verified anyway, while the bound reported is then the searched one's, not its root's."""
+    values = rows.value(res.lb)[0]
+    best = [float(v) for v in values]  # per disjunct: its root bound, then its search's
+    domains, max_queue = s.domains, s.max_queue
+    owner_all = rows.owner_all
+    for k in sorted(open_k, key=lambda k: float(values[k])):
+        sub_rows = make_rows([disjuncts[k]], net.n_classes, scale)
+        idx = (owner_all == k).nonzero().reshape(-1)  # the disjunct's rows, then its combination row
+        m = sub_rows.combo_d.shape[1]
+        theta = res.theta[:, (rows.combo_owner == k).nonzero().reshape(-1), :m]
+        alpha = {i: t[:, idx] for i, t in res.alpha.items()}
+        # fewer rows per subdomain: more subdomains per batched pass (the same tree when the search completes; measured
+        # on the 784-256x4 MLP at Linf 0.01, image #2: verified in 26.4 s with 256 parents per round, 33.3 s with 64)
+        grow = max(1, min(MAX_BATCH_GROWTH, rows.n_all // max(1, sub_rows.n_all)))
+        def report(info: dict[str, Any], k: int = k) -> None:  # the query's bound: the other disjuncts' count too
+            if progress is not None:
+                progress({**info, "lower_bound": min([info["lower_bound"]] + [b for q, b in enumerate(best) if q != k])})
+
+        sub = _Search(net, pset, sub_rows, replace(options, batch=options.batch * grow), end, confirm, report, t0)
+        sub.domains = domains
+        r = bound_rows(net, pset, sub_rows, bounds, alpha, {}, {},
+                       theta, torch.ones((1, sub_rows.n_all), dtype=torch.float64), steps=0, lr_alpha=0.0,
+                       lr_beta=0.0, deadline=end, scores=not input_mode)
+        sub_proven = sub_rows.decide(r.lb)
+        val = float(sub.value(r.lb, sub_proven)[0])
+        if bool(sub_proven.all()):
+            best[k] = max(best[k], val)
+            continue
+        d = _Domain(r.lb[0], sub_proven[0], val, 0, {i: t.to(torch.float32) for i, t in r.alpha.items()}, r.theta,
+                    None if r.a0 is None else r.a0.to(torch.float32), bounds=root.bounds, lo=root.lo, hi=root.hi)
+        d.scores = {i: t.to(torch.float32) for i, t in r.scores.items()}
+        status, reason = sub.run(d, input_mode)
+        domains, max_queue = sub.domains, max(max_queue, sub.max_queue)
+        best[k] = max(best[k], sub.global_lb())
+        lb = min(best)
+        if status != "verified":
+            found = sub.found if status == "falsified" else None
+            return BabResult(status, reason, None if found is None else found[0].to(torch.float64).reshape(1, *net.input_shape),  # type: ignore[arg-type]
+                             None if found is None else found[1], min(lb, 0.0), domains, max_queue,
+                             time.perf_counter() - t0)
+    lb = min(best)
+    if time.perf_counter() >= end:
+        return BabResult("unknown", "timeout", None, None, min(lb, 0.0), domains, max_queue, time.perf_counter() - t0)
+    return BabResult("verified", None, None, None, lb, domains, max_queue, time.perf_counter() - t0)
