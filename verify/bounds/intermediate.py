@@ -89,7 +89,7 @@ def _linear_intermediate(net: Network, pset: LpBall, rule: Rule, dtype: torch.dt
         if node.index in feeds and not _interval_is_exact(net, pset, node.index):
             if not intersect_interval:
                 lo, hi = torch.full_like(lo, -torch.inf), torch.full_like(hi, torch.inf)
-            if rule == "crown":
+            if rule == "crown" and intersect_interval:  # the pure method: CROWN's rows alone
                 lo, hi = _kw_first(net, pset, node.index, lo, hi, bounds)
             lo, hi = _tighten(net, pset, node.index, lo, hi, bounds, rule)
         if guard is not None:
@@ -111,8 +111,7 @@ def _kw_first(net: Network, pset: LpBall, k: int, lo: Tensor, hi: Tensor, bounds
     run on the rest only if it leaves at most ``KW_FIRST_SHARE`` of their unstable neurons.
     """
     n = lo.shape[0]
-    before = int(((lo < 0) & (hi > 0)).sum())
-    if before == 0:
+    if not bool(((lo < 0) & (hi > 0)).any()):
         return lo, hi
     m = min(n, KW_PROBE)
     head = torch.arange(m, device=lo.device)
