@@ -45,32 +45,45 @@ from .formulation import build_model
 
 def safe_dual_bound(h: highspy.Highs, cost: np.ndarray) -> float:
     """A rigorous lower bound on min cost^T x over the model in ``h`` from its current row duals."""
-    lp = h.getLp()
-    sol = h.getSolution()
-    m = lp.num_row_
-    n = lp.num_col_
-    y = np.asarray(sol.row_dual, dtype=np.float64) if sol.dual_valid and m else np.zeros(m)
-    rl = np.asarray(lp.row_lower_, dtype=np.float64)
-    ru = np.asarray(lp.row_upper_, dtype=np.float64)
-    cl = np.asarray(lp.col_lower_, dtype=np.float64)
-    cu = np.asarray(lp.col_upper_, dtype=np.float64)
-    inf = highspy.kHighsInf
-    # a multiplier on an infinite side gives -inf: drop it (any y is a valid multiplier)
-    y = np.where((y > 0) & (rl <= -inf), 0.0, y)
-    y = np.where((y < 0) & (ru >= inf), 0.0, y)
-    am = lp.a_matrix_
-    starts = np.asarray(am.start_)
-    idx = np.asarray(am.index_)
-    val = np.asarray(am.value_)
-    if am.format_ == highspy.MatrixFormat.kRowwise:
-        a = sp.csr_matrix((val, idx, starts), shape=(m, n))
-    else:
-        a = sp.csc_matrix((val, idx, starts), shape=(m, n))
-    r = cost - a.T @ y
-    row_part = np.where(y > 0, y * np.where(y > 0, rl, 0.0), y * np.where(y < 0, ru, 0.0))
-    col_part = np.where(r > 0, r * np.where(r > 0, cl, 0.0), r * np.where(r < 0, cu, 0.0))
-    total = float(row_part.sum() + col_part.sum())
-    return total if math.isfinite(total) else -math.inf
+    return LpData.of(h).dual_bound(h, cost)
+
+
+class LpData:
+    """The model's constraint matrix and bounds in float64, read once for many dual bounds of one
+    model whose objective alone changes between solves (the tightener's LPs)."""
+
+    def __init__(self, a: sp.csr_matrix | sp.csc_matrix, rl: np.ndarray, ru: np.ndarray, cl: np.ndarray,
+                 cu: np.ndarray) -> None:
+        self.a, self.rl, self.ru, self.cl, self.cu = a, rl, ru, cl, cu
+
+    @classmethod
+    def of(cls, h: highspy.Highs) -> "LpData":
+        lp = h.getLp()
+        m, n = lp.num_row_, lp.num_col_
+        am = lp.a_matrix_
+        starts, idx, val = np.asarray(am.start_), np.asarray(am.index_), np.asarray(am.value_)
+        if am.format_ == highspy.MatrixFormat.kRowwise:
+            a: sp.csr_matrix | sp.csc_matrix = sp.csr_matrix((val, idx, starts), shape=(m, n))
+        else:
+            a = sp.csc_matrix((val, idx, starts), shape=(m, n))
+        f64 = np.float64
+        return cls(a, np.asarray(lp.row_lower_, dtype=f64), np.asarray(lp.row_upper_, dtype=f64),
+                   np.asarray(lp.col_lower_, dtype=f64), np.asarray(lp.col_upper_, dtype=f64))
+
+    def dual_bound(self, h: highspy.Highs, cost: np.ndarray) -> float:
+        """sum_i min(y_i L_i, y_i U_i) + sum_c min(r_c l_c, r_c u_c), r = cost - A^T y, at h's row duals y."""
+        sol = h.getSolution()
+        m = len(self.rl)
+        y = np.asarray(sol.row_dual, dtype=np.float64) if sol.dual_valid and m else np.zeros(m)
+        inf = highspy.kHighsInf
+        # a multiplier on an infinite side gives -inf: drop it (any y is a valid multiplier)
+        y = np.where((y > 0) & (self.rl <= -inf), 0.0, y)
+        y = np.where((y < 0) & (self.ru >= inf), 0.0, y)
+        r = cost - self.a.T @ y
+        row_part = np.where(y > 0, y * np.where(y > 0, self.rl, 0.0), y * np.where(y < 0, self.ru, 0.0))
+        col_part = np.where(r > 0, r * np.where(r > 0, self.cl, 0.0), r * np.where(r < 0, self.cu, 0.0))
+        total = float(row_part.sum() + col_part.sum())
+        return total if math.isfinite(total) else -math.inf
 
 
 def lp_margins(net: Network, pset: LpBall, labels: Tensor, bounds: NodeBounds) -> Tensor:
@@ -134,4 +147,4 @@ def certify_with_method(net: Network, pset: LpBall, labels: Tensor, *, method: M
     return CertifiedBounds(certified, margin, method)
 
 
-__all__ = ["certify_with_method", "lp_bounds", "lp_margins", "safe_dual_bound"]
+__all__ = ["LpData", "certify_with_method", "lp_bounds", "lp_margins", "safe_dual_bound"]

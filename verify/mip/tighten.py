@@ -5,9 +5,11 @@ optimising its expression over the model of the layers before it: first the LP
 relaxation ("lp"), then the MIP with a small per-neuron time limit ("mip"). Cheaper
 levels (interval, KW, CROWN) arrive as the ``bounds`` of :func:`build_model`.
 
-Soundness: a new bound comes only from a solver *dual* bound -- the LP's optimal value
-(only when the status is optimal), the MIP's ``mip_dual_bound`` -- never an incumbent, and
-is widened by a small slack. A failed or timed-out solve keeps the old bound.
+Soundness: a new bound comes only from a *dual* bound -- for an LP (only when its status is
+optimal) one recomputed in float64 from HiGHS's row duals by weak duality
+(:meth:`verify.mip.lp_bound.LpData.dual_bound`; the primal objective carries the solver's
+tolerances), for a MIP its ``mip_dual_bound`` -- never an incumbent, and is widened by a small
+slack. A failed or timed-out solve keeps the old bound.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .. import highs_run
 from ..network import Network
 from ..spec import LpBall
 from .formulation import Expr, Formulation, NodeBounds, build_model
+from .lp_bound import LpData
 
 Level = Literal["lp", "mip"]
 _SLACK = 1e-7
@@ -93,6 +96,7 @@ def optimize_rows(
     obj = _Objective(h)
     lo, hi = lo.copy(), hi.copy()
     solves = 0
+    data: LpData | None = None  # the LP's matrix and bounds: the objective alone changes between solves
     h.setOptionValue("time_limit", float(neuron_time_s) if mip else math.inf)
     for r in rows:
         for sense in (1.0, -1.0):
@@ -118,7 +122,12 @@ def optimize_rows(
                     ok = False
             else:
                 ok = _status_ok(h)
-                bound = h.getInfo().objective_function_value
+                if ok:  # weak duality at HiGHS's row duals: its tolerances can only weaken the bound
+                    data = data or LpData.of(h)
+                    cost = np.zeros(form.n_cols)
+                    cost[a.indices[start:stop]] = sense * a.data[start:stop]
+                    bound = data.dual_bound(h, cost) + sense * x.c[r]
+                    ok = math.isfinite(bound)
             if not ok:
                 continue
             bound -= _SLACK * (1 + abs(bound))
