@@ -25,9 +25,10 @@ import torch
 from torch import Tensor
 
 from ..bounds.backward import backward_bound
-from ..bounds.relax import ReluRelaxation, relu_relaxation
+from ..bounds.intermediate import neuron_rows
+from ..bounds.relax import relu_relaxation
 from ..bounds.types import NodeBounds
-from ..network import AffineLayer, Network
+from ..network import Network
 from ..spec import LpBall
 
 # elements of the largest coefficient tensor per block of subdomains (float64: 8 bytes each)
@@ -61,20 +62,8 @@ def retighten_after(net: Network, pset: Any, bounds: NodeBounds, srcs: list[int]
             continue
         anc = net.ancestors(k)
         need = [j for j in srcs if j in anc and j != k]
-        node = net.graph[k]
         m = rows.numel()
-        onehot = lo.new_zeros((m, lo_f.shape[1]))
-        onehot[torch.arange(m), rows] = 1.0
-        if getattr(node.op, "affine", False) and len(node.inputs) == 1:
-            begin = node.inputs[0]
-            in_shape = net.graph[begin].shape
-            aff = cast(AffineLayer, node.op)
-            a_rows = aff.linear_t(onehot.reshape(m, *shape), in_shape)
-            c_rows = aff.offset(in_shape, lo.new_zeros((1,) * (len(in_shape) + 1))).reshape(-1)[rows]
-        else:
-            begin = k
-            a_rows = onehot.reshape(m, *shape)
-            c_rows = lo.new_zeros(m)
+        begin, a_rows, c_rows = neuron_rows(net, k, rows, lo)
         widest = max(math.prod(net.graph[i].shape) for i in anc)
         block = max(1, BLOCK_ELEMENTS // (2 * m * widest))
         for b0 in range(0, who.numel(), block):
@@ -82,7 +71,8 @@ def retighten_after(net: Network, pset: Any, bounds: NodeBounds, srcs: list[int]
                 break
             ex = who[b0 : b0 + block]
             e = ex.numel()
-            rels = {j: _relax(out[j][0].index_select(0, ex), out[j][1].index_select(0, ex)) for j in need}
+            rels = {j: relu_relaxation(out[j][0].index_select(0, ex), out[j][1].index_select(0, ex), "crown")
+                    for j in need}
             sub = pset.select(ex)
             a = torch.cat([a_rows, -a_rows]).unsqueeze(0).expand(e, 2 * m, *a_rows.shape[1:])
             c = torch.cat([c_rows, -c_rows]).unsqueeze(0).expand(e, 2 * m)
@@ -101,6 +91,3 @@ def retighten_after(net: Network, pset: Any, bounds: NodeBounds, srcs: list[int]
         out[k] = (lo_f.reshape(n, *shape), hi_f.reshape(n, *shape))
     return out
 
-
-def _relax(lo: Tensor, hi: Tensor) -> ReluRelaxation:
-    return relu_relaxation(lo, hi, "crown")

@@ -196,13 +196,7 @@ def _tighten(net: Network, pset: LpBall, k: int, lo: Tensor, hi: Tensor, bounds:
         sub_rels = {j: _select(r, ex) for j, r in rels.items()}
         if first_affine:
             uniq, inv = torch.unique(nb, return_inverse=True)
-            onehot = lo.new_zeros((uniq.numel(), lo_f.shape[1]))
-            onehot[torch.arange(uniq.numel(), device=lo.device), uniq] = 1.0
-            in_shape = net.graph[begin].shape
-            aff = cast(AffineLayer, op)  # first_affine: chosen by the layer's affine flag, not isinstance
-            rows = aff.linear_t(onehot.reshape(uniq.numel(), *shape), in_shape)
-            like = lo.new_zeros((1,) * (len(in_shape) + 1))
-            bias = aff.offset(in_shape, like).reshape(-1)[uniq]
+            _, rows, bias = neuron_rows(net, k, uniq, lo)
             w, b = rows.index_select(0, inv).unsqueeze(1), bias.index_select(0, inv).unsqueeze(1)
         else:
             w = lo.new_zeros((p, 1, lo_f.shape[1]))
@@ -221,6 +215,25 @@ def _tighten(net: Network, pset: LpBall, k: int, lo: Tensor, hi: Tensor, bounds:
     return lo_f.reshape(n, *shape), hi_f.reshape(n, *shape)
 
 
+def neuron_rows(net: Network, k: int, neurons: Tensor, like: Tensor) -> tuple[int, Tensor, Tensor]:
+    """Spec rows selecting ``neurons`` (flat indices) of node k, and their constants: (node the rows
+    start at, rows (m, *its shape), constants (m,)). When node k is one affine layer on one input, the
+    rows are pulled back through it here, once for every example (its offset in the constants), and
+    start at that input; otherwise they are unit rows on node k itself."""
+    node = net.graph[k]
+    m = neurons.numel()
+    onehot = like.new_zeros((m, math.prod(node.shape)))
+    onehot[torch.arange(m, device=like.device), neurons] = 1.0
+    if not (getattr(node.op, "affine", False) and len(node.inputs) == 1):
+        return k, onehot.reshape(m, *node.shape), like.new_zeros(m)
+    begin = node.inputs[0]
+    in_shape = net.graph[begin].shape
+    aff = cast(AffineLayer, node.op)  # chosen by the layer's affine flag, not isinstance
+    rows = aff.linear_t(onehot.reshape(m, *node.shape), in_shape)
+    bias = aff.offset(in_shape, like.new_zeros((1,) * (len(in_shape) + 1))).reshape(-1)[neurons]
+    return begin, rows, bias
+
+
 def _tighten_all_rows(net: Network, pset: LpBall, k: int, lo_f: Tensor, hi_f: Tensor,
                       rels: dict[int, ReluRelaxation], rule: Rule) -> tuple[Tensor, Tensor]:
     """Backward bounds on every neuron of affine node k for every example, intersected with
@@ -228,15 +241,9 @@ def _tighten_all_rows(net: Network, pset: LpBall, k: int, lo_f: Tensor, hi_f: Te
     rows of node k's own layer), so the batched stem below (verify.bounds.convtail) serves
     many rows per example."""
     node = net.graph[k]
-    op = cast(AffineLayer, node.op)  # the caller's first_affine: the layer's affine flag, not isinstance
     n, m = lo_f.shape
-    begin = node.inputs[0]
+    begin, rows, bias = neuron_rows(net, k, torch.arange(m, device=lo_f.device), lo_f)
     in_shape = net.graph[begin].shape
-    eye = lo_f.new_zeros((m, m))
-    diag = torch.arange(m, device=lo_f.device)
-    eye[diag, diag] = 1.0
-    rows = op.linear_t(eye.reshape(m, *node.shape), in_shape)
-    bias = op.offset(in_shape, lo_f.new_zeros((1,) * (len(in_shape) + 1))).reshape(-1)
     chunk = max(1, CHUNK_ELEMENTS // (2 * m * math.prod(in_shape)))
     unstable = (lo_f < 0) & (hi_f > 0)
     los, his = [], []
