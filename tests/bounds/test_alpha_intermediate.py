@@ -148,3 +148,98 @@ def test_deadline_keeps_starting_bounds() -> None:
     out = alpha_intermediate(net, pset, crown, steps=50, deadline=-math.inf)
     for k, (lo, hi) in crown.items():
         assert torch.equal(out[k][0], lo) and torch.equal(out[k][1], hi)
+
+
+@pytest.mark.parametrize("name,p", [("conv", "inf"), ("conv", "2"), ("deep_conv", "inf"), ("deep_conv", "1")])
+def test_window_path_equals_the_full_one(name: str, p: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Conv neurons' slopes optimised on their receptive-field windows (LocalBounds.optimise) give
+    the bounds the generic engine gives with slopes over the whole layer: outside the window a slope
+    gets no gradient, so Adam never moves it, and both runs follow the same trajectory. deep_conv:
+    normalisation, padding, average pooling and two ReLU layers in front of its last conv. (The
+    generic engine's conv-stem shortcut is off: it regroups the sums, and at CROWN's starting slopes,
+    0 or 1, an entry that is exactly 0 in one grouping and 1e-17 in the other gets a different
+    subgradient, which Adam's first, sign-like step turns into a different trajectory: equally
+    sound bounds, not equal ones.)"""
+    import verify.bounds.backward as backward
+    import verify.bounds.intermediate as inter
+    from tests.bounds.test_local import deep_conv
+    from verify.bounds.local import local_plan
+
+    net = deep_conv() if name == "deep_conv" else NETS[name]()
+    pset, crown, g = _setup(net, p, n=3)
+    monkeypatch.setattr(backward, "TAIL_MIN_ROWS", 10**9)
+    checked = 0
+    for k in relu_inputs(net)[1:]:
+        if local_plan(net, pset, k, any_size=True) is None:
+            continue
+        got = {}
+        for way, plan in (("window", lambda n, s, k: local_plan(n, s, k, any_size=True)), ("full", lambda n, s, k: None)):
+            monkeypatch.setattr(inter, "local_plan", plan)
+            got[way] = inter._alpha_tighten(net, pset, k, *crown[k], crown, steps=10, lr=0.25)
+        for a, b in zip(got["window"], got["full"]):
+            assert torch.allclose(a, b, atol=1e-9, rtol=1e-9)
+        lo, hi = got["window"]
+        assert float((hi - lo).sum()) < float((crown[k][1] - crown[k][0]).sum()) - 1e-3  # it tightened something
+        for i in range(pset.n):
+            with torch.no_grad():
+                values = net.forward(sample_set(pset, i, 4000, g), all_nodes=True)[k]
+            assert bool((values >= lo[i] - TOL).all()) and bool((values <= hi[i] + TOL).all())
+        checked += 1
+    assert checked == (1 if name == "conv" else 2)
+
+
+def test_certify_alpha_crown_with_intermediate_slopes_on_windows() -> None:
+    """certify_with_bounds' alpha-crown bounds the examples CROWN leaves open again, with optimised
+    intermediate slopes (on windows here) under a rounding guard of its own: it certifies every
+    example CROWN does and more, and no certified example has a sampled point with a negative margin."""
+    from tests.bounds.test_local import deep_conv
+    from verify.bounds import certify_with_bounds
+
+    net = deep_conv()
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(40, *net.input_shape, generator=g, dtype=torch.float64)
+    y = net.predict(x)
+    pset = LpBall.make(x, 0.012, "inf", net.input_range)
+    crown = certify_with_bounds(net, pset, y, method="crown")
+    alpha = certify_with_bounds(net, pset, y, method="alpha-crown")
+    assert bool((alpha.certified | ~crown.certified).all())
+    assert int(alpha.certified.sum()) > int(crown.certified.sum())
+    for i in alpha.certified.nonzero().reshape(-1).tolist():
+        pts = sample_set(pset, i, 2000, g)
+        with torch.no_grad():
+            logits = net.forward(pts)
+        assert bool((logits.argmax(1) == y[i]).all())
+
+
+def test_examples_batched_with_padding_equal_one_at_a_time() -> None:
+    """The generic path pads every example's unstable neurons to the most any has: each example's
+    bounds are those it gets alone (the zero padding rows bound nothing and share nothing)."""
+    import verify.bounds.intermediate as inter
+
+    net = NETS["dense"]()
+    pset, crown, _ = _setup(net, "inf", n=4)
+    k = relu_inputs(net)[2]
+    counts = ((crown[k][0] < 0) & (crown[k][1] > 0)).sum(1)
+    assert int(counts.min()) < int(counts.max())  # padding happens
+    lo, hi = inter._alpha_tighten(net, pset, k, *crown[k], crown, steps=8, lr=0.25)
+    for i in range(pset.n):
+        one = {j: (b[0][i : i + 1], b[1][i : i + 1]) for j, b in crown.items()}
+        lo1, hi1 = inter._alpha_tighten(net, pset.select([i]), k, *one[k], one, steps=8, lr=0.25)
+        assert torch.allclose(lo[i : i + 1], lo1, atol=1e-12) and torch.allclose(hi[i : i + 1], hi1, atol=1e-12)
+
+
+def test_alpha_crown_method_never_below_crown_and_beats_it_with_intermediate_slopes() -> None:
+    """compute_bounds' alpha-crown (intermediate slopes optimised, then the final ones) is >= CROWN on
+    every margin, and its intermediate steps tighten the margins beyond alpha on the final layer alone."""
+    net = NETS["dense"]()
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(8, *net.input_shape, generator=g, dtype=torch.float64)
+    y = net.predict(x)
+    pset = LpBall.make(x, 0.1, "inf")
+    crown = compute_bounds(net, pset, y, method="crown", dtype=torch.float64).margin_lb
+    final_only = compute_bounds(net, pset, y, method="alpha-crown", dtype=torch.float64,
+                                alpha_intermediate_steps=0).margin_lb
+    full = compute_bounds(net, pset, y, method="alpha-crown", dtype=torch.float64).margin_lb
+    fin = torch.isfinite(crown)
+    assert bool((full[fin] >= crown[fin] - 1e-12).all())
+    assert float((full[fin] - final_only[fin]).sum()) > 1e-3

@@ -13,7 +13,7 @@ from ..errors import SpecError
 from ..network import Network
 from ..spec import LpBall
 from .backward import check_supported
-from .compute import check_labels, compute_bounds
+from .compute import ALPHA_INTERMEDIATE_STEPS, check_labels, compute_bounds
 from .final import alpha_margins, initial_alpha, interval_margins, linear_margins
 from .intermediate import linear_intermediate
 from .interval import interval_bounds
@@ -79,15 +79,14 @@ def certify_with_bounds(
     guard = RoundingGuard(net, torch.float32) if guarded else None
     best_alpha: dict[int, Tensor] | None = None
     with ieee_context() if guarded else contextlib.nullcontext():
-        screen, best_alpha = _screen(net, p32, y, method, guard, alpha_steps, alpha_lr)
+        screen, err, best_alpha = _screen(net, p32, y, method, guard, alpha_steps, alpha_lr)
     n = pset.n
     if not screen.shape[1]:
         dev = pset.center.device
         return CertifiedBounds(torch.ones(n, dtype=torch.bool, device=dev), torch.full((n,), math.inf, dtype=torch.float64, device=dev), method)
     margin = screen.to(torch.float64).amin(1)
     certified = torch.zeros(n, dtype=torch.bool, device=margin.device)
-    if guard is not None:
-        err = guard.margin_error(y)
+    if err is not None:
         sound = (screen.to(torch.float64) - err).amin(1)
         certified = (sound > 0) & torch.isfinite(sound)  # an overflow to +inf proves nothing
         # near zero: the rounding allowance decided nothing, or the widened intermediate bounds
@@ -103,7 +102,8 @@ def certify_with_bounds(
     ys = y[cand]
     if method == "alpha-crown":
         assert best_alpha is not None
-        b64 = linear_intermediate(net, sub, rule="crown", dtype=torch.float64)
+        b64 = linear_intermediate(net, sub, rule="crown", dtype=torch.float64, alpha_steps=ALPHA_INTERMEDIATE_STEPS,
+                                  alpha_lr=alpha_lr)
         init = {i: t[cand].to(torch.float64) for i, t in best_alpha.items()}
         lin64, _ = alpha_margins(net, sub, ys, b64, steps=0, init=init)
         m64 = torch.maximum(lin64, interval_margins(net, b64, ys))
@@ -116,8 +116,10 @@ def certify_with_bounds(
 
 
 def _screen(net: Network, p32: LpBall, y: Tensor, method: Literal["ibp", "kw", "crown", "alpha-crown"],
-            guard: RoundingGuard | None, alpha_steps: int, alpha_lr: float) -> tuple[Tensor, dict[int, Tensor] | None]:
-    """Float32 margin bounds (N, K), each widened node by node when ``guard`` is given."""
+            guard: RoundingGuard | None, alpha_steps: int, alpha_lr: float
+            ) -> tuple[Tensor, Tensor | None, dict[int, Tensor] | None]:
+    """Float32 margin bounds (N, K), each widened node by node when ``guard`` is given, and
+    the bound on their rounding error (N, K) (None without a guard)."""
     dtype = torch.float32
     if method == "ibp":
         bounds = interval_bounds(net, p32, dtype=dtype, guard=guard)
@@ -125,27 +127,41 @@ def _screen(net: Network, p32: LpBall, y: Tensor, method: Literal["ibp", "kw", "
         check_supported(net, method)
         bounds = linear_intermediate(net, p32, rule="kw" if method == "kw" else "crown", dtype=dtype, guard=guard)
     ibp = interval_margins(net, bounds, y)
+    err = guard.margin_error(y) if guard is not None else None
     if method == "ibp":
-        return ibp, None
+        return ibp, err, None
     if method == "alpha-crown":
-        return _alpha_where_needed(net, p32, y, bounds, ibp, guard, alpha_steps, alpha_lr)
-    return torch.maximum(linear_margins(net, p32, y, bounds, rule=method), ibp), None
+        return _alpha_where_needed(net, p32, y, bounds, ibp, err, guard is not None, alpha_steps, alpha_lr)
+    return torch.maximum(linear_margins(net, p32, y, bounds, rule=method), ibp), err, None
 
 
-def _alpha_where_needed(net: Network, p32: LpBall, y: Tensor, bounds: NodeBounds, ibp: Tensor,
-                        guard: RoundingGuard | None, steps: int, lr: float) -> tuple[Tensor, dict[int, Tensor]]:
+def _alpha_where_needed(net: Network, p32: LpBall, y: Tensor, bounds: NodeBounds, ibp: Tensor, err: Tensor | None,
+                        guarded: bool, steps: int, lr: float) -> tuple[Tensor, Tensor | None, dict[int, Tensor]]:
     """alpha-CROWN's margins, optimised only for the examples CROWN's bound (alpha's step 0)
     does not already certify: for the decision any sound bound > 0 will do, and on trained
-    networks most examples are such (the optimisation is most of alpha-CROWN's cost)."""
+    networks most examples are such (the optimisation is most of alpha-CROWN's cost). Those
+    examples are bounded again from the input with alpha-CROWN's intermediate bounds, under a
+    rounding guard of their own; each margin keeps the better of the two rigorous bounds
+    (bound minus its own rounding error), with that run's error."""
     crown = torch.maximum(linear_margins(net, p32, y, bounds, rule="crown"), ibp)
-    err = guard.margin_error(y) if guard is not None else torch.zeros_like(crown, dtype=torch.float64)
     best_alpha = initial_alpha(net, bounds, net.n_classes)
-    hard = ((crown.to(torch.float64) - err).amin(1) <= 0).nonzero().reshape(-1)
+    zero = torch.zeros_like(crown, dtype=torch.float64)
+    hard = ((crown.to(torch.float64) - (zero if err is None else err)).amin(1) <= 0).nonzero().reshape(-1)
     if hard.numel() == 0:
-        return crown, best_alpha
-    sub = {i: (lo[hard], hi[hard]) for i, (lo, hi) in bounds.items()}
-    lin, alpha = alpha_margins(net, p32.select(hard), y[hard], sub, steps=steps, lr=lr)
-    crown[hard] = torch.maximum(lin, ibp[hard])
+        return crown, err, best_alpha
+    sub_set, ys = p32.select(hard), y[hard]
+    guard = RoundingGuard(net, torch.float32) if guarded else None
+    sub = linear_intermediate(net, sub_set, rule="crown", dtype=torch.float32, guard=guard,
+                              alpha_steps=ALPHA_INTERMEDIATE_STEPS, alpha_lr=lr)
+    lin, alpha = alpha_margins(net, sub_set, ys, sub, steps=steps, lr=lr)
+    new = torch.maximum(lin, interval_margins(net, sub, ys))
+    if err is None:
+        take = new > crown[hard]
+    else:
+        new_err = guard.margin_error(ys) if guard is not None else zero[hard]
+        take = new.to(torch.float64) - new_err > crown[hard].to(torch.float64) - err[hard]
+        err[hard] = torch.where(take, new_err, err[hard])
+    crown[hard] = torch.where(take, new, crown[hard])
     for i, t in alpha.items():
         best_alpha[i][hard] = t
-    return crown, best_alpha
+    return crown, err, best_alpha

@@ -60,6 +60,8 @@ def linear_intermediate(
     start: NodeBounds | None = None,
     intersect_interval: bool = True,
     guard: RoundingGuard | None = None,
+    alpha_steps: int = 0,
+    alpha_lr: float = 0.25,
 ) -> NodeBounds:
     """Bounds on every node; those feeding a ReLU tightened by backward bounds with ``rule``.
 
@@ -67,14 +69,18 @@ def linear_intermediate(
     ``intersect_interval=False`` gives the pure method (every neuron bounded by the backward
     pass alone, as in Wong & Kolter's and CROWN's papers), for comparisons with their code.
     ``guard`` widens every node's bounds by a rigorous bound on their rounding error before
-    later nodes use them (:mod:`verify.bounds.rounding`).
+    later nodes use them (:mod:`verify.bounds.rounding`). ``alpha_steps`` > 0 (rule crown):
+    alpha-CROWN's intermediate bounds -- the neurons CROWN leaves unstable are then bounded with
+    slopes of their own, optimised for that many steps (:func:`_alpha_tighten`; those bounds are
+    detached), before the guard and the later nodes see them.
     """
     with reuse_matrices():  # the parameters do not change while the layers are bounded
-        return _linear_intermediate(net, pset, rule, dtype, start, intersect_interval, guard)
+        return _linear_intermediate(net, pset, rule, dtype, start, intersect_interval, guard, alpha_steps, alpha_lr)
 
 
 def _linear_intermediate(net: Network, pset: LpBall, rule: Rule, dtype: torch.dtype, start: NodeBounds | None,
-                         intersect_interval: bool, guard: RoundingGuard | None) -> NodeBounds:
+                         intersect_interval: bool, guard: RoundingGuard | None, alpha_steps: int = 0,
+                         alpha_lr: float = 0.25) -> NodeBounds:
     pset = pset.to(dtype)
     feeds = set(relu_inputs(net))
     lo0, hi0 = pset.box()
@@ -92,6 +98,9 @@ def _linear_intermediate(net: Network, pset: LpBall, rule: Rule, dtype: torch.dt
             if rule == "crown" and intersect_interval:  # the pure method: CROWN's rows alone
                 lo, hi = _kw_first(net, pset, node.index, lo, hi, bounds)
             lo, hi = _tighten(net, pset, node.index, lo, hi, bounds, rule)
+            if alpha_steps > 0 and rule == "crown":
+                a_lo, a_hi = _alpha_tighten(net, pset, node.index, lo, hi, bounds, steps=alpha_steps, lr=alpha_lr)
+                lo, hi = torch.maximum(lo, a_lo), torch.minimum(hi, a_hi)  # keeps CROWN's gradient where it wins
         if guard is not None:
             lo, hi = guard.node(node, lo, hi, bounds)
         bounds[node.index] = (lo, hi)
@@ -275,7 +284,7 @@ def alpha_intermediate(
     lr: float = 0.25,
     deadline: float = math.inf,
 ) -> NodeBounds:
-    """alpha-CROWN on the intermediate bounds: optimised lower slopes per unstable neuron.
+    """alpha-CROWN on the intermediate bounds of ``bounds``: optimised lower slopes per unstable neuron.
 
     For every ReLU input after the first (in topological order), each still-unstable
     neuron's lower and upper bound is one spec row of its own, with its own slopes on every
@@ -284,38 +293,72 @@ def alpha_intermediate(
     With one hidden ReLU layer in front, the optimum is the triangle LP's (the Lagrangian
     dual of that LP has exactly these slopes as its variables), so this approaches the
     MIP's LP tightening at a fraction of its cost. The result is detached (not differentiable
-    in the network's parameters): it is meant for the MIP's big-M values and final bounds. ``deadline`` (``time.perf_counter()``) stops
-    optimising; bounds found so far are kept (any slopes give sound bounds).
+    in the network's parameters): it is meant for the MIP's big-M values and final bounds.
+    ``deadline`` (``time.perf_counter()``) stops optimising; bounds found so far are kept (any
+    slopes give sound bounds). :func:`linear_intermediate` with ``alpha_steps`` does the same
+    inside its own sweep (and so under its rounding guard).
     """
     dtype = bounds[0][0].dtype
     pset = pset.to(dtype)
     out: NodeBounds = {i: (lo.detach().clone(), hi.detach().clone()) for i, (lo, hi) in bounds.items()}
-    feeds = relu_inputs(net)
-    for k in feeds[1:]:
+    for k in relu_inputs(net)[1:]:
         if time.perf_counter() >= deadline:
             break
-        lo, hi = out[k]
-        n = lo.shape[0]
-        shape = net.graph[k].shape
-        lo_f, hi_f = lo.reshape(n, -1).clone(), hi.reshape(n, -1).clone()
-        anc = net.ancestors(k)
-        relus = [node.index for node in net.relu_nodes if node.index in anc]
-        chunk = max(1, CHUNK_ELEMENTS // (2 * max(math.prod(net.graph[i].shape) for i in anc)))
-        for b in range(n):
-            rows = ((lo_f[b] < 0) & (hi_f[b] > 0)).nonzero().reshape(-1)
-            sub = pset.select([b])
-            sub_bounds = {i: (t[0][b : b + 1], t[1][b : b + 1]) for i, t in out.items()}
-            for c0 in range(0, rows.numel(), chunk):
-                nb = rows[c0 : c0 + chunk]
-                m = nb.numel()
-                spec = lo_f.new_zeros((1, 2 * m, lo_f.shape[1]))
-                arange = torch.arange(m, device=lo_f.device)
-                spec[0, arange, nb] = 1.0
-                spec[0, m + arange, nb] = -1.0
-                spec = spec.reshape(1, 2 * m, *shape)
-                alpha = crown_slopes(net, sub_bounds, 2 * m, relus)
-                best, _ = optimise_slopes(net, sub, k, spec, sub_bounds, alpha, steps=steps, lr=lr, deadline=deadline)
-                lo_f[b, nb] = torch.maximum(lo_f[b, nb], best[0, :m])
-                hi_f[b, nb] = torch.minimum(hi_f[b, nb], -best[0, m:])
-        out[k] = (lo_f.reshape(n, *shape), hi_f.reshape(n, *shape))
+        out[k] = _alpha_tighten(net, pset, k, *out[k], out, steps=steps, lr=lr, deadline=deadline)
     return out
+
+
+def _alpha_tighten(net: Network, pset: LpBall, k: int, lo: Tensor, hi: Tensor, bounds: NodeBounds, *,
+                   steps: int, lr: float, deadline: float = math.inf) -> tuple[Tensor, Tensor]:
+    """Node k's unstable neurons bounded by alpha-CROWN (two one-sided rows each, slopes of their
+    own on every earlier ReLU), intersected with (lo, hi); detached. Conv neurons over windows
+    (:meth:`LocalBounds.optimise`: slopes on the receptive field only, all examples' pairs in one
+    batch); others one batch of examples at a time, each example's neurons padded to the most any
+    of them has (padding rows are zero and bound nothing)."""
+    n = lo.shape[0]
+    shape = net.graph[k].shape
+    lo_f, hi_f = lo.detach().reshape(n, -1).clone(), hi.detach().reshape(n, -1).clone()
+    unstable = (lo_f < 0) & (hi_f > 0)
+    anc = net.ancestors(k)
+    relus = [node.index for node in net.relu_nodes if node.index in anc]
+    if steps <= 0 or not relus or not bool(unstable.any()):
+        return lo_f.reshape(n, *shape), hi_f.reshape(n, *shape)
+    bounds = {i: (b[0].detach(), b[1].detach()) for i, b in bounds.items() if i in anc}
+    plan = local_plan(net, pset, k)
+    if plan is not None:
+        need = [j for j in relu_inputs(net) if j in anc and j != k]
+        rels = {j: relu_relaxation(bounds[j][0], bounds[j][1], "crown") for j in need}
+        local = LocalBounds(net, pset, k, plan, rels)
+        pairs = unstable.nonzero()
+        # rows of two (the +/- row), slopes and Adam's moments and the best copy on each window
+        chunk = max(1, CHUNK_ELEMENTS // (8 * max(net.graph[i].shape[0] * f.h * f.w for i, f in plan)))
+        for c0 in range(0, pairs.shape[0], chunk):
+            ex, nb = pairs[c0 : c0 + chunk, 0], pairs[c0 : c0 + chunk, 1]
+            v_lo, v_hi = local.optimise(ex, nb, steps=steps, lr=lr, deadline=deadline)
+            lo_f[ex, nb] = torch.maximum(lo_f[ex, nb], v_lo)
+            hi_f[ex, nb] = torch.minimum(hi_f[ex, nb], v_hi)
+        return lo_f.reshape(n, *shape), hi_f.reshape(n, *shape)
+    counts = unstable.sum(1)
+    m = int(counts.max())
+    # the j-th unstable neuron of each example (padding: neuron 0 with a zero row)
+    rank = torch.cumsum(unstable.to(torch.long), 1) - 1
+    slots = torch.zeros((n, m), dtype=torch.long, device=lo.device)
+    ex_all, nb_all = unstable.nonzero().unbind(1)
+    slots[ex_all, rank[ex_all, nb_all]] = nb_all
+    live = torch.arange(m, device=lo.device)[None, :] < counts[:, None]
+    chunk = max(1, CHUNK_ELEMENTS // (8 * m * sum(math.prod(net.graph[i].shape) for i in relus)))
+    for e0 in range(0, n, chunk):
+        idx = torch.arange(e0, min(n, e0 + chunk), device=lo.device)
+        e = idx.numel()
+        spec = lo_f.new_zeros((e, m, lo_f.shape[1]))
+        spec.scatter_(2, slots[idx].unsqueeze(2), live[idx].unsqueeze(2).to(spec.dtype))
+        spec = torch.cat([spec, -spec], 1).reshape(e, 2 * m, *shape)
+        sub_bounds = {i: (b[0].index_select(0, idx), b[1].index_select(0, idx)) for i, b in bounds.items()}
+        alpha = crown_slopes(net, sub_bounds, 2 * m, relus)
+        best, _ = optimise_slopes(net, pset.select(idx), k, spec, sub_bounds, alpha, steps=steps, lr=lr,
+                                  deadline=deadline)
+        oe, oj = live[idx].nonzero().unbind(1)
+        ex, nb = idx[oe], slots[idx][oe, oj]
+        lo_f[ex, nb] = torch.maximum(lo_f[ex, nb], best[oe, oj])
+        hi_f[ex, nb] = torch.minimum(hi_f[ex, nb], -best[oe, m + oj])
+    return lo_f.reshape(n, *shape), hi_f.reshape(n, *shape)

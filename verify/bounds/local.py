@@ -127,6 +127,8 @@ class LocalBounds:
         self.like = pset.center.new_zeros(())
         self.ball: LpBall | None = None  # p = 1, 2: one ball per (example, position) row, on its input window
         self.relu: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
+        self.frames: dict[int, Frame] = {}
+        self.unstable: dict[int, Tensor] = {}  # ReLU windows' unstable neurons, built when slopes are optimised
         self.valid: dict[int, Tensor] = {}
         self.window_t: dict[int, tuple[Tensor, tuple[int, ...]]] = {}
         self.relaxations = relaxations
@@ -151,6 +153,7 @@ class LocalBounds:
                 rel = relaxations[net.graph[idx].inputs[0]]
                 lam_lo, lam_up, mu_up = (windows(t, frame, self.grid) for t in (rel.lam_lo, rel.lam_up, rel.mu_up))
                 self.relu[idx] = (lam_lo, lam_up, mu_up)
+                self.frames[idx] = frame
             else:
                 ones = torch.ones((1, *net.graph[idx].shape), dtype=pset.center.dtype, device=pset.center.device)
                 self.valid[idx] = windows(ones, frame, self.grid)
@@ -180,6 +183,30 @@ class LocalBounds:
             return lo[:, 0], hi[:, 0]
         lo, _ = self._pass(row, pos, torch.stack([w, -w], 1), torch.stack([b, -b], 1), two_sided=False)
         return lo[:, 0], -lo[:, 1]
+
+    def optimise(self, ex: Tensor, neuron: Tensor, *, steps: int, lr: float, deadline: float = math.inf
+                 ) -> tuple[Tensor, Tensor]:
+        """:meth:`range`'s two one-sided bounds with alpha-CROWN's slopes: every row (the neuron's
+        +row and -row of each pair) has its own lower slopes on its windows of every ReLU,
+        starting at the relaxation's and optimised by :func:`verify.bounds.slopes.ascend_slopes`
+        (any slopes in [0, 1] give sound bounds, so the result is never looser than at the start)."""
+        from .slopes import ascend_slopes
+
+        op = self.conv
+        ch, pos = neuron // self.n_pos, neuron % self.n_pos
+        row = ex * self.n_pos + pos
+        w = op.param("weight", self.like).index_select(0, ch)
+        b = op.param("bias", self.like).index_select(0, ch)
+        a, const = torch.stack([w, -w], 1), torch.stack([b, -b], 1)
+        for idx in self.relu:
+            if idx not in self.unstable:
+                rel = self.relaxations[self.net.graph[idx].inputs[0]]
+                self.unstable[idx] = windows(rel.unstable.to(self.like.dtype), self.frames[idx], self.grid) > 0
+        start = {idx: t[0].index_select(0, row).unsqueeze(1).expand(-1, 2, *t[0].shape[1:]).clone()
+                 for idx, t in self.relu.items()}
+        best, _ = ascend_slopes(lambda al: self._pass(row, pos, a, const, two_sided=False, alpha=al)[0], start,
+                                steps=steps, lr=lr, deadline=deadline)
+        return best[:, 0], -best[:, 1]
 
     def all_coefficients(self, start: int, stop: int) -> Tensor:
         """Every neuron's coefficients on its input window for examples ``start:stop``:
@@ -324,9 +351,10 @@ class LocalBounds:
         valid = valid.reshape(self.n_pos, c0, ty, sy, tx, sx).permute(0, 2, 4, 1, 3, 5).contiguous()
         return out.mul_(valid[:, None, None])  # (P, E, C2, T, T', c0, r, r')
 
-    def _pass(self, row: Tensor, pos: Tensor, a: Tensor, const: Tensor, *, two_sided: bool
-              ) -> tuple[Tensor, Tensor | None]:
-        """(lower, upper if ``two_sided``) of the rows ``a`` (P, S, C, h, w) plus ``const`` (P, S)."""
+    def _pass(self, row: Tensor, pos: Tensor, a: Tensor, const: Tensor, *, two_sided: bool,
+              alpha: dict[int, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
+        """(lower, upper if ``two_sided``) of the rows ``a`` (P, S, C, h, w) plus ``const`` (P, S);
+        ``alpha`` (one-sided only): lower slopes (P, S, C', h', w') per ReLU node on its windows."""
         graph = self.net.graph
         p, s = a.shape[:2]
         total = const
@@ -355,8 +383,10 @@ class LocalBounds:
                     total, total_up = total + c_neg, total_up + (c_all - c_neg)
                     a = a * lam_up.unsqueeze(1)
                 else:
-                    rel = ReluRelaxation(lam_lo, lam_up, mu, torch.zeros((), dtype=torch.bool, device=mu.device))
-                    a, c = through_relu(a, rel, None)
+                    slopes = None if alpha is None else alpha.get(idx)
+                    unstable = (self.unstable[idx].index_select(0, row) if slopes is not None
+                                else torch.zeros((), dtype=torch.bool, device=mu.device))
+                    a, c = through_relu(a, ReluRelaxation(lam_lo, lam_up, mu, unstable), slopes)
                     total = total + c
                 continue
             # affine: coefficients on positions outside the node (a later conv's zero padding)

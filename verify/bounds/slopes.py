@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -59,16 +60,22 @@ def optimise_slopes(
 ) -> tuple[Tensor, dict[int, Tensor]]:
     """max over slopes of the lower bound of <spec, node ``start``>: (best bound (B, S), its slopes).
 
-    ``alpha`` gives the starting slopes (B, S, *shape) per ReLU node; step 0 evaluates them,
-    so the result is never below their bound. Works under an outer ``no_grad``; gradients
-    go to the slopes only, never to the network's parameters.
+    ``alpha`` gives the starting slopes (B, S, *shape) per ReLU node; see :func:`ascend_slopes`.
     """
     with reuse_matrices():  # the network's parameters do not change during the steps
-        return _optimise(net, pset, start, spec, bounds, alpha, steps, lr, deadline)
+        return ascend_slopes(lambda al: backward_bound(net, pset, start, spec, bounds, rule="alpha", alpha=al),
+                             alpha, steps=steps, lr=lr, deadline=deadline)
 
 
-def _optimise(net: Network, pset: LpBall, start: int, spec: Tensor, bounds: NodeBounds, alpha: dict[int, Tensor],
-              steps: int, lr: float, deadline: float) -> tuple[Tensor, dict[int, Tensor]]:
+def ascend_slopes(bound: Callable[[dict[int, Tensor]], Tensor], alpha: dict[int, Tensor], *, steps: int, lr: float,
+                  deadline: float = math.inf) -> tuple[Tensor, dict[int, Tensor]]:
+    """max over slopes of ``bound(slopes)`` (B, S), each entry on its own: (best bound, its slopes).
+
+    ``alpha`` gives the starting slopes (B, S, ...) per ReLU node (any layout ``bound`` reads);
+    step 0 evaluates them, so the result is never below their bound. Projected Adam ascent on
+    the summed bound, slopes clipped to [0, 1] after every step, the best bound per (B, S) entry
+    kept with its slopes. Works under an outer ``no_grad``; gradients go to the slopes only.
+    """
     alpha = {i: t.detach().clone() for i, t in alpha.items()}
     best_alpha = {i: t.clone() for i, t in alpha.items()}
     params = [t.requires_grad_(steps > 0) for t in alpha.values()]
@@ -77,7 +84,7 @@ def _optimise(net: Network, pset: LpBall, start: int, spec: Tensor, bounds: Node
     for it in range(steps + 1):
         last = opt is None or it == steps or time.perf_counter() >= deadline
         with torch.set_grad_enabled(not last):  # also under an outer no_grad
-            val = backward_bound(net, pset, start, spec, bounds, rule="alpha", alpha=alpha)
+            val = bound(alpha)
             loss = -val.sum()
         with torch.no_grad():
             # val belongs to the current (already projected) slopes: keep the best per entry
