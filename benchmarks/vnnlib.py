@@ -66,7 +66,7 @@ def ort_confirms(onnx_path: Path, prop, x: np.ndarray, label: int) -> bool:
 def run_mode(folder: Path, instances: list[dict], cert: dict, mode: str, timeout: float, attack_steps: int) -> dict:
     from verify.formats import load_model
     from verify.properties import VerifyOptions
-    from verify.vnncomp import run_instance
+    from verify.vnncomp import run_instance, vnn_status
     from verify.vnnlib import load_vnnlib
 
     onnx_path = folder / "net.onnx"
@@ -79,16 +79,16 @@ def run_mode(folder: Path, instances: list[dict], cert: dict, mode: str, timeout
                                                                              attack_steps=attack_steps), net=net)
         seconds = time.perf_counter() - t0
         c = cert[(inst["index"], inst["eps"])]
-        wrong, why = False, None
-        if res.status == "sat":
+        wrong, why, status = False, None, vnn_status(res)
+        if status == "sat":
             prop = load_vnnlib(folder / inst["vnnlib"])
-            if not ort_confirms(onnx_path, prop, res.counterexample, inst["label"]):
+            if not ort_confirms(onnx_path, prop, res.counterexample.reshape(-1).numpy(), inst["label"]):
                 wrong, why = True, "onnxruntime does not confirm the counterexample"
             elif c == "verified":
                 wrong, why = True, "certify verified it"
-        elif res.status == "unsat" and c in ("falsified", "misclassified"):
+        elif status == "unsat" and c in ("falsified", "misclassified"):
             wrong, why = True, f"certify: {c}"
-        rows.append({**inst, "result": res.status, "decided_by": res.decided_by, "reason": res.reason,
+        rows.append({**inst, "result": status, "decided_by": res.decided_by, "reason": res.reason,
                      "certify": c, "wrong": wrong, "why_wrong": why, "seconds": seconds,
                      "mip_seconds": res.seconds.get("mip"), "open_after_bounds": res.open_disjuncts,
                      "n_binaries": res.n_binaries})

@@ -59,7 +59,7 @@ def test_engines_agree_on_random_robustness_queries(p: str, eps: float) -> None:
             if o.status == "falsified":
                 assert o.counterexample is not None and o.disjunct is not None
                 assert bool(check_counterexample(net, q.input_set, torch.tensor([q.label]), o.counterexample)[0])
-        assert out["bab"].engine == "bab" and out["bab"].domains is not None
+        assert out["bab"].decided_by == "bab" and out["bab"].domains is not None
     assert decided["verified"] and decided["falsified"]  # both kinds of answer were exercised
 
 
@@ -77,11 +77,11 @@ def test_auto_uses_the_mip_for_small_models_and_falls_back_to_it() -> None:
     assert mip.status != "unknown"
     assert auto.status == mip.status
     if capped.status == "unknown":
-        assert auto.engine == "mip"
+        assert auto.decided_by == "mip"
     small_net = fc(4, (5, 6, 3))
     q2, b2 = robustness(small_net, 4, 0.05)
     assert (unstable_count(b2, small_net) or 0) <= AUTO_MIP_MAX_UNSTABLE
-    assert decide(small_net, q2, engine="auto", deadline=time.perf_counter() + 30, mip=HighsBackend(), bounds=b2).engine == "mip"
+    assert decide(small_net, q2, engine="auto", deadline=time.perf_counter() + 30, mip=HighsBackend(), bounds=b2).decided_by == "mip"
 
 
 def test_certify_reports_the_same_verdicts_with_every_engine() -> None:

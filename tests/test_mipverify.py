@@ -21,11 +21,11 @@ import torch
 
 from verify.errors import ModelError, SolverUnavailableError, SpecError
 from verify.formats import save_model
-from verify.mip import MipResult
 from verify.mip import mipverify
 from verify.mip.mipverify import MipVerifyOptions, RawAnswer, map_answer
 from verify.network import ChannelAffine, Conv2d, Flatten, Linear, Network, ReLU, same_padding
-from verify.spec import LpBall
+from verify.results import Verdict
+from verify.spec import LpBall, margins_f64
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mipverify_reader as reader  # noqa: E402
@@ -176,7 +176,7 @@ def ball(eps: float, p) -> LpBall:
 def test_only_exact_infeasible_verifies():
     net = toy_net()
     r = map_answer(net, ball(0.15, "inf"), 0, raw(termination="INFEASIBLE", infeasible=True), seconds=1.0)
-    assert (r.status, r.backend, r.solver_status) == ("verified", "mipverify", "INFEASIBLE")
+    assert (r.status, r.decided_by, r.solver_status) == ("verified", "mip", "INFEASIBLE")
     for status in ("INFEASIBLE_OR_UNBOUNDED", "LOCALLY_INFEASIBLE", "OTHER_ERROR"):
         r = map_answer(net, ball(0.15, "inf"), 0, raw(termination=status, infeasible=False), seconds=1.0)
         assert r.status == "unknown" and status in r.reason
@@ -190,7 +190,7 @@ def test_counterexamples_are_rechecked_in_float64():
     good = raw(has_solution=True, objective=0.1, dual_bound=0.1, perturbed=np.array([0.45, 0.55]))
     r = map_answer(net, ball(0.25, "inf"), 0, good, seconds=1.0)
     assert r.status == "falsified"
-    assert r.objective == pytest.approx(0.1)
+    assert float(margins_f64(net, r.counterexample, torch.tensor([0]))[0]) == pytest.approx(0.1)  # max_j f_j - f_y
     assert torch.allclose(r.counterexample, torch.tensor([[0.45, 0.55]], dtype=torch.float64))
     # the solver's point does not misclassify (numerical trouble): never falsified
     bad = raw(has_solution=True, objective=0.1, dual_bound=0.1, perturbed=np.array([0.6, 0.4]))
@@ -265,7 +265,7 @@ def test_unavailable_gives_one_actionable_line():
 
 def test_eps_zero_needs_no_julia():
     r = mipverify.solve_example(toy_net(), ball(0.0, "inf"), 0, 0)
-    assert isinstance(r, MipResult) and r.status == "verified"
+    assert isinstance(r, Verdict) and r.status == "verified"
     r = mipverify.solve_example(toy_net(), ball(0.0, "inf"), 1, 0)
     assert r.status == "falsified"
 

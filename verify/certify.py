@@ -3,7 +3,7 @@
 The cheap stages run batched over all examples; the complete stage (:func:`verify.complete.decide`:
 the MIP, branch and bound, or both) runs per example on the rest, each example as a
 :meth:`verify.query.Query.robustness`. Each example ends with exactly one status (see
-:class:`verify.results.CertResult`), and the summary follows the MMR paper's Table 1.
+:class:`verify.results.Verdict`), and the summary follows the MMR paper's Table 1.
 """
 
 from __future__ import annotations
@@ -17,13 +17,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .complete import Engine, HighsBackend, MipBackend, MipVerifyBackend, Outcome, check_engine, decide
+from .complete import Engine, HighsBackend, MipBackend, MipVerifyBackend, check_engine, decide
 from .errors import SolverUnavailableError, SpecError
 from .network import Network
 from .query import Query
-from .results import BOUND_METHODS, ROW_FIELDS, CertResult, Stage, Status, Summary, order_row, summarize
+from .results import BOUND_METHODS, ROW_FIELDS, Stage, Status, Summary, Verdict, order_row, summarize
 from .spec import LpBall, margins_f64
-
 
 
 @dataclass(frozen=True)
@@ -108,8 +107,7 @@ class _Clock:
         for pp, wi in zip(open_, w):
             pp.seconds[stage] = pp.seconds.get(stage, 0.0) + dt * wi / total
 
-
-    def split(self, pp: _Pending, out: Outcome) -> None:
+    def split(self, pp: _Pending, out: Verdict) -> None:
         """One example's complete-stage segment, divided among the engines that ran (auto may run two)."""
         now = time.perf_counter()
         dt, self.last = now - self.last, now
@@ -138,8 +136,8 @@ def certify(
     config: CertifyConfig,
     *,
     progress: bool = True,
-    on_result: Callable[[CertResult], None] | None = None,
-) -> list[CertResult]:
+    on_result: Callable[[Verdict], None] | None = None,
+) -> list[Verdict]:
     """Decide every example of ``pset``; ``indices`` are their positions in the data set (for reporting).
 
     Results are returned in the order of ``indices``; ``on_result`` sees each as soon as it
@@ -155,13 +153,13 @@ def certify(
     if len(indices) != n or labels.numel() != n:
         raise SpecError(f"{n} examples but {len(indices)} indices and {labels.numel()} labels")
     solve = None if config.no_mip else _mip_backend(config)
-    results: dict[int, CertResult] = {}
+    results: dict[int, Verdict] = {}
     pending = [_Pending(i) for i in range(n)]
     bar = _Bar(n, progress)
 
     def finish(pp: _Pending, status: Status, by: Stage | None, pred: int, **kw: Any) -> None:
-        r = CertResult(int(indices[pp.pos]), int(labels[pp.pos]), pred, status, by, pp.margin_lb,
-                       kw.pop("counterexample", None), dict(pp.seconds), margin_ub=pp.margin_ub, **kw)
+        r = Verdict(status, by, margin_lb=pp.margin_lb, margin_ub=pp.margin_ub, seconds=dict(pp.seconds),
+                    index=int(indices[pp.pos]), label=int(labels[pp.pos]), prediction=pred, **kw)
         results[pp.pos] = r
         bar.update(r)
         if on_result is not None:
@@ -235,13 +233,12 @@ def certify(
         out = decide(net, query, engine=config.complete, deadline=t0 + config.timeout, mip=solve, bounds=bounds,
                      row_lb=row_lb, warm=warm.get(i))
         clock.split(pp, out)
-        if out.lower_bound is not None:
-            pp.lower(out.lower_bound)  # the engine's proven bound on the worst margin (also when undecided)
+        if out.margin_lb is not None:
+            pp.lower(out.margin_lb)  # the engine's proven bound on the worst margin (also when undecided)
         if out.counterexample is not None:  # (an incumbent's objective is the model's value, not a forward pass)
             pp.upper(-float(margins_f64(net, out.counterexample, labels[i : i + 1])[0]))
-        finish(pp, out.status, out.engine if out.status != "unknown" else None, int(preds[i]),  # type: ignore[arg-type]
-               counterexample=out.counterexample, solver_status=out.solver_status, reason=out.reason,
-               n_binaries=out.n_binaries, domains=out.domains)
+        finish(pp, out.status, out.decided_by, int(preds[i]), counterexample=out.counterexample,
+               solver_status=out.solver_status, reason=out.reason, n_binaries=out.n_binaries, domains=out.domains)
     bar.close()
     return [results[i] for i in range(n)]
 
@@ -284,7 +281,7 @@ class _Bar:
 
             self.bar = tqdm(total=n, unit="ex", leave=False)
 
-    def update(self, r: CertResult) -> None:
+    def update(self, r: Verdict) -> None:
         self.counts[r.status] += 1
         if self.bar is not None:
             c = self.counts
@@ -297,6 +294,5 @@ class _Bar:
             self.bar.close()
 
 
-__all__ = ["BOUND_METHODS", "CertResult", "CertifyConfig", "ROW_FIELDS", "Stage", "Status", "Summary", "certify",
-           "complete_inputs", "order_row",
-           "summarize"]
+__all__ = ["BOUND_METHODS", "CertifyConfig", "ROW_FIELDS", "Stage", "Status", "Summary", "Verdict", "certify",
+           "complete_inputs", "order_row", "summarize"]

@@ -9,17 +9,20 @@ Engines (``--complete``):
   the bounds, where HiGHS decides in well under a second) or has MaxPool, otherwise branch and
   bound first with three quarters of the time, then the MIP with what is left.
 
-Each returns one :class:`Outcome`; ``verified`` only from a sound proof (a MIP proof or
-branch-and-bound bounds above the safety margin), ``falsified`` only with a point that
-:func:`verify.query.confirm_point` accepted. The adapters (``certify``, ``vnnlib``, the
-batch runner) build the Query and read the Outcome; nothing else calls an engine.
+Each returns one :class:`verify.results.Verdict` (``margin_lb``: a proven lower bound on min over the
+disjuncts of their violation max_i (C_i y - d_i) over the set -- robustness: on the worst margin --
+when the engine has one; ``seconds``: per engine that ran, ``auto`` may run both); ``verified``
+only from a sound proof (a MIP proof or branch-and-bound bounds above the safety margin),
+``falsified`` only with a point that :func:`verify.query.confirm_point` accepted. The adapters
+(``certify``, ``vnnlib``, the batch runner) build the Query and read the Verdict; nothing else
+calls an engine.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Literal, Protocol
 
 import numpy as np
@@ -28,11 +31,11 @@ from torch import Tensor
 
 from .errors import SpecError, UnsupportedLayerError
 from .network import MaxPool2d, Network
-from .query import Query, confirm_point, outputs_f64
+from .query import Query, confirm_point
+from .results import Verdict
 
 Engine = Literal["auto", "bab", "mip"]
 ENGINES: tuple[str, ...] = ("auto", "bab", "mip")
-OutcomeStatus = Literal["verified", "falsified", "unknown"]
 NodeBounds = dict[int, tuple[Tensor, Tensor]]
 
 # auto: the MIP alone when the bounds leave at most this many unstable ReLUs (its model then has
@@ -50,34 +53,6 @@ def check_engine(engine: str) -> None:
         raise SpecError(f"unknown complete engine {engine!r}: use {', '.join(ENGINES)}")
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What a complete engine found for one query.
-
-    ``lower_bound``: a proven lower bound on min over disjuncts of their violation
-    max_i (C_i y - d_i) over the set (robustness: on the worst margin), when the engine has one.
-    ``engine``: the engine that decided (for ``unknown``, the last one that ran).
-    """
-
-    status: OutcomeStatus
-    engine: str
-    reason: str | None = None
-    counterexample: Tensor | None = None
-    disjunct: int | None = None
-    lower_bound: float | None = None
-    solver_status: str | None = None
-    n_binaries: int | None = None
-    domains: int | None = None
-    seconds: float = 0.0
-    times: dict[str, float] = field(default_factory=dict)  # seconds per engine that ran (auto may run both)
-
-    def split(self, spent: float) -> dict[str, float]:
-        """``spent`` seconds divided among the engines that ran, in proportion to their measured times."""
-        shares = self.times or {self.engine: 1.0}
-        total = sum(shares.values())
-        return {k: spent * (v / total if total > 0 else 1.0 / len(shares)) for k, v in shares.items()}
-
-
 class MipBackend(Protocol):
     """An exact MIP solve of one query before ``deadline`` (``time.perf_counter()`` seconds).
 
@@ -86,7 +61,7 @@ class MipBackend(Protocol):
     ``warm``: an input point to warm-start from (e.g. the attack's best)."""
 
     def __call__(self, net: Network, query: Query, *, deadline: float, bounds: NodeBounds | None,
-                 row_lb: np.ndarray | None, warm: Tensor | None) -> Outcome: ...
+                 row_lb: np.ndarray | None, warm: Tensor | None) -> Verdict: ...
 
 
 @dataclass(frozen=True)
@@ -97,12 +72,11 @@ class HighsBackend:
     mode: Literal["per-disjunct", "indicator"] = "per-disjunct"
 
     def __call__(self, net: Network, query: Query, *, deadline: float, bounds: NodeBounds | None,
-                 row_lb: np.ndarray | None, warm: Tensor | None) -> Outcome:
+                 row_lb: np.ndarray | None, warm: Tensor | None) -> Verdict:
         from .mip.highs import HighsOptions, solve_query
 
-        r = solve_query(net, query, deadline=deadline, bounds=bounds, row_lb=row_lb, warm=warm,
-                        options=HighsOptions(threads=self.threads, mode=self.mode))
-        return _from_mip(net, r, query)
+        return solve_query(net, query, deadline=deadline, bounds=bounds, row_lb=row_lb, warm=warm,
+                           options=HighsOptions(threads=self.threads, mode=self.mode))
 
 
 @dataclass(frozen=True)
@@ -112,24 +86,13 @@ class MipVerifyBackend:
     threads: int = 1
 
     def __call__(self, net: Network, query: Query, *, deadline: float, bounds: NodeBounds | None,
-                 row_lb: np.ndarray | None, warm: Tensor | None) -> Outcome:
+                 row_lb: np.ndarray | None, warm: Tensor | None) -> Verdict:
         if query.label is None:
             raise UnsupportedLayerError("MIPVerify.jl decides robustness queries only; use the HiGHS MIP")
         from .mip import mipverify
 
         left = max(1e-3, deadline - time.perf_counter())
-        r = mipverify.solve(net, query.input_set, query.label, 0, time_limit=left, threads=self.threads)  # type: ignore[arg-type]
-        return _from_mip(net, r, query)
-
-
-def _from_mip(net: Network, r: Any, query: Query) -> Outcome:
-    """A MipResult as an Outcome (its dual bound is on the negated violation: robustness, the negated margin)."""
-    lb = -r.dual_bound if r.status == "verified" and r.dual_bound is not None else None
-    disjunct = None
-    if r.counterexample is not None:  # confirmed by the backend; which target it hits
-        disjunct = query.satisfied_by(outputs_f64(net, r.counterexample))
-    return Outcome(r.status, "mip", r.reason, r.counterexample, disjunct, lb, r.solver_status, r.n_binaries, None,
-                   r.seconds, {"mip": r.seconds})
+        return mipverify.solve(net, query.input_set, query.label, 0, time_limit=left, threads=self.threads)  # type: ignore[arg-type]
 
 
 def unstable_count(bounds: NodeBounds | None, net: Network) -> int | None:
@@ -147,7 +110,7 @@ def unstable_count(bounds: NodeBounds | None, net: Network) -> int | None:
 
 def decide(net: Network, query: Query, *, engine: Engine, deadline: float, mip: MipBackend,
            bounds: NodeBounds | None = None, row_lb: np.ndarray | None = None, warm: Tensor | None = None,
-           bab_options: Any = None, progress: Callable[[dict[str, Any]], None] | None = None) -> Outcome:
+           bab_options: Any = None, progress: Callable[[dict[str, Any]], None] | None = None) -> Verdict:
     """Decide ``query`` with ``engine`` before ``deadline`` (see the module docstring)."""
     check_engine(engine)
     if engine == "mip":
@@ -168,13 +131,12 @@ def decide(net: Network, query: Query, *, engine: Engine, deadline: float, mip: 
         second = mip(net, query, deadline=deadline, bounds=bounds, row_lb=row_lb, warm=warm)
     except UnsupportedLayerError:
         return first
-    return replace(second, lower_bound=second.lower_bound if second.lower_bound is not None else first.lower_bound,
-                   domains=first.domains, seconds=first.seconds + second.seconds,
-                   times={**first.times, **second.times})
+    return replace(second, margin_lb=second.margin_lb if second.margin_lb is not None else first.margin_lb,
+                   domains=first.domains, seconds={**first.seconds, **second.seconds})
 
 
 def _bab(net: Network, query: Query, *, deadline: float, bounds: NodeBounds | None, options: Any,
-         progress: Callable[[dict[str, Any]], None] | None) -> Outcome:
+         progress: Callable[[dict[str, Any]], None] | None) -> Verdict:
     from .bab import BabOptions, bab
 
     # the deadline is the limit: an options object's own timeout must not cut it shorter
@@ -185,11 +147,11 @@ def _bab(net: Network, query: Query, *, deadline: float, bounds: NodeBounds | No
         r = bab(net, query.input_set.to(torch.float64), pairs, options=opts, deadline=deadline,
                 confirm=lambda x: confirm_point(net, query, x), initial_bounds=bounds, progress=progress)
     except UnsupportedLayerError as e:  # e.g. MaxPool: no ReLU splitting through it
-        return Outcome("unknown", "bab", f"branch and bound: {e}", times={"bab": 0.0})
-    lb = r.lower_bound if math.isfinite(r.lower_bound) else None
-    return Outcome(r.status, "bab", r.reason, r.counterexample, r.disjunct, lb, None, None, r.domains, r.seconds,
-                   {"bab": r.seconds})
+        return Verdict("unknown", reason=f"branch and bound: {e}", seconds={"bab": 0.0})
+    return Verdict(r.status, "bab" if r.status != "unknown" else None, r.reason, r.counterexample,
+                   r.lower_bound if math.isfinite(r.lower_bound) else None, seconds={"bab": r.seconds},
+                   domains=r.domains, disjunct=r.disjunct)
 
 
 __all__ = ["AUTO_BAB_SHARE", "AUTO_MIP_MAX_UNSTABLE", "ENGINES", "Engine", "HighsBackend", "MipBackend",
-           "MipVerifyBackend", "Outcome", "check_engine", "decide", "unstable_count"]
+           "MipVerifyBackend", "check_engine", "decide", "unstable_count"]

@@ -1,15 +1,16 @@
 """General output properties: an input box and a disjunction of linear output constraints.
 
 A property describes an UNSAFE region (as VNNLIB does): some input in the box whose
-outputs y satisfy every row of at least one :class:`Disjunct` ``C y <= d``. The answer is
+outputs y satisfy every row of at least one :class:`Disjunct` ``C y <= d``. The answer is a
+:class:`verify.results.Verdict` (VNN-COMP's words in brackets, :func:`verify.vnncomp.vnn_status`):
 
-* ``sat`` -- a counterexample: a point inside the box (checked in float64, exactly) whose
-  float64 forward pass satisfies one disjunct (``C y <= d``: the boundary counts);
-* ``unsat`` -- a proof that no such point exists: for every disjunct, some row has a lower
-  bound on ``C_i y - d_i`` above a float safety margin (computed in float64 by the backward
-  engine on the output node, spec A = the rows of C), or the MIP over the remaining
-  disjuncts is INFEASIBLE / has a dual bound >= VERIFY_TOL (:func:`verify.mip.highs.solve_query`);
-* ``timeout`` / ``unknown`` (with a reason) otherwise.
+* ``falsified`` (sat) -- a counterexample: a point inside the box (checked in float64, exactly)
+  whose float64 forward pass satisfies one disjunct (``C y <= d``: the boundary counts);
+* ``verified`` (unsat) -- a proof that no such point exists: for every disjunct, some row has a
+  lower bound on ``C_i y - d_i`` above a float safety margin (computed in float64 by the backward
+  engine on the output node, spec A = the rows of C), or the complete stage proved the remaining
+  disjuncts empty (:func:`verify.complete.decide`);
+* ``unknown`` with a reason otherwise (timeout: a reason starting with "timeout").
 
 :class:`Box` is the per-coordinate input set. It offers the interface the bound engine,
 the interval bounds and the MIP formulation read from a perturbation set (``box``,
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -33,9 +34,9 @@ from .errors import SpecError, UnsupportedLayerError
 from .complete import Engine, HighsBackend, check_engine, decide
 from .network import MaxPool2d, Network
 from .query import Disjunct, Query, confirm_point, outputs_f64
+from .results import Stage, Status, Verdict
 from .spec import Box, representable_point
 
-Status = Literal["sat", "unsat", "timeout", "unknown"]
 MipMode = Literal["per-disjunct", "indicator"]
 MIP_MODES: tuple[str, ...] = ("per-disjunct", "indicator")
 ATTACK_CHUNK = 64  # disjuncts attacked in one batch
@@ -167,7 +168,7 @@ class PropertyBounds:
     violation_lb: np.ndarray  # (K,) float64
     proven: np.ndarray  # (K,) bool: some row's float64 bound exceeds the safety margin
     intermediate: dict[int, tuple[Tensor, Tensor]]  # float64 node bounds (1, *shape), for the MIP's big-M values
-    method: str
+    method: Literal["crown", "interval"]
 
 
 def property_bounds(net: Network, prop: OutputProperty, box: Box) -> PropertyBounds:
@@ -238,28 +239,7 @@ class VerifyOptions:
             raise SpecError("attack steps must be >= 0 and restarts >= 1")
 
 
-@dataclass(frozen=True)
-class PropertyResult:
-    """The verdict on one property. ``counterexample`` / ``outputs`` (flattened float64) only for sat."""
-
-    status: Status
-    decided_by: str | None  # attack / crown / interval / mip / bab / trivial
-    reason: str | None
-    counterexample: np.ndarray | None
-    outputs: np.ndarray | None
-    disjunct: int | None
-    seconds: dict[str, float] = field(default_factory=dict)
-    n_disjuncts: int = 0
-    open_disjuncts: int = 0  # left to the MIP after the bounds
-    n_binaries: int | None = None
-    domains: int | None = None  # subdomains branch and bound bounded
-
-    @property
-    def total_seconds(self) -> float:
-        return float(sum(self.seconds.values()))
-
-
-def verify_property(net: Network, prop: OutputProperty, options: VerifyOptions = VerifyOptions()) -> PropertyResult:
+def verify_property(net: Network, prop: OutputProperty, options: VerifyOptions = VerifyOptions()) -> Verdict:
     """Attack, then bounds, then the MIP over the open disjuncts; see the module docstring."""
     t0 = time.perf_counter()
     deadline = t0 + options.timeout
@@ -267,29 +247,30 @@ def verify_property(net: Network, prop: OutputProperty, options: VerifyOptions =
     k = len(prop.disjuncts)
     sec: dict[str, float] = {}
 
-    def done(status: Status, by: str | None, reason: str | None = None,
-             found: tuple[Tensor, np.ndarray, int] | None = None, **kw: Any) -> PropertyResult:
-        x, y, j = (found[0].reshape(-1).numpy(), found[1], found[2]) if found is not None else (None, None, None)
-        return PropertyResult(status, by, reason, x, y, j, sec, k, **kw)
+    def done(status: Status, by: Stage | None, reason: str | None = None,
+             found: tuple[Tensor, np.ndarray, int] | None = None, open_disjuncts: int = 0, **kw: Any) -> Verdict:
+        x, y, j = found if found is not None else (None, None, None)
+        return Verdict(status, by, reason, x, seconds=sec, disjunct=j, outputs=y, n_disjuncts=k,
+                       open_disjuncts=open_disjuncts, **kw)
 
     if k == 0:
-        return done("unsat", "trivial", "no disjunct can hold (a constant comparison is false in each)")
+        return done("verified", "trivial", "no disjunct can hold (a constant comparison is false in each)")
     t = time.perf_counter()
     found, best = attack_property(net, prop, box, steps=options.attack_steps, restarts=options.attack_restarts,
                                   seed=options.seed, deadline=deadline)
     sec["attack"] = time.perf_counter() - t
     if found is not None:
-        return done("sat", "attack", found=found)
+        return done("falsified", "attack", found=found)
     if time.perf_counter() > deadline:
-        return done("timeout", None, "timeout in the attack")
+        return done("unknown", None, "timeout in the attack")
     t = time.perf_counter()
     pb = property_bounds(net, prop, box)
     sec["bounds"] = time.perf_counter() - t
     open_k = [i for i in range(k) if not pb.proven[i]]
     if not open_k:
-        return done("unsat", pb.method)
+        return done("verified", pb.method)
     if time.perf_counter() > deadline:
-        return done("timeout", None, "timeout in the bounds", open_disjuncts=len(open_k))
+        return done("unknown", None, "timeout in the bounds", open_disjuncts=len(open_k))
     if not options.mip:
         return done("unknown", None, "bounds inconclusive and the MIP is off", open_disjuncts=len(open_k))
     t = time.perf_counter()
@@ -317,13 +298,12 @@ def verify_property(net: Network, prop: OutputProperty, options: VerifyOptions =
         if polished is not None and x0 is not None:
             pick = min((polished, x0), key=lambda f: prop.disjuncts[f[2]].violation(f[1]))
         if pick is not None:
-            return done("sat", res.engine, found=pick, **extra)
+            return done("falsified", res.decided_by, found=pick, **extra)
         return done("unknown", None, "numerics: the counterexample fails the float64 check", **extra)
     if res.status == "verified":
-        return done("unsat", res.engine, **extra)
-    status: Status = "timeout" if res.reason == "timeout" else "unknown"
-    return done(status, None, res.reason, **extra)
+        return done("verified", res.decided_by, **extra)
+    return done("unknown", None, res.reason, **extra)
 
 
-__all__ = ["Box", "Disjunct", "MIP_MODES", "OutputProperty", "PropertyBounds", "PropertyResult", "VerifyOptions",
+__all__ = ["Box", "Disjunct", "MIP_MODES", "OutputProperty", "PropertyBounds", "VerifyOptions",
            "attack_property", "confirm", "outputs_f64", "property_bounds", "representable_point", "verify_property"]

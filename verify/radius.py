@@ -261,9 +261,9 @@ def _decide_stage(net: Network, c: Tensor, y: Tensor, o: _Open, p: float, config
         o.seconds["complete"] = o.seconds.get("complete", 0.0) + time.perf_counter() - t0
         return
     if out.status == "verified":
-        o.lower, o.lower_by = o.reach, out.engine
+        o.lower, o.lower_by = o.reach, str(out.decided_by)
     elif out.status == "falsified" and out.counterexample is not None:
-        _offer(net, c, y, [o], out.counterexample, p, out.engine)
+        _offer(net, c, y, [o], out.counterexample, p, str(out.decided_by))
     o.seconds["complete"] = o.seconds.get("complete", 0.0) + time.perf_counter() - t0
 
 

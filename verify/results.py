@@ -1,59 +1,84 @@
-"""Results: one example's verdict (:class:`CertResult`), its row, the summary over rows and the
-one JSON shape of both (:func:`results_document`). The rows are what the JSON/CSV files, the
-SQLite store and ``verify summary`` read; the summary follows the MMR paper's Table 1.
+"""Results: the one verdict (:class:`Verdict`) every pipeline and complete engine returns, its row,
+the summary over rows and the one JSON shape of both (:func:`results_document`). The rows are what the
+JSON/CSV files, the SQLite store and ``verify summary`` read; the summary follows the MMR paper's Table 1.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
+import numpy as np
 from torch import Tensor
 
 Status = Literal["misclassified", "falsified", "verified", "unknown"]
-Stage = Literal["clean", "pgd", "ibp", "kw", "crown", "alpha-crown", "lp", "mip", "bab"]
+Stage = Literal["clean", "pgd", "attack", "trivial", "ibp", "kw", "crown", "alpha-crown", "interval", "lp", "mip",
+                "bab"]
 BOUND_METHODS = ("ibp", "kw", "crown", "alpha-crown", "lp")
 
 
-# The columns of a result row, in this order in every CSV, JSON and store (see CertResult.row).
+# The columns of a result row, in this order in every CSV, JSON and store (see Verdict.row).
 ROW_FIELDS = ("index", "label", "prediction", "status", "decided_by", "margin_lb", "margin_ub", "gap", "seconds",
               "reason", "solver_status", "n_binaries", "domains")
 
 
 @dataclass(frozen=True)
-class CertResult:
-    """One example's verdict. ``counterexample`` is set for falsified examples (float64-checked).
+class Verdict:
+    """The answer to one query: an example's robustness (``certify``), a VNNLIB property, or what one
+    complete engine found (:func:`verify.complete.decide`).
 
-    The *worst margin* of an example is min over the set of f_y(x) - max_{j != y} f_j(x) (> 0:
-    robust). ``margin_lb`` is the best proven lower bound on it (bound methods, or the MIP's
-    dual bound), ``margin_ub`` the best upper bound (the smallest float64 margin at a concrete
-    point: the centre, attack points, MIP counterexamples). ``seconds`` holds this example's share
-    of each stage's wall time (see :func:`certify`).
+    ``verified`` only from a sound proof, ``falsified`` only with a ``counterexample`` (the input
+    shape with a leading 1) that passed a float64 re-check, ``misclassified``: the example's centre
+    itself (``certify``); otherwise ``unknown`` with a ``reason`` (``"timeout"``, or starting with
+    ``"timeout "``, when the time limit ended it). ``decided_by``: the stage that decided (None for unknown).
+
+    The *margin* of a query is min over its set of the smallest violation max_i (C_i y - d_i) of an
+    unsafe disjunct (robustness: the worst margin f_y(x) - max_{j != y} f_j(x); > 0: safe).
+    ``margin_lb`` is the best proven lower bound on it (bound methods, the MIP's dual bound, branch and
+    bound), ``margin_ub`` the best upper bound (the smallest float64 margin at a concrete point:
+    the centre, attack points, MIP counterexamples). ``seconds`` holds the time per stage (engines:
+    per engine that ran; ``certify``: this example's share of each stage's wall time).
     """
 
-    index: int
-    label: int
-    prediction: int
     status: Status
-    decided_by: Stage | None
-    margin_lb: float | None
-    counterexample: Tensor | None
-    seconds: dict[str, float]
-    solver_status: str | None = None
+    decided_by: Stage | None = None
     reason: str | None = None
-    n_binaries: int | None = None  # after tightening, for examples that reached the MIP
+    counterexample: Tensor | None = None
+    margin_lb: float | None = None
     margin_ub: float | None = None
-    domains: int | None = None  # subdomains branch and bound bounded, for examples that reached it
+    seconds: dict[str, float] = field(default_factory=dict)
+    solver_status: str | None = None
+    n_binaries: int | None = None  # after tightening, for queries that reached the MIP
+    domains: int | None = None  # subdomains branch and bound bounded, for queries that reached it
+    # an example (certify): its position in the data set, its label and the predicted class
+    index: int | None = None
+    label: int | None = None
+    prediction: int | None = None
+    # a property (vnnlib) or an engine: the disjunct the counterexample satisfies, its float64 outputs
+    # (flattened), the disjuncts in all and those left to the complete stage after the bounds
+    disjunct: int | None = None
+    outputs: np.ndarray | None = None
+    n_disjuncts: int | None = None
+    open_disjuncts: int | None = None
+
+    @property
+    def total_seconds(self) -> float:
+        return float(sum(self.seconds.values()))
 
     @property
     def gap(self) -> float | None:
-        """margin_ub - margin_lb: how far the example is from being decided by its bounds (0 or less: decided)."""
+        """margin_ub - margin_lb: how far the query is from being decided by its bounds (0 or less: decided)."""
         if self.margin_lb is None or self.margin_ub is None:
             return None
         g = self.margin_ub - self.margin_lb
         return g if math.isfinite(g) else None
+
+    def split(self, spent: float) -> dict[str, float]:
+        """``spent`` seconds divided among the stages in ``seconds``, in proportion to their measured times."""
+        total, n = self.total_seconds, len(self.seconds)
+        return {k: spent * (v / total if total > 0 else 1.0 / n) for k, v in self.seconds.items()}
 
     def row(self) -> dict[str, Any]:
         """The JSON/CSV row (without the counterexample), columns in ROW_FIELDS order."""
@@ -61,7 +86,7 @@ class CertResult:
             "index": self.index, "label": self.label, "prediction": self.prediction, "status": self.status,
             "decided_by": self.decided_by, "margin_lb": _finite_or_none(self.margin_lb),
             "margin_ub": _finite_or_none(self.margin_ub), "gap": self.gap,
-            "seconds": round(sum(self.seconds.values()), 6), "reason": self.reason,
+            "seconds": round(self.total_seconds, 6), "reason": self.reason,
             "solver_status": self.solver_status, "n_binaries": self.n_binaries, "domains": self.domains,
         }
 
@@ -95,9 +120,9 @@ class Summary:
         return dict(self.__dict__)
 
 
-def summarize(results: Sequence[CertResult] | Sequence[dict[str, Any]]) -> Summary:
+def summarize(results: Sequence[Verdict] | Sequence[dict[str, Any]]) -> Summary:
     """The summary of results, or of their rows (a store's or a JSON file's: the same numbers)."""
-    rows = [r.row() if isinstance(r, CertResult) else r for r in results]
+    rows = [r.row() if isinstance(r, Verdict) else r for r in results]
     n = len(rows)
     if n == 0:
         return Summary(0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0.0, 0.0)
@@ -119,12 +144,10 @@ def summarize(results: Sequence[CertResult] | Sequence[dict[str, Any]]) -> Summa
     )
 
 
-
-
 def results_document(summary: Summary, config: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The one JSON shape of certification results: the summary's numbers, the configuration, the rows."""
     return {**summary.as_dict(), "config": config, "examples": rows}
 
 
-__all__ = ["BOUND_METHODS", "CertResult", "ROW_FIELDS", "Stage", "Status", "Summary", "order_row", "results_document",
+__all__ = ["BOUND_METHODS", "ROW_FIELDS", "Stage", "Status", "Summary", "Verdict", "order_row", "results_document",
            "summarize"]

@@ -2,7 +2,8 @@
 
 :func:`run_instance` is what ``verify vnnlib`` and ``scripts/vnncomp/run_instance.sh`` run;
 :func:`read_instances` reads a benchmark's ``instances.csv`` (rows ``onnx,vnnlib,timeout``,
-paths relative to the file, no header), as the competition's scripts lay them out.
+paths relative to the file, no header), as the competition's scripts lay them out;
+:func:`vnn_status` gives a verdict the competition's word (sat, unsat, timeout, unknown).
 """
 
 from __future__ import annotations
@@ -11,11 +12,15 @@ import csv
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from .errors import SpecError
 from .network import Network
-from .properties import OutputProperty, PropertyResult, VerifyOptions, verify_property
+from .properties import OutputProperty, VerifyOptions, verify_property
+from .results import Verdict
 from .vnnlib import format_result, load_vnnlib
+
+VnnStatus = Literal["sat", "unsat", "timeout", "unknown"]
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,7 @@ def load_instance(onnx: str | Path, vnnlib: str | Path) -> tuple[Network, Output
 
 
 def run_instance(onnx: str | Path, vnnlib: str | Path, options: VerifyOptions,
-                 *, started: float | None = None, net: Network | None = None) -> PropertyResult:
+                 *, started: float | None = None, net: Network | None = None) -> Verdict:
     """Load, then verify within ``options.timeout`` seconds counted from ``started`` (default: now).
 
     Time spent loading counts against the limit, as it does in the competition.
@@ -77,15 +82,25 @@ def run_instance(onnx: str | Path, vnnlib: str | Path, options: VerifyOptions,
         prop.check_network(net)
     left = options.timeout - (time.perf_counter() - t0)
     if left <= 0:
-        return PropertyResult("timeout", None, "timeout while loading", None, None, None,
-                              {"load": time.perf_counter() - t0}, len(prop.disjuncts))
-    res = verify_property(net, prop, VerifyOptions(**{**options.__dict__, "timeout": left}))
-    return res
+        return Verdict("unknown", reason="timeout while loading", seconds={"load": time.perf_counter() - t0},
+                       n_disjuncts=len(prop.disjuncts), open_disjuncts=0)
+    return verify_property(net, prop, VerifyOptions(**{**options.__dict__, "timeout": left}))
 
 
-def result_text(res: PropertyResult) -> str:
+def vnn_status(res: Verdict) -> VnnStatus:
+    """The verdict in VNN-COMP's words: sat (a counterexample), unsat (a proof), timeout or unknown."""
+    if res.status in ("falsified", "misclassified"):
+        return "sat"
+    if res.status == "verified":
+        return "unsat"
+    reason = res.reason or ""
+    return "timeout" if reason == "timeout" or reason.startswith("timeout ") else "unknown"
+
+
+def result_text(res: Verdict) -> str:
     """The VNN-COMP result file for a verdict."""
-    return format_result(res.status, res.counterexample, res.outputs)
+    x = None if res.counterexample is None else res.counterexample.reshape(-1).numpy()
+    return format_result(vnn_status(res), x, res.outputs)
 
 
-__all__ = ["Instance", "load_instance", "read_instances", "result_text", "run_instance"]
+__all__ = ["Instance", "VnnStatus", "load_instance", "read_instances", "result_text", "run_instance", "vnn_status"]

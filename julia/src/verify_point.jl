@@ -8,7 +8,7 @@
 #
 # - p = Inf, objective "worst": maximise max_{j != label} f_j - f_label subject to it being
 #   >= 0. INFEASIBLE proves robustness; the objective and its bound are the violation and an
-#   upper bound on it (what verify.mip.MipResult calls objective and dual_bound).
+#   upper bound on it (minus that bound is the Verdict's margin_lb in verify.mip.mipverify).
 # - p = 1 or 2, objective "closest": minimise ||x' - x||_p (for p = 2 MIPVerify minimises the
 #   squared norm) over adversarial x' in the box. A proven lower bound above eps (eps^2 for
 #   p = 2) proves robustness for the ball; a solution within eps is a candidate counterexample.

@@ -133,17 +133,17 @@ def test_mip_is_exact_against_brute_force(seed: int) -> None:
                 y = net.forward(r.counterexample).numpy()[0]
                 assert bool(box.contains(r.counterexample).all()) and dj.violation(y) <= 0
         res = verify_property(net, single, VerifyOptions(timeout=60, attack_steps=0))
-        assert res.status == ("sat" if truth[k] < 0 else "unsat")
+        assert res.status == ("falsified" if truth[k] < 0 else "verified")
     # the whole disjunction: sat iff some disjunct is
     if all(abs(t) >= 1e-4 for t in truth):
-        want = "sat" if min(truth) < 0 else "unsat"
+        want = "falsified" if min(truth) < 0 else "verified"
         for mode in ("per-disjunct", "indicator"):
             res = verify_property(net, prop, VerifyOptions(timeout=60, attack_steps=0, mode=mode))
             assert res.status == want
-            if want == "sat":
-                y = net.forward(torch.tensor(res.counterexample)[None]).numpy()[0]
+            if want == "falsified":
+                y = net.forward(res.counterexample).numpy()[0]
                 assert prop.disjuncts[res.disjunct].violation(y) <= 0
-                assert bool(box.contains(torch.tensor(res.counterexample).reshape(1, -1)).all())
+                assert bool(box.contains(res.counterexample.reshape(1, -1)).all())
 
 
 def test_attack_finds_a_point_and_respects_the_box() -> None:
@@ -179,9 +179,9 @@ def test_empty_disjunct_is_sat_and_no_disjunct_is_unsat() -> None:
     net = tiny_net(0)
     lo, hi = np.zeros(3), np.ones(3)
     r = verify_property(net, OutputProperty(lo, hi, (Disjunct(np.zeros((0, 3)), np.zeros(0)),), 3))
-    assert r.status == "sat" and r.decided_by == "attack"
+    assert r.status == "falsified" and r.decided_by == "attack"
     r = verify_property(net, OutputProperty(lo, hi, (), 3))
-    assert r.status == "unsat" and r.decided_by == "trivial"
+    assert r.status == "verified" and r.decided_by == "trivial"
 
 
 def test_size_mismatch_is_a_spec_error() -> None:

@@ -61,7 +61,7 @@ class ClusterOptions:
 
 
 def result_to_row(result: Any) -> tuple[dict[str, Any], np.ndarray | None]:
-    """A CertResult as a JSON-able row plus its counterexample (kept out of the row)."""
+    """A Verdict as a JSON-able row plus its counterexample (kept out of the row)."""
     ce = result.counterexample
     return result.row(), (None if ce is None else np.asarray(ce.detach().cpu().to(torch.float64)))
 

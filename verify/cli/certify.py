@@ -13,7 +13,7 @@ from .common import data_options, load_examples, load_model, make_ball, model_op
 if TYPE_CHECKING:
     from ..batch.executor import ClusterOptions
     from ..certify import CertifyConfig
-    from ..results import CertResult, Summary
+    from ..results import Summary, Verdict
     from ..network import Network
     from ..data import Examples
 
@@ -107,9 +107,9 @@ def certify(model_path: str, model_format: str | None, arch: str | None, p: str,
     run_cfg = {**config.__dict__, "p": p_label(p), "methods": list(config.methods), "model_path": model_path,
                "data": ex.source}
     rows: list[dict[str, Any]] = []
-    done: list[CertResult] = []
+    done: list[Verdict] = []
 
-    def on_result(r: CertResult) -> None:
+    def on_result(r: Verdict) -> None:
         done.append(r)
         rows.append(r.row())
         if output is not None:
@@ -123,7 +123,8 @@ def certify(model_path: str, model_format: str | None, arch: str | None, p: str,
     if output is not None:  # the final file lists the examples in input order
         _write(output, s, run_cfg, final)
     if ce_path is not None:
-        points = {r.index: r.counterexample.detach().cpu().double().numpy() for r in results if r.counterexample is not None}
+        points = {r.index: r.counterexample.detach().cpu().double().numpy() for r in results
+                  if r.counterexample is not None and r.index is not None}
         k = write_counterexamples(ce_path, points, final, run_cfg)
         click.echo(f"wrote {k} counterexamples to {ce_path}")
 

@@ -9,7 +9,9 @@ from typing import Any
 import click
 
 from ..errors import SpecError, VerifyError
-from ..properties import MIP_MODES, PropertyResult, VerifyOptions
+from ..properties import MIP_MODES, VerifyOptions
+from ..results import Verdict
+from ..vnncomp import vnn_status
 
 
 @click.command("vnnlib")
@@ -89,12 +91,12 @@ def _single(onnx_path: str, vnnlib_path: str, options: VerifyOptions, output: st
     if output is not None:
         write_atomic(output, text)
     click.echo(_line(res))
-    if output is None and res.status == "sat":
+    if output is None and vnn_status(res) == "sat":
         click.echo(text.split("\n", 1)[1], nl=False)
 
 
-def _line(res: PropertyResult) -> str:
-    parts = [res.status, f"seconds={res.total_seconds:.2f}", f"disjuncts={res.n_disjuncts}"]
+def _line(res: Verdict) -> str:
+    parts = [vnn_status(res), f"seconds={res.total_seconds:.2f}", f"disjuncts={res.n_disjuncts}"]
     if res.decided_by:
         parts.insert(1, f"decided_by={res.decided_by}")
     if res.open_disjuncts:
@@ -136,7 +138,7 @@ def _batch(instances: str, options: VerifyOptions, timeout: float | None, output
                 status, res = "ok", None
             else:
                 res = run_instance(inst.onnx, inst.vnnlib, opts, started=t0, net=nets[inst.onnx])  # type: ignore[arg-type]
-                status = res.status
+                status = vnn_status(res)
         except VerifyError as e:
             status, res = "error", None
             row["reason"] = str(e)

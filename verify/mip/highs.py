@@ -48,8 +48,9 @@ from torch import Tensor
 from .. import highs_run
 from ..network import Network
 from ..query import Query, confirm_point
+from ..results import Verdict
 from ..spec import LpBall
-from . import VERIFY_TOL, MipResult
+from . import VERIFY_TOL
 from .formulation import INF, KIND_VALUE, Expr, Formulation, NodeBounds
 from .tighten import TightenConfig, build_tightened
 
@@ -77,7 +78,6 @@ class HighsRun:
     name: str
     objective: float | None  # None: no primal solution
     dual: float
-    gap: float | None
 
 
 # an upper estimate of HiGHS's MIP presolve time per nonzero of the model (run_highs)
@@ -117,20 +117,16 @@ def run_highs(h: highspy.Highs, *, deadline: float, integer: bool, warm: np.ndar
         # a point of the ball, the zoo KW CNN's test point 33 at Linf 0.1). What it proves is only
         # that the optimum is >= the cutoff, so a larger reported bound is cut down to it.
         dual = min(info.mip_dual_bound, bound)
-        gap = info.mip_gap if math.isfinite(info.mip_gap) else None
     else:
         dual = obj if st == _S.kOptimal and obj is not None else -math.inf
-        gap = 0.0 if st == _S.kOptimal else None
-    return HighsRun(st, h.modelStatusToString(st), obj, dual, gap)
+    return HighsRun(st, h.modelStatusToString(st), obj, dual)
 
 
 @dataclass
 class _Outcome:
     status: str  # proven / violated / timeout / numerics / l2 / margin / error
-    objective: float | None = None  # best incumbent's violation
-    bound: float | None = None  # proven lower bound on the violation
     solver_status: str = ""
-    gap: float | None = None
+    bound: float | None = None  # proven lower bound on the violation
     found: tuple[Tensor, int] | None = None  # confirmed point and the disjunct it satisfies
 
 
@@ -220,12 +216,12 @@ def _minimise(model: _Model, *, deadline: float, warm: np.ndarray | None, limit:
     while True:
         run = run_highs(h, deadline=deadline, integer=len(form.binaries) > 0, warm=warm, bound=opts.tol)
         if run is None:
-            return _Outcome("timeout", solver_status="time limit (before solve)")
-        st, name, obj, dual, gap = run.status, run.name, run.objective, run.dual, run.gap
+            return _Outcome("timeout", "time limit (before solve)")
+        st, name, obj, dual = run.status, run.name, run.objective, run.dual
         if st == _S.kInfeasible:  # with objective_bound = tol: no point has violation < tol
-            return _Outcome("proven", bound=opts.tol, solver_status=name, gap=0.0)
+            return _Outcome("proven", name, opts.tol)
         if st in (_S.kOptimal, _S.kObjectiveBound) and dual >= opts.tol:
-            return _Outcome("proven", objective=obj, bound=dual, solver_status=name, gap=gap)
+            return _Outcome("proven", name, dual)
         if obj is not None and obj < opts.tol:
             x = form.input_value(np.asarray(h.getSolution().col_value))
             if isinstance(ball, LpBall) and ball.p == 2.0:
@@ -234,20 +230,20 @@ def _minimise(model: _Model, *, deadline: float, warm: np.ndarray | None, limit:
                 if norm > float(ball.eps[0]) * (1 + 1e-9):
                     found = confirm(x) if obj < limit else None  # its projection onto the ball may be one
                     if found is not None:
-                        return _Outcome("violated", obj, dual, name, gap, found)
+                        return _Outcome("violated", name, found=found)
                     if rounds >= opts.l2_max_rounds:
-                        return _Outcome("l2", obj, dual, name, gap)
+                        return _Outcome("l2", name)
                     _add_l2_cut(form, ball, d / norm)
                     rounds += 1
                     continue
             if obj < limit:
                 found = confirm(x)
-                return _Outcome("violated" if found is not None else "numerics", obj, dual, name, gap, found)
+                return _Outcome("violated" if found is not None else "numerics", name, found=found)
         if st == _S.kTimeLimit:
-            return _Outcome("timeout", obj, dual, name, gap)
+            return _Outcome("timeout", name)
         if st == _S.kOptimal:  # optimum in [limit, tol): neither a counterexample nor a proof
-            return _Outcome("margin", obj, dual, name, gap)
-        return _Outcome("error", obj, dual, name, gap)
+            return _Outcome("margin", name)
+        return _Outcome("error", name)
 
 
 def _add_l2_cut(form: Formulation, ball: LpBall, g: Tensor) -> None:
@@ -270,13 +266,13 @@ def solve_query(
     row_lb: np.ndarray | None = None,
     warm: Tensor | None = None,
     options: HighsOptions = HighsOptions(),
-) -> MipResult:
+) -> Verdict:
     """Decide ``query`` (one example) before ``deadline`` (``time.perf_counter()`` seconds).
 
     ``bounds``: float64 bounds on the example's nodes (big-M values; tightened further here);
     ``row_lb``: proven lower bounds on each disjunct's violation (> 0: skipped); ``warm``: an input
-    point, or one per disjunct, to warm-start from (e.g. the attack's best). The result's
-    ``objective`` / ``dual_bound`` are on the negated violation (robustness: max_j f_j - f_y).
+    point, or one per disjunct, to warm-start from (e.g. the attack's best). A verified Verdict's
+    ``margin_lb`` is the smallest proven lower bound on a disjunct's violation.
     """
     t0 = time.perf_counter()
     form = build_tightened(net, query.input_set, bounds, config=options.tighten, deadline=deadline,  # type: ignore[arg-type]
@@ -307,33 +303,32 @@ def solve_query(
             model.drop(rows)
 
     n_total = n_bin + (len(remaining) if indicator else 0)
-    best: float | None = None  # the best incumbent's negated violation
     reasons: list[str] = []
-    last_status, last_gap = "bounds" if not remaining else "", None
+    last_status = "bounds" if not remaining else ""
     for ks, out in outcomes():
-        last_status, last_gap = out.solver_status, out.gap
-        if out.objective is not None:
-            best = -out.objective if best is None else max(best, -out.objective)
+        last_status = out.solver_status
         if out.status == "proven":
             for k in ks:
                 lower[k] = out.bound
             continue
         if out.found is not None:
-            return MipResult("falsified", None, best, None, out.found[0], out.solver_status, out.gap,
-                             time.perf_counter() - t0, n_total)
+            return Verdict("falsified", "mip", counterexample=out.found[0], disjunct=out.found[1],
+                           seconds={"mip": time.perf_counter() - t0}, solver_status=out.solver_status,
+                           n_binaries=n_total)
         reasons.append(_REASONS.get(out.status, f"solver status {out.solver_status}"))
         if out.status == "timeout":
             break  # the deadline is shared: later disjuncts cannot run either
-    seconds = time.perf_counter() - t0
+    seconds = {"mip": time.perf_counter() - t0}
     if not reasons and time.perf_counter() > deadline:
         reasons.append("timeout")  # a proof that finished past the time limit is not reported as one
     if not reasons and all(b is not None for b in lower):
         # every disjunct proven: by its propagated bound (> 0, re-checked in float64 upstream), by the
         # root LP or the MIP (dual bound >= tol, or INFEASIBLE under objective_bound = tol)
-        dual = -min((b for b in lower if b is not None), default=math.inf)
-        return MipResult("verified", None, best, dual, None, last_status or "lp", last_gap, seconds, n_total)
-    return MipResult("unknown", reasons[0] if reasons else "timeout", best, None, None, last_status, last_gap,
-                     seconds, n_total)
+        lb = min((b for b in lower if b is not None), default=math.inf)
+        return Verdict("verified", "mip", margin_lb=lb, seconds=seconds, solver_status=last_status or "lp",
+                       n_binaries=n_total)
+    return Verdict("unknown", reason=reasons[0] if reasons else "timeout", seconds=seconds,
+                   solver_status=last_status, n_binaries=n_total)
 
 
 def _indicator(model: _Model, remaining: list[int], *, deadline: float, warm: Tensor | None, opts: HighsOptions,

@@ -42,9 +42,10 @@ from torch import Tensor
 
 from ..errors import ModelError, SolverUnavailableError, SpecError
 from ..network import Network
-from ..query import Query, confirm_point, nearby_points
+from ..query import Query, confirm_point, outputs_f64
+from ..results import Status, Verdict
 from ..spec import LpBall, margins_f64
-from . import VERIFY_TOL, MipResult, MipStatus
+from . import VERIFY_TOL
 
 Objective = Literal["auto", "worst", "closest"]
 Tightening = Literal["interval_arithmetic", "lp", "mip"]
@@ -228,7 +229,7 @@ def solve_example(
     options: MipVerifyOptions | Any = None,
     time_limit: float | None = None,
     threads: int | None = None,
-) -> MipResult:
+) -> Verdict:
     """Decide robustness of example ``example_index`` of ``pset`` with MIPVerify.jl.
 
     ``bounds``, ``margin_lb`` and ``warm_start`` are accepted and not used: MIPVerify tightens its own bounds.
@@ -261,8 +262,8 @@ def solve_example(
         raw = _raw_answer(res)
     except Exception as e:  # a JuliaError inside the solve: report, keep a batch going
         first = " ".join(str(e).split())[:200] or type(e).__name__
-        return MipResult("unknown", f"mipverify error: {first}", None, None, None, "ERROR", None,
-                         time.perf_counter() - t0, 0, backend="mipverify")
+        return Verdict("unknown", reason=f"mipverify error: {first}", seconds={"mip": time.perf_counter() - t0},
+                       solver_status="ERROR", n_binaries=0)
     return map_answer(net, ball, label, raw, seconds=time.perf_counter() - t0)
 
 
@@ -284,15 +285,16 @@ def _check_query(net: Network, ball: LpBall, opts: MipVerifyOptions) -> None:
         raise SpecError("the worst objective answers Linf queries only; use closest (or auto) for p = 1 or 2")
 
 
-def _point_query(net: Network, ball: LpBall, label: int, t0: float) -> MipResult:
+def _point_query(net: Network, ball: LpBall, label: int, t0: float) -> Verdict:
     """eps = 0: the set is one point; decide it by a float64 forward pass."""
-    m = float(margins_f64(net, ball.center, torch.tensor([label]))[0])
-    seconds = time.perf_counter() - t0
+    m = float(margins_f64(net, ball.center, torch.tensor([label]))[0])  # max_j f_j - f_y: minus the margin
+    kw: dict[str, Any] = {"seconds": {"mip": time.perf_counter() - t0}, "solver_status": "POINT", "n_binaries": 0}
     if m < -VERIFY_TOL:
-        return MipResult("verified", None, m, m, None, "POINT", 0.0, seconds, 0, backend="mipverify")
+        return Verdict("verified", "mip", margin_lb=-m, **kw)
     if m > 0:
-        return MipResult("falsified", None, m, m, ball.center.clone(), "POINT", 0.0, seconds, 0, backend="mipverify")
-    return MipResult("unknown", "margin within tolerance", m, m, None, "POINT", None, seconds, 0, backend="mipverify")
+        k = Query.robustness(ball, label, net.n_classes).satisfied_by(outputs_f64(net, ball.center))
+        return Verdict("falsified", "mip", counterexample=ball.center.clone(), disjunct=k, **kw)
+    return Verdict("unknown", reason="margin within tolerance", **kw)
 
 
 def _raw_answer(res: Any) -> RawAnswer:
@@ -305,59 +307,46 @@ def _raw_answer(res: Any) -> RawAnswer:
     )
 
 
-def _finite(v: float) -> float | None:
-    return v if math.isfinite(v) else None
-
-
 # for 'closest': the solver's point sits on a tie (which MIPVerify allows); the re-check also
 # tries the perturbation pushed a little past it
 _PUSH = (1 + 1e-9, 1 + 1e-6, 1 + 1e-4, 1 + 1e-3, 1 + 1e-2)
 
 
-def map_answer(net: Network, ball: LpBall, label: int, raw: RawAnswer, *, seconds: float) -> MipResult:
+def map_answer(net: Network, ball: LpBall, label: int, raw: RawAnswer, *, seconds: float) -> Verdict:
     """The verdict for one example (``ball`` holds just that example) from MIPVerify's answer."""
     closest = raw.objective_kind == "closest"
-    gap = _finite(raw.gap)
 
-    def result(status: MipStatus, reason: str | None, objective: float | None, dual: float | None,
-               cex: Tensor | None = None) -> MipResult:
-        return MipResult(status, reason, objective, dual, cex, raw.termination, gap, seconds, raw.n_binaries,
-                         backend="mipverify")
+    def result(status: Status, reason: str | None = None, found: tuple[Tensor, int] | None = None) -> Verdict:
+        # 'worst': the dual bound is an upper bound on max_j f_j - f_y, minus the margin
+        lb = -raw.dual_bound if status == "verified" and not closest and math.isfinite(raw.dual_bound) else None
+        return Verdict(status, "mip" if status != "unknown" else None, reason,
+                       None if found is None else found[0], margin_lb=lb, seconds={"mip": seconds},
+                       solver_status=raw.termination, n_binaries=raw.n_binaries,
+                       disjunct=None if found is None else found[1])
 
-    candidate_violation: float | None = None
     if raw.has_solution and raw.perturbed.size == ball.center[0].numel():
         x = torch.as_tensor(raw.perturbed, dtype=torch.float64).reshape(ball.center.shape)
-        push = _PUSH if closest else ()
-        # the largest float64 violation max_j f_j - f_y among the points the re-check tries
-        candidate_violation = max(float(margins_f64(net, c, torch.tensor([label]))[0])
-                                  for c in nearby_points(ball.to(torch.float64), x, push))
-        found = confirm_point(net, Query.robustness(ball, label, net.n_classes), x, push=push)
+        found = confirm_point(net, Query.robustness(ball, label, net.n_classes), x, push=_PUSH if closest else ())
         if found is not None:
-            cand = found[0]
-            obj = _finite(raw.objective) if not closest else float(margins_f64(net, cand, torch.tensor([label]))[0])
-            return result("falsified", None, obj, None if closest else _finite(raw.dual_bound), cand)
-    # objective / dual_bound mean the violation max_j f_j - f_y (as in MipResult) only for 'worst'
-    objective = candidate_violation if closest else _finite(raw.objective)
-    dual = None if closest else _finite(raw.dual_bound)
+            return result("falsified", found=found)
     if not raw.solved:
-        return result("unknown", "numerics", objective, dual)
+        return result("unknown", "numerics")
     if raw.infeasible and raw.termination == "INFEASIBLE":
-        return result("verified", None, objective, dual)
+        return result("verified")
     if closest and math.isfinite(raw.dual_bound):
-        eps = float(ball.eps[0])
-        threshold = eps * eps if ball.p == 2.0 else eps
+        threshold = _threshold(ball)
         if raw.dual_bound > threshold * (1 + DISTANCE_SLACK) + DISTANCE_SLACK:
             name = "squared L2" if ball.p == 2.0 else f"L{int(ball.p)}"
-            return result("verified", f"min {name} distortion >= {raw.dual_bound:.6g} > {threshold:.6g}", objective, None)
+            return result("verified", f"min {name} distortion >= {raw.dual_bound:.6g} > {threshold:.6g}")
     if raw.has_solution:
         # a solver point that did not survive the float64 re-check (or, for closest, lies outside the ball)
         if closest and raw.termination == "OPTIMAL":
-            return result("unknown", "gap" if raw.objective > _threshold(ball) else "numerics", objective, dual)
+            return result("unknown", "gap" if raw.objective > _threshold(ball) else "numerics")
         if raw.termination != "TIME_LIMIT":
-            return result("unknown", "numerics", objective, dual)
+            return result("unknown", "numerics")
     if raw.termination == "TIME_LIMIT":
-        return result("unknown", "timeout", objective, dual)
-    return result("unknown", f"solver status {raw.termination}", objective, dual)
+        return result("unknown", "timeout")
+    return result("unknown", f"solver status {raw.termination}")
 
 
 def _threshold(ball: LpBall) -> float:
