@@ -25,7 +25,7 @@ from torch import Tensor
 from ..bounds.adam import Adam
 from ..bounds.backward import backward_bound
 from ..bounds.relax import ReluRelaxation, relu_relaxation
-from ..bounds.slopes import keep_best
+from ..bounds.adam import keep_best
 from ..bounds.types import NodeBounds
 from ..network import Network
 from ..spec import LpBall
