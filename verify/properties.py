@@ -184,9 +184,10 @@ def property_bounds(net: Network, prop: OutputProperty, box: Box) -> PropertyBou
 
     k = len(prop.disjuncts)
     method: Literal["crown", "ibp"] = "ibp" if any(isinstance(n.op, MaxPool2d) for n in net.graph) else "crown"
-    dj = [dj for dj in prop.disjuncts if len(dj.d)]
-    C = np.concatenate([d.C for d in dj]) if dj else np.zeros((0, prop.n_outputs))
-    d = np.concatenate([d.d for d in dj]) if dj else np.zeros(0)
+    dj = [x for x in prop.disjuncts if len(x.d)]
+    # no rows at all: one vacuous row (d = -inf), for the node bounds
+    C = np.concatenate([x.C for x in dj]) if dj else np.zeros((1, prop.n_outputs))
+    d = np.concatenate([x.d for x in dj]) if dj else np.full(1, -math.inf)
     with torch.no_grad():  # a Box is an input set to the bound code, whose annotations name only LpBall
         rows = certify_rows(net, box, torch.as_tensor(C, dtype=torch.float64).unsqueeze(0),  # type: ignore[arg-type]
                             torch.as_tensor(d, dtype=torch.float64).unsqueeze(0), method=method, float64=True)

@@ -128,3 +128,28 @@ def test_certify_with_bounds_is_the_margin_rows(method) -> None:
         out = net.forward(xs).reshape(50, len(y), -1)
         worst = (out.gather(2, y.reshape(1, -1, 1).expand(50, -1, 1)) - out).masked_fill(~keep.unsqueeze(0), torch.inf)
         assert bool((res.margin_lb[res.certified] <= worst.amin((0, 2))[res.certified]).all())
+
+
+def test_property_bounds_are_the_rows_of_its_disjuncts() -> None:
+    """property_bounds = certify_rows(float64) on the rows of all disjuncts: a disjunct is proven when
+    one of its rows is; a disjunct without rows is never proven (and the node bounds still come back)."""
+    import numpy as np
+
+    from verify.properties import OutputProperty, property_bounds
+    from verify.query import Disjunct
+
+    net = conv_net(0)
+    x = torch.rand(49, generator=torch.Generator().manual_seed(1), dtype=torch.float64).numpy()
+    y = net.forward(torch.as_tensor(x).reshape(1, 1, 7, 7)).reshape(-1).numpy()
+    far, near = np.array([y[0] - y[1] - 50.0]), np.array([y[0] - y[1] + 1.0])
+    row = np.array([[1.0, -1.0, 0.0]])
+    djs = (Disjunct(np.zeros((0, 3)), np.zeros(0)), Disjunct(row, far), Disjunct(np.concatenate([row, -row]), np.concatenate([near, far])),
+           Disjunct(row, near))
+    prop = OutputProperty(np.clip(x - 0.01, 0, 1), np.clip(x + 0.01, 0, 1), djs, 3)
+    pb = property_bounds(net, prop, prop.box(net))
+    assert pb.proven.tolist() == [False, True, True, False] and pb.method == "crown"  # 2: its second row
+    rows = certify_rows(net, prop.box(net), torch.as_tensor(np.concatenate([row, row, -row, row])),  # type: ignore[arg-type]
+                        torch.as_tensor(np.concatenate([far, near, far, near])), method="crown", float64=True)
+    assert pb.violation_lb[1] == rows.lower[0, 0] and pb.violation_lb[3] == rows.lower[0, 3]
+    assert pb.violation_lb[2] == max(rows.lower[0, 1], rows.lower[0, 2]) and pb.violation_lb[0] == -np.inf
+    assert set(pb.intermediate) == set(range(len(net.graph)))
