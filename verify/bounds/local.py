@@ -33,6 +33,7 @@ from torch import Tensor
 
 from ..network import AffineLayer, ChannelAffine, Conv2d, Network, ReLU, _ConvLike
 from ..spec import LpBall
+from .adam import ascend_slopes
 from .relax import ReluRelaxation, flat_sum, through_relu, wide_sum
 
 
@@ -188,10 +189,8 @@ class LocalBounds:
                  ) -> tuple[Tensor, Tensor]:
         """:meth:`range`'s two one-sided bounds with alpha-CROWN's slopes: every row (the neuron's
         +row and -row of each pair) has its own lower slopes on its windows of every ReLU,
-        starting at the relaxation's and optimised by :func:`verify.bounds.slopes.ascend_slopes`
+        starting at the relaxation's and optimised by :func:`verify.bounds.adam.ascend_slopes`
         (any slopes in [0, 1] give sound bounds, so the result is never looser than at the start)."""
-        from .slopes import ascend_slopes
-
         op = self.conv
         ch, pos = neuron // self.n_pos, neuron % self.n_pos
         row = ex * self.n_pos + pos
