@@ -172,45 +172,35 @@ class PropertyBounds:
 
 
 def property_bounds(net: Network, prop: OutputProperty, box: Box) -> PropertyBounds:
-    """CROWN bounds (interval bounds where the network has MaxPool) on every row of every disjunct.
+    """Bounds on every row C_i y - d_i of every disjunct: :func:`verify.bounds.certify_rows` with
+    CROWN (interval bounds where the network has MaxPool, which the backward engine does not take).
 
-    Runs in float64 throughout (one instance, so no float32 screen is needed). A row is
-    infeasible -- and with it its disjunct -- when its lower bound exceeds ``d_i`` by more than
-    SAFETY_REL * max(1, |C_i|_1 * max_j |y_j(centre)|, |d_i|), the margin :mod:`verify.bounds`
-    uses for certificates.
+    Runs in float64 throughout (one instance, no float32 screen, and the complete stage needs
+    the float64 node bounds). A row is infeasible -- and with it its disjunct -- when its lower
+    bound exceeds ``d_i`` by more than :func:`verify.bounds.certify.row_threshold`, the margin
+    certificates use.
     """
-    from .bounds import SAFETY_REL, backward_bound, interval_bounds, linear_intermediate
+    from .bounds import certify_rows
 
-    b64 = box.to(torch.float64)
-    last = net.graph[-1].index
-    maxpool = any(isinstance(n.op, MaxPool2d) for n in net.graph)
-    with torch.no_grad():
-        # a Box is an input set to the bound code, whose annotations name only LpBall
-        inter = interval_bounds(net, b64, dtype=torch.float64) if maxpool else linear_intermediate(  # type: ignore[arg-type]
-            net, b64, rule="crown", dtype=torch.float64)  # type: ignore[arg-type]
-        k = len(prop.disjuncts)
-        sizes = [len(dj.d) for dj in prop.disjuncts]
-        if sum(sizes) == 0:
-            return PropertyBounds(np.full(k, -math.inf), np.zeros(k, dtype=bool), inter, "interval" if maxpool else "crown")
-        C = torch.as_tensor(np.concatenate([dj.C for dj in prop.disjuncts if len(dj.d)]), dtype=torch.float64)
-        d = np.concatenate([dj.d for dj in prop.disjuncts if len(dj.d)])
-        lo, hi = (t.reshape(-1) for t in inter[last])
-        lb = C.clamp(min=0) @ lo + C.clamp(max=0) @ hi
-        if not maxpool:
-            a = C.reshape(1, C.shape[0], *net.output_shape)
-            lb = torch.maximum(lb, backward_bound(net, b64, last, a, inter, rule="crown")[0])  # type: ignore[arg-type]
-        y0 = outputs_f64(net, box.center)
-    lbn = lb.numpy()
-    scale = np.maximum.reduce([np.ones_like(d), np.abs(C.numpy()).sum(1) * np.abs(y0).max(), np.abs(d)])
-    row_ok = lbn - d > SAFETY_REL * scale
-    margin = lbn - d
+    k = len(prop.disjuncts)
+    method: Literal["crown", "ibp"] = "ibp" if any(isinstance(n.op, MaxPool2d) for n in net.graph) else "crown"
+    dj = [x for x in prop.disjuncts if len(x.d)]
+    # no rows at all: one vacuous row (d = -inf), for the node bounds
+    C = np.concatenate([x.C for x in dj]) if dj else np.zeros((1, prop.n_outputs))
+    d = np.concatenate([x.d for x in dj]) if dj else np.full(1, -math.inf)
+    with torch.no_grad():  # a Box is an input set to the bound code, whose annotations name only LpBall
+        rows = certify_rows(net, box, torch.as_tensor(C, dtype=torch.float64).unsqueeze(0),  # type: ignore[arg-type]
+                            torch.as_tensor(d, dtype=torch.float64).unsqueeze(0), method=method, float64=True)
+    assert rows.intermediate is not None
+    margin, row_ok = rows.lower[0].numpy(), rows.proven[0].numpy()
     viol, proven, pos = np.full(k, -math.inf), np.zeros(k, dtype=bool), 0
-    for i, m in enumerate(sizes):
+    for i, dj_i in enumerate(prop.disjuncts):
+        m = len(dj_i.d)
         if m:
             viol[i] = margin[pos:pos + m].max()
             proven[i] = bool(row_ok[pos:pos + m].any())
         pos += m
-    return PropertyBounds(viol, proven, inter, "interval" if maxpool else "crown")
+    return PropertyBounds(viol, proven, rows.intermediate, "interval" if method == "ibp" else "crown")
 
 
 # --------------------------------------------------------------------------- the pipeline

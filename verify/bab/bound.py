@@ -22,10 +22,9 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from ..bounds.adam import Adam
+from ..bounds.adam import Adam, keep_best
 from ..bounds.backward import backward_bound
 from ..bounds.relax import ReluRelaxation, relu_relaxation
-from ..bounds.adam import keep_best
 from ..bounds.types import NodeBounds
 from ..network import Network
 from ..spec import LpBall

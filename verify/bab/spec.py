@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..bounds.certify import SAFETY_REL
+from ..bounds.certify import row_threshold
 
 
 @dataclass(frozen=True)
@@ -79,9 +79,8 @@ def _any_by_owner(ok: Tensor, owner: Tensor, k: int) -> Tensor:
 
 
 def make_rows(disjuncts: Sequence[tuple[Tensor, Tensor]], n_out: int, logit_scale: float) -> Rows:
-    """Rows, combination rows and thresholds. A row's threshold is SAFETY_REL * max(1, |C_r|_1 *
-    max |logit at the centre|, |d_r|) (the rule of :func:`verify.properties.property_bounds`; for a
-    margin row e_y - e_j it is twice :func:`verify.bounds.certify.safety_threshold`)."""
+    """Rows, combination rows and thresholds: :func:`verify.bounds.certify.row_threshold`, the rule
+    of the bound stage (:func:`verify.bounds.certify_rows`)."""
     Cs, ds, owners = [], [], []
     cC, cd, cm, co = [], [], [], []
     m_max = max([1] + [int(torch.as_tensor(d).numel()) for _, d in disjuncts])
@@ -110,7 +109,7 @@ def make_rows(disjuncts: Sequence[tuple[Tensor, Tensor]], n_out: int, logit_scal
     C_all = torch.cat(Cs) if Cs else torch.zeros((0, n_out), dtype=torch.float64)
     d_all = torch.cat(ds) if ds else torch.zeros(0, dtype=torch.float64)
     owner = torch.cat(owners) if owners else torch.zeros(0, dtype=torch.long)
-    thr = SAFETY_REL * torch.maximum(torch.maximum(torch.ones_like(d_all), C_all.abs().sum(1) * logit_scale), d_all.abs())
+    thr = row_threshold(torch.tensor([logit_scale], dtype=torch.float64), C_all.unsqueeze(0), d_all.unsqueeze(0))[0]
     if cC:
         combo_C, combo_d, combo_mask = torch.stack(cC), torch.stack(cd), torch.stack(cm)
         combo_owner = torch.tensor(co, dtype=torch.long)

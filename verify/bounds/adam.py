@@ -1,5 +1,4 @@
-"""A plain Adam for bound parameters (slopes, split multipliers), and the projected ascent on ReLU
-slopes that alpha-CROWN runs with it (any bound layout: the generic engine's, the receptive-field windows')."""
+"""A plain Adam for bound parameters (slopes, split multipliers), and projected ascent with it."""
 
 from __future__ import annotations
 
@@ -38,6 +37,9 @@ class Adam:
                     m.mul_(b1).add_(g, alpha=1 - b1)
                     v.mul_(b2).addcmul_(g, g, value=1 - b2)
                     p.addcdiv_(m, (v.sqrt() / c2).add_(1e-8), value=-lr / c1)
+
+
+__all__ = ["Adam"]
 
 
 def keep_best(best: Tensor | None, cur: Tensor, *pairs: tuple[dict[int, Tensor], dict[int, Tensor]]
@@ -84,6 +86,3 @@ def ascend_slopes(bound: Callable[[dict[int, Tensor]], Tensor], alpha: dict[int,
                 t.clamp_(0.0, 1.0)
     assert best is not None
     return best, best_alpha
-
-
-__all__ = ["Adam", "ascend_slopes", "keep_best"]

@@ -12,18 +12,18 @@ from torch import Tensor
 from ..errors import SpecError
 from ..network import Network
 from ..spec import LpBall
-from .backward import check_supported
-from .compute import ALPHA_INTERMEDIATE_STEPS, check_labels, compute_bounds
-from .final import alpha_margins, initial_alpha, interval_margins, linear_margins
+from .backward import check_supported, margin_spec
+from .compute import ALPHA_INTERMEDIATE_STEPS, check_labels, compute_rows
+from .final import alpha_rows, initial_alpha, interval_rows, linear_rows
 from .intermediate import linear_intermediate
 from .interval import interval_bounds
 from .rounding import RoundingGuard, guard_applies, ieee_context, outward_ball
-from .types import CertifiedBounds, Method, NodeBounds
+from .types import CertifiedBounds, Method, NodeBounds, RowBounds
 
-# A certificate needs the float64 margin bound to exceed SAFETY_REL * max(1, max |logit at the
-# centre|). The float64 bound is computed with a few thousand to a few million roundings of
-# relative size 2^-53 ~ 1.1e-16 on terms of logit scale, so its rounding error is far below
-# 1e-9 of that scale; 1e-6 leaves three orders of magnitude of room and is still negligible
+# A float64 proof needs the bound on a row c . f - d to exceed SAFETY_REL * max(1, |c|_1 / 2 *
+# max |logit at the centre|, |d|) (row_threshold; a margin row: max(1, max |logit|)). The float64
+# bound is computed with a few thousand to a few million roundings of relative size 2^-53 ~ 1.1e-16
+# on terms of logit scale, so its rounding error is far below 1e-9 of that scale; 1e-6 leaves three orders of magnitude of room and is still negligible
 # against the margins that matter (>= 1e-3 of the logit scale in practice).
 SAFETY_REL = 1e-6
 # examples bounded together: every node's bounds, relaxations and slopes of a chunk are held at
@@ -32,12 +32,26 @@ CERTIFY_CHUNK = 200
 CERTIFY_CHUNK_ALPHA = 100  # alpha-CROWN also holds slopes, their best copy and Adam's moments per margin
 
 
+def logit_scale(net: Network, pset: LpBall) -> Tensor:
+    """Per example: max_j |f_j(centre)|, in float64."""
+    with torch.no_grad():
+        out = net.forward(pset.center.to(torch.float64))
+    return out.reshape(out.shape[0], -1).abs().amax(1)
+
+
 def safety_threshold(net: Network, pset: LpBall) -> Tensor:
     """Per example: the float64 margin bound must be strictly above this (see SAFETY_REL)."""
-    with torch.no_grad():
-        logits = net.forward(pset.center.to(torch.float64))
-    scale = logits.abs().amax(1).clamp(min=1.0)
-    return SAFETY_REL * scale
+    return SAFETY_REL * logit_scale(net, pset).clamp(min=1.0)
+
+
+def row_threshold(scale: Tensor, spec: Tensor, d: Tensor) -> Tensor:
+    """(N, R): a float64 bound on the row spec[n, r] . f - d[n, r] must be strictly above
+    SAFETY_REL * max(1, |c|_1 / 2 * scale[n], |d|) (scale: :func:`logit_scale`). |c|_1 / 2 * scale
+    bounds |c . f| / 2 at the centre; for a margin row e_y - e_j it is the logit scale itself, so
+    a margin's threshold is :func:`safety_threshold`. Rows with d = -inf (vacuous): 0."""
+    dd = torch.where(torch.isneginf(d), torch.zeros_like(d), d.abs())
+    one = torch.ones_like(dd)
+    return SAFETY_REL * torch.maximum(torch.maximum(one, spec.abs().sum(-1) / 2 * scale.reshape(-1, 1)), dd)
 
 
 def certify_with_bounds(
@@ -49,116 +63,156 @@ def certify_with_bounds(
     alpha_steps: int = 20,
     alpha_lr: float = 0.25,
 ) -> CertifiedBounds:
-    """Which examples a bound method certifies, soundly under rounding.
-
-    Linf balls (methods ibp, kw, crown, alpha-crown): one float32 pass whose every bound is
-    widened by a rigorous a-priori bound on its rounding error (:mod:`verify.bounds.rounding`,
-    docs/soundness.md); an example whose widened margin bound is > 0 is certified. Only
-    examples whose float32 margin is positive but too close to zero for that (or barely
-    negative, where the widening may have cost them the certificate) are recomputed from
-    scratch in float64 -- intermediate and final bounds -- (alpha-crown: float64 CROWN
-    intermediate bounds and the final bound at the slopes found in float32, which are valid
-    slopes whatever precision found them; it optimises only the examples CROWN's bound leaves
-    uncertified), and are certified only if that float64 bound exceeds
-    ``SAFETY_REL * max(1, max_j |f_j(centre)|)`` (relative to the logit scale, SAFETY_REL = 1e-6).
-    L1 / L2 balls: the float32 pass screens and every positive example is rechecked so.
-    ``margin_lb``: the bound that decided (rigorous float32, float64) or the screening bound.
+    """Which examples a bound method certifies, soundly under rounding: :func:`certify_rows` on
+    the margin rows e_y - e_j > 0 (row y vacuous), an example certified when all its rows are.
+    ``margin_lb``: the least row bound (the bound that decided, or the screening bound).
     Method ``lp``: :func:`verify.mip.lp_bound.certify_with_method`.
     """
     if method == "lp":
         raise SpecError("method lp is the MIP's relaxation: verify.mip.lp_bound.certify_with_method")
     y = check_labels(net, pset, labels)
+    spec = margin_spec(y, net.n_classes, torch.float64)
+    d = torch.zeros(spec.shape[:2], dtype=torch.float64, device=spec.device)
+    d[torch.arange(pset.n, device=d.device), y] = -math.inf
+    rows = certify_rows(net, pset, spec, d, method=method, alpha_steps=alpha_steps, alpha_lr=alpha_lr)
+    lower = rows.lower.amin(1) if rows.lower.shape[1] else torch.full((pset.n,), math.inf, dtype=torch.float64)
+    return CertifiedBounds(rows.proven.all(1), lower, method)
+
+
+def certify_rows(
+    net: Network,
+    pset: LpBall,
+    spec: Tensor,
+    d: Tensor,
+    *,
+    method: Literal["ibp", "kw", "crown", "alpha-crown"],
+    float64: bool = False,
+    alpha_steps: int = 20,
+    alpha_lr: float = 0.25,
+) -> RowBounds:
+    """Which rows spec[n, r] . f(x) - d[n, r] > 0 hold over the whole set, soundly under rounding.
+
+    ``spec`` (N, R, n_outputs), or (R, n_outputs) shared; ``d`` (N, R) or (R,); a row with
+    d = -inf is vacuous (proven, bound +inf). Linf balls: one float32 pass whose every bound is
+    widened by a rigorous a-priori bound on its rounding error (:mod:`verify.bounds.rounding`,
+    docs/soundness.md); a row whose widened bound minus :meth:`RoundingGuard.row_error` exceeds
+    d is proven. An example some row of which is not proven is recomputed from scratch in
+    float64 -- intermediate and final bounds -- when its least row bound is within the largest
+    allowance of zero (the question "are all rows proven?" of robustness; alpha-crown: float64
+    CROWN intermediate bounds and the final bound at the slopes found in float32, which are
+    valid slopes whatever precision found them; it optimises only the examples CROWN's bound
+    leaves open); its rows are then decided by that bound alone, proven above
+    :func:`row_threshold` (relative to the output scale, SAFETY_REL = 1e-6). L1 / L2 balls: the
+    float32 pass screens and every example whose least row is positive is rechecked so.
+    ``float64``: every example in float64 (no screen), and the float64 node bounds are returned
+    (a single input set whose open rows go to the MIP, which needs them).
+    ``lower``: per row the bound that decided (rigorous float32, float64) or the screening bound.
+    """
+    if spec.ndim == 2:
+        spec = spec.expand(pset.n, *spec.shape)
+    if d.ndim == 1:
+        d = d.expand(pset.n, *d.shape)
+    spec, d = spec.to(torch.float64), d.to(torch.float64)
+    vacuous = torch.isneginf(d)
+    if float64:
+        sub = pset.to(torch.float64)
+        m64, b64 = _rows64(net, sub, spec, method, None, alpha_lr, alpha_steps)
+        low = m64 - d
+        return RowBounds(low, (low > row_threshold(logit_scale(net, sub), spec, d)) | vacuous, method, b64)
+    if not spec.shape[1]:
+        return RowBounds(d.clone(), vacuous, method)
     chunk = CERTIFY_CHUNK_ALPHA if method == "alpha-crown" else CERTIFY_CHUNK
     if pset.n > chunk:  # examples are independent: bounded memory, whatever n
-        parts = [certify_with_bounds(net, pset.select(torch.arange(i, min(pset.n, i + chunk), device=pset.center.device)),
-                                     y[i : i + chunk], method=method, alpha_steps=alpha_steps, alpha_lr=alpha_lr)
+        parts = [certify_rows(net, pset.select(torch.arange(i, min(pset.n, i + chunk), device=pset.center.device)),
+                              spec[i:i + chunk], d[i:i + chunk], method=method, alpha_steps=alpha_steps, alpha_lr=alpha_lr)
                  for i in range(0, pset.n, chunk)]
-        return CertifiedBounds(torch.cat([r.certified for r in parts]), torch.cat([r.margin_lb for r in parts]), method)
+        return RowBounds(torch.cat([r.lower for r in parts]), torch.cat([r.proven for r in parts]), method)
     guarded = guard_applies(pset)
     p32 = outward_ball(pset) if guarded else pset.to(torch.float32)
     guard = RoundingGuard(net, torch.float32) if guarded else None
-    best_alpha: dict[int, Tensor] | None = None
     with ieee_context() if guarded else contextlib.nullcontext():
-        screen, err, best_alpha = _screen(net, p32, y, method, guard, alpha_steps, alpha_lr)
-    n = pset.n
-    if not screen.shape[1]:
-        dev = pset.center.device
-        return CertifiedBounds(torch.ones(n, dtype=torch.bool, device=dev), torch.full((n,), math.inf, dtype=torch.float64, device=dev), method)
-    margin = screen.to(torch.float64).amin(1)
-    certified = torch.zeros(n, dtype=torch.bool, device=margin.device)
+        screen, err, best_alpha = _screen(net, p32, spec, d, method, guard, alpha_steps, alpha_lr)
+    low = screen.to(torch.float64) - d
     if err is not None:
-        sound = (screen.to(torch.float64) - err).amin(1)
-        certified = (sound > 0) & torch.isfinite(sound)  # an overflow to +inf proves nothing
+        sound = screen.to(torch.float64) - err
+        # an overflow to +inf proves nothing; fl(s - err) > d implies s - err > d (rounding is monotone)
+        proven = ((sound - d > 0) & torch.isfinite(sound)) | vacuous
         # near zero: the rounding allowance decided nothing, or the widened intermediate bounds
         # may have cost a certificate the float64 recheck would give (completeness, not soundness)
-        recheck = ~certified & (margin > -err.amax(1))
-        margin = torch.where(certified, sound, margin)
+        recheck = ~proven.all(1) & (low.amin(1) > -err.amax(1))
+        low = torch.where(proven, sound - d, low)
     else:
-        recheck = margin > 0
+        proven = vacuous.clone()
+        recheck = low.amin(1) > 0
     cand = recheck.nonzero().reshape(-1)
     if cand.numel() == 0:
-        return CertifiedBounds(certified, margin, method)
+        return RowBounds(low, proven, method)
     sub = pset.select(cand).to(torch.float64)
-    ys = y[cand]
-    if method == "alpha-crown":
-        assert best_alpha is not None
+    alpha = None if best_alpha is None else {i: t[cand] for i, t in best_alpha.items()}
+    m64, _ = _rows64(net, sub, spec[cand], method, alpha, alpha_lr, alpha_steps)
+    low[cand] = m64 - d[cand]
+    proven[cand] = (low[cand] > row_threshold(logit_scale(net, sub), spec[cand], d[cand])) | vacuous[cand]
+    return RowBounds(low, proven, method)
+
+
+def _rows64(net: Network, sub: LpBall, spec: Tensor, method: Literal["ibp", "kw", "crown", "alpha-crown"],
+            alpha: dict[int, Tensor] | None, alpha_lr: float, alpha_steps: int) -> tuple[Tensor, NodeBounds]:
+    """Float64 bounds on the rows from scratch; alpha-crown at the given slopes (``alpha``, found in
+    float32), else with ``alpha_steps`` steps of its own."""
+    if method == "alpha-crown" and alpha is not None:
         b64 = linear_intermediate(net, sub, rule="crown", dtype=torch.float64, alpha_steps=ALPHA_INTERMEDIATE_STEPS,
                                   alpha_lr=alpha_lr)
-        init = {i: t[cand].to(torch.float64) for i, t in best_alpha.items()}
-        lin64, _ = alpha_margins(net, sub, ys, b64, steps=0, init=init)
-        m64 = torch.maximum(lin64, interval_margins(net, b64, ys))
-    else:
-        m64 = compute_bounds(net, sub, ys, method=method, dtype=torch.float64).margin_lb
-    m64 = m64.amin(1)
-    margin[cand] = m64
-    certified[cand] = m64 > safety_threshold(net, sub)
-    return CertifiedBounds(certified, margin, method)
+        init = {i: t.to(torch.float64) for i, t in alpha.items()}
+        lin64, _ = alpha_rows(net, sub, spec, b64, steps=0, init=init)
+        return torch.maximum(lin64, interval_rows(net, b64, spec)), b64
+    return compute_rows(net, sub, spec, method=method, dtype=torch.float64, alpha_steps=alpha_steps, alpha_lr=alpha_lr)
 
 
-def _screen(net: Network, p32: LpBall, y: Tensor, method: Literal["ibp", "kw", "crown", "alpha-crown"],
+def _screen(net: Network, p32: LpBall, spec: Tensor, d: Tensor, method: Literal["ibp", "kw", "crown", "alpha-crown"],
             guard: RoundingGuard | None, alpha_steps: int, alpha_lr: float
             ) -> tuple[Tensor, Tensor | None, dict[int, Tensor] | None]:
-    """Float32 margin bounds (N, K), each widened node by node when ``guard`` is given, and
-    the bound on their rounding error (N, K) (None without a guard)."""
+    """Float32 bounds on the rows (N, R), each widened node by node when ``guard`` is given, and
+    the bound on their rounding error (N, R) (None without a guard)."""
     dtype = torch.float32
     if method == "ibp":
         bounds = interval_bounds(net, p32, dtype=dtype, guard=guard)
     else:
         check_supported(net, method)
         bounds = linear_intermediate(net, p32, rule="kw" if method == "kw" else "crown", dtype=dtype, guard=guard)
-    ibp = interval_margins(net, bounds, y)
-    err = guard.margin_error(y) if guard is not None else None
+    ibp = interval_rows(net, bounds, spec)
+    err = guard.row_error(spec) if guard is not None else None
     if method == "ibp":
         return ibp, err, None
     if method == "alpha-crown":
-        return _alpha_where_needed(net, p32, y, bounds, ibp, err, guard is not None, alpha_steps, alpha_lr)
-    return torch.maximum(linear_margins(net, p32, y, bounds, rule=method), ibp), err, None
+        return _alpha_where_needed(net, p32, spec, d, bounds, ibp, err, guard is not None, alpha_steps, alpha_lr)
+    return torch.maximum(linear_rows(net, p32, spec, bounds, rule=method), ibp), err, None
 
 
-def _alpha_where_needed(net: Network, p32: LpBall, y: Tensor, bounds: NodeBounds, ibp: Tensor, err: Tensor | None,
-                        guarded: bool, steps: int, lr: float) -> tuple[Tensor, Tensor | None, dict[int, Tensor]]:
-    """alpha-CROWN's margins, optimised only for the examples CROWN's bound (alpha's step 0)
-    does not already certify: for the decision any sound bound > 0 will do, and on trained
+def _alpha_where_needed(net: Network, p32: LpBall, spec: Tensor, d: Tensor, bounds: NodeBounds, ibp: Tensor,
+                        err: Tensor | None, guarded: bool, steps: int, lr: float
+                        ) -> tuple[Tensor, Tensor | None, dict[int, Tensor]]:
+    """alpha-CROWN's rows, optimised only for the examples CROWN's bound (alpha's step 0)
+    does not already prove: for the decision any sound bound > d will do, and on trained
     networks most examples are such (the optimisation is most of alpha-CROWN's cost). Those
     examples are bounded again from the input with alpha-CROWN's intermediate bounds, under a
-    rounding guard of their own; each margin keeps the better of the two rigorous bounds
+    rounding guard of their own; each row keeps the better of the two rigorous bounds
     (bound minus its own rounding error), with that run's error."""
-    crown = torch.maximum(linear_margins(net, p32, y, bounds, rule="crown"), ibp)
-    best_alpha = initial_alpha(net, bounds, net.n_classes)
+    crown = torch.maximum(linear_rows(net, p32, spec, bounds, rule="crown"), ibp)
+    best_alpha = initial_alpha(net, bounds, spec.shape[1])
     zero = torch.zeros_like(crown, dtype=torch.float64)
-    hard = ((crown.to(torch.float64) - (zero if err is None else err)).amin(1) <= 0).nonzero().reshape(-1)
+    hard = ((crown.to(torch.float64) - (zero if err is None else err) - d).amin(1) <= 0).nonzero().reshape(-1)
     if hard.numel() == 0:
         return crown, err, best_alpha
-    sub_set, ys = p32.select(hard), y[hard]
+    sub_set, sub_spec = p32.select(hard), spec[hard]
     guard = RoundingGuard(net, torch.float32) if guarded else None
     sub = linear_intermediate(net, sub_set, rule="crown", dtype=torch.float32, guard=guard,
                               alpha_steps=ALPHA_INTERMEDIATE_STEPS, alpha_lr=lr)
-    lin, alpha = alpha_margins(net, sub_set, ys, sub, steps=steps, lr=lr)
-    new = torch.maximum(lin, interval_margins(net, sub, ys))
+    lin, alpha = alpha_rows(net, sub_set, sub_spec, sub, steps=steps, lr=lr)
+    new = torch.maximum(lin, interval_rows(net, sub, sub_spec))
     if err is None:
         take = new > crown[hard]
     else:
-        new_err = guard.margin_error(ys) if guard is not None else zero[hard]
+        new_err = guard.row_error(sub_spec) if guard is not None else zero[hard]
         take = new.to(torch.float64) - new_err > crown[hard].to(torch.float64) - err[hard]
         err[hard] = torch.where(take, new_err, err[hard])
     crown[hard] = torch.where(take, new, crown[hard])

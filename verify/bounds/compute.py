@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor
 
 from ..errors import DataError, SpecError
 from ..network import Network
 from ..spec import LpBall
-from .backward import check_supported
-from .final import alpha_margins, interval_margins, linear_margins
+from .backward import check_supported, margin_spec
+from .final import _finish, alpha_rows, interval_rows, linear_rows
 from .intermediate import alpha_intermediate, linear_intermediate
 from .interval import interval_bounds
 from .types import METHODS, BoundResult, Method, NodeBounds
@@ -67,9 +69,30 @@ def compute_bounds(
     if method == "lp":
         raise SpecError("method lp is the MIP's relaxation: verify.mip.lp_bound.lp_bounds")
     y = check_labels(net, pset, labels)
+    rows, bounds = compute_rows(net, pset, margin_spec(y, net.n_classes, dtype), method=method, dtype=dtype,
+                                intermediate=intermediate, alpha_steps=alpha_steps, alpha_lr=alpha_lr,
+                                alpha_intermediate_steps=alpha_intermediate_steps)
+    return BoundResult(_finish(rows, y), bounds, method)
+
+
+def compute_rows(
+    net: Network,
+    pset: LpBall,
+    spec: Tensor,
+    *,
+    method: Literal["ibp", "kw", "crown", "alpha-crown"],
+    dtype: torch.dtype = torch.float32,
+    intermediate: NodeBounds | None = None,
+    alpha_steps: int = 20,
+    alpha_lr: float = 0.25,
+    alpha_intermediate_steps: int = ALPHA_INTERMEDIATE_STEPS,
+) -> tuple[Tensor, NodeBounds]:
+    """:func:`compute_bounds` on any rows: lower bounds (N, R) on spec[n, r] . f(x) over the set
+    (spec (N, R, n_outputs)), and the intermediate bounds used."""
     if method != "ibp":
         check_supported(net, method)
     pset = pset.to(dtype)
+    spec = spec.to(dtype)
     if intermediate is not None:
         bounds = interval_bounds(net, pset, dtype=dtype, start=intermediate)
     elif method == "ibp":
@@ -77,17 +100,17 @@ def compute_bounds(
     else:
         bounds = linear_intermediate(net, pset, rule="kw" if method == "kw" else "crown", dtype=dtype)
     if method == "kw" or method == "crown":  # narrows method to a Rule (`in` narrows only on newer mypy)
-        lin = linear_margins(net, pset, y, bounds, rule=method)
+        lin = linear_rows(net, pset, spec, bounds, rule=method)
     elif method == "alpha-crown":
         crown = None
         if intermediate is None and alpha_intermediate_steps > 0:
             # CROWN's bound first: with other intermediate bounds CROWN's slopes (alpha's start) can
             # give less (the bound is not monotone in them), and alpha-CROWN is never below CROWN
-            crown = linear_margins(net, pset, y, bounds, rule="crown")
+            crown = linear_rows(net, pset, spec, bounds, rule="crown")
             bounds = alpha_intermediate(net, pset, bounds, steps=alpha_intermediate_steps, lr=alpha_lr)
-        lin, _ = alpha_margins(net, pset, y, bounds, steps=alpha_steps, lr=alpha_lr)
+        lin, _ = alpha_rows(net, pset, spec, bounds, steps=alpha_steps, lr=alpha_lr)
         lin = lin if crown is None else torch.maximum(lin, crown)
-    ibp = interval_margins(net, bounds, y)
+    ibp = interval_rows(net, bounds, spec)
     if method == "ibp":
-        return BoundResult(ibp, bounds, method)
-    return BoundResult(torch.maximum(lin, ibp), bounds, method)
+        return ibp, bounds
+    return torch.maximum(lin, ibp), bounds

@@ -225,10 +225,24 @@ class RoundingGuard:
         self._keep(node.index, torch.maximum(mag, torch.maximum(lo.detach().abs(), hi.detach().abs()).to(torch.float64)))
         return lo, hi
 
-    def margin_error(self, labels: Tensor) -> Tensor:
-        """(N, K): a bound on the rounding error of every margin bound f_y - f_j (0 in column y)."""
+    def row_error(self, spec: Tensor) -> Tensor:
+        """(N, R): a bound on the rounding error of the float32 bound on every row spec[n, r] . f
+        (spec (N, R, n_out), float64; the bound is computed with its float32 copy c32).
+
+        A bound on c32 . f is a sum of the output node's terms, each times |c32_j|, so its term
+        mass is at most |c32| . M_out (one product more per term, within K's margin), hence
+        2 gamma_K |c32| . M_out; the underflow allowance scales with |c32|_1; and
+        |c - c32| . M_out bounds c . f - c32 . f, M_out being >= |f| over the set (0 for a row
+        exact in float32, as margin rows e_y - e_j are, where this is 2 gamma_K (M_y + M_j)).
+        """
         last = self.net.graph[-1].index
-        mag = self.mag[last].reshape(labels.shape[0], -1)
-        my = mag.gather(1, labels.reshape(-1, 1).to(torch.long))
-        err = 2 * gamma(rounding_budget(self.net, last), self.dtype) * (my + mag) * (1 + 1e-9) + 2 * self._absolute(mag)
-        return err.scatter(1, labels.reshape(-1, 1).to(torch.long), 0.0)
+        mag = self.mag[last].reshape(spec.shape[0], 1, -1)
+        c = spec.to(torch.float64)
+        c32 = c.to(self.dtype).to(torch.float64)
+        a = c32.abs()
+        mass = (a * mag).sum(-1)
+        err = (2 * gamma(rounding_budget(self.net, last), self.dtype) * mass * (1 + 1e-9)
+               + a.sum(-1) * self._absolute(mag.reshape(spec.shape[0], -1)))
+        exact = torch.equal(c, c32)
+        err = err if exact else err + ((c - c32).abs() * mag).sum(-1) * (1 + 1e-9)
+        return torch.nan_to_num(err, nan=math.inf)  # 0 * an infinite magnitude

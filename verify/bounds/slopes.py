@@ -1,4 +1,4 @@
-"""alpha-CROWN on the generic engine: CROWN's starting slopes and their optimisation (:func:`verify.bounds.adam.ascend_slopes`).
+"""alpha-CROWN's optimiser: projected Adam ascent on ReLU lower slopes, best bound per spec row kept.
 
 Shared by the final margins (:func:`verify.bounds.final.alpha_margins`) and the intermediate
 bounds (:func:`verify.bounds.intermediate.alpha_intermediate`). Any slopes in [0, 1] give a
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor
 
 from ..network import Network
@@ -46,8 +45,10 @@ def optimise_slopes(
 ) -> tuple[Tensor, dict[int, Tensor]]:
     """max over slopes of the lower bound of <spec, node ``start``>: (best bound (B, S), its slopes).
 
-    ``alpha`` gives the starting slopes (B, S, *shape) per ReLU node; see :func:`ascend_slopes`.
+    ``alpha`` gives the starting slopes (B, S, *shape) per ReLU node; see :func:`verify.bounds.adam.ascend_slopes`.
     """
     with reuse_matrices():  # the network's parameters do not change during the steps
         return ascend_slopes(lambda al: backward_bound(net, pset, start, spec, bounds, rule="alpha", alpha=al),
                              alpha, steps=steps, lr=lr, deadline=deadline)
+
+

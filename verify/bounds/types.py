@@ -31,3 +31,14 @@ class CertifiedBounds:
     certified: Tensor  # bool (N,)
     margin_lb: Tensor  # float64 (N,): min over j != y of the margin lower bound that decided
     method: str
+
+
+@dataclass(frozen=True)
+class RowBounds:
+    """Rows c . f(x) - d of a spec: ``proven[n, r]`` only from a bound on it that is rigorous under
+    rounding and > 0 (docs/soundness.md)."""
+
+    lower: Tensor  # float64 (N, R): the bound on c . f - d that decided, or the screening bound
+    proven: Tensor  # bool (N, R)
+    method: str
+    intermediate: NodeBounds | None = None  # the float64 node bounds (certify_rows(float64=True) only)
