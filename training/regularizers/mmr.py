@@ -355,7 +355,7 @@ def _window_gradients(net: Network, ball: LpBall, k: int, rels: dict[int, ReluRe
     plan = local_plan(net, ball, k)
     if plan is None:
         return None
-    local = LocalBounds(net, ball, k, plan, rels)
+    local = LocalBounds(net, ball, k, plan, rels, coefficients_only=True)
     nk = math.prod(net.graph[k].shape)
     widest = max(net.graph[i].shape[0] * f.h * f.w for i, f in plan)  # one neuron's widest window
     chunk = max(1, CHUNK_ELEMENTS // (nk * widest))  # examples per pass

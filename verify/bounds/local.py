@@ -118,7 +118,10 @@ class LocalBounds:
     """Bounds on (example, neuron) pairs of conv node k, with every window read once per batch."""
 
     def __init__(self, net: Network, pset: LpBall, k: int, plan: list[tuple[int, Frame]],
-                 relaxations: dict[int, ReluRelaxation]) -> None:
+                 relaxations: dict[int, ReluRelaxation], *, coefficients_only: bool = False) -> None:
+        """``coefficients_only``: read only what :meth:`all_coefficients` needs (the ReLUs' upper
+        slopes, the padding masks), not the set nor the other relaxation lines, which
+        :meth:`range` and :meth:`all_ranges` need (they refuse to run then)."""
         node = net.graph[k]
         self.conv = node.op_as(Conv2d)  # node k's layer
         self.net, self.k, self.plan = net, k, plan
@@ -127,14 +130,19 @@ class LocalBounds:
         self.like = pset.center.new_zeros(())
         self.ball: LpBall | None = None  # p = 1, 2: one ball per (example, position) row, on its input window
         self.relu: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
+        self.slopes: dict[int, Tensor] = {}  # the upper slopes of self.relu, all that all_coefficients reads
         self.valid: dict[int, Tensor] = {}
         self.window_t: dict[int, tuple[Tensor, tuple[int, ...]]] = {}
         self.relaxations = relaxations
         self.input_box: tuple[Tensor, Tensor] | None = None  # Linf: the box itself
+        self.coefficients_only = coefficients_only
+        window_t = not coefficients_only or self._conv_pair() is None  # the pair's product needs no window transposes
         for idx, frame in plan:
             if idx == 0:
                 ones = torch.ones((1, *net.graph[0].shape), dtype=pset.center.dtype, device=pset.center.device)
                 self.valid[0] = windows(ones, frame, self.grid)  # input positions that are not padding
+                if coefficients_only:
+                    continue
                 if math.isinf(pset.p):  # the set is a box: its windows are all the input stage reads
                     lo, hi = pset.box()
                     self.input_box = (lo, hi)
@@ -149,13 +157,17 @@ class LocalBounds:
             op = net.graph[idx].op
             if isinstance(op, ReLU):
                 rel = relaxations[net.graph[idx].inputs[0]]
+                if coefficients_only:
+                    self.slopes[idx] = windows(rel.lam_up, frame, self.grid)
+                    continue
                 lam_lo, lam_up, mu_up = (windows(t, frame, self.grid) for t in (rel.lam_lo, rel.lam_up, rel.mu_up))
                 self.relu[idx] = (lam_lo, lam_up, mu_up)
+                self.slopes[idx] = lam_up
             else:
                 ones = torch.ones((1, *net.graph[idx].shape), dtype=pset.center.dtype, device=pset.center.device)
                 self.valid[idx] = windows(ones, frame, self.grid)
                 c = net.graph[idx].shape[0]
-                if isinstance(op, _ConvLike) and c * frame.h * frame.w <= WINDOW_MATRIX_MAX:
+                if window_t and isinstance(op, _ConvLike) and c * frame.h * frame.w <= WINDOW_MATRIX_MAX:
                     # the transpose on one window as a small dense matrix: a batched matmul is
                     # ~10x faster on CPU than conv_transpose2d over many tiny windows
                     eye = torch.eye(c * frame.h * frame.w, dtype=pset.center.dtype, device=pset.center.device)
@@ -206,7 +218,7 @@ class LocalBounds:
                 break
             op = graph[idx].op
             if isinstance(op, ReLU):
-                a = a * self.relu[idx][1][rows].unsqueeze(1)  # lam_up == lam_lo for fixed patterns
+                a = a * self.slopes[idx][rows].unsqueeze(1)  # lam_up == lam_lo for fixed patterns
                 continue
             valid = self.valid[idx]  # (P, c, h, w), the same for every example
             a = (a.reshape(e, n_pos, *a.shape[1:]) * valid[None, :, None]).reshape(a.shape)
@@ -237,6 +249,8 @@ class LocalBounds:
         convolution of the whole batch; only the weighted L1 norms of the input coefficients A
         need the window coefficients (:meth:`all_coefficients`, a few examples per pass).
         """
+        if self.coefficients_only:
+            raise ValueError("LocalBounds(coefficients_only=True) has no set to bound over")
         pair = self._conv_pair()
         if pair is None or self.input_box is None:
             return None
@@ -311,7 +325,7 @@ class LocalBounds:
         w2g = F.pad(w2, (0, 1, 0, 1))[:, :, ay][:, :, :, :, ax]  # (C2, C1, T, J, T', J')
         w1g = F.pad(w1, (0, 1, 0, 1))[:, :, ky][:, :, :, :, kx]  # (C1, c0, r, J, r', J')
         kern = torch.einsum("dctjuk,cesjrk->tudesrjkc", w2g, w1g).reshape(ty * tx, c2 * c0 * sy * sx, jy * jx * c1)
-        slope = self.relu[relu_idx][1][rows]  # (E*P, C1, kh2, kw2): lam_up == lam_lo for fixed patterns
+        slope = self.slopes[relu_idx][rows]  # (E*P, C1, kh2, kw2): lam_up == lam_lo for fixed patterns
         # (kh2 + 1) * (kw2 + 1) taps (the last ones the zero pad) x (P, E, C1), position-major
         taps = F.pad(slope, (0, 1, 0, 1)).reshape(e, self.n_pos, c1, -1).permute(3, 1, 0, 2)
         tap = (ay.reshape(ty, 1, jy, 1) % (kh2 + 1)) * (kw2 + 1) + ax.reshape(1, tx, 1, jx) % (kw2 + 1)
@@ -327,6 +341,8 @@ class LocalBounds:
     def _pass(self, row: Tensor, pos: Tensor, a: Tensor, const: Tensor, *, two_sided: bool
               ) -> tuple[Tensor, Tensor | None]:
         """(lower, upper if ``two_sided``) of the rows ``a`` (P, S, C, h, w) plus ``const`` (P, S)."""
+        if self.coefficients_only:
+            raise ValueError("LocalBounds(coefficients_only=True) has no set to bound over")
         graph = self.net.graph
         p, s = a.shape[:2]
         total = const
