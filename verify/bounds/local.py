@@ -332,11 +332,11 @@ class LocalBounds:
         sg = taps.index_select(0, tap.reshape(-1)).reshape(ty, tx, jy, jx, self.n_pos * e, c1)  # (T, T', J, J', P*E, C1)
         sg = sg.permute(0, 1, 4, 2, 3, 5).reshape(ty * tx, self.n_pos * e, jy * jx * c1)
         out = torch.bmm(sg, kern.transpose(1, 2))  # (T*T', P*E, C2*c0*r*r')
-        out = out.reshape(ty, tx, self.n_pos, e, c2, c0, sy, sx).permute(2, 3, 4, 0, 1, 5, 6, 7).contiguous()
+        out = _PermuteRuns.apply(out.reshape(ty, tx, self.n_pos, e, c2, c0, sy, sx), (2, 3, 4, 0, 1, 5, 6, 7), 3)
         # nothing on the input window's padding (the mask's entries are the last, contiguous dims)
         valid = F.pad(self.valid[0], (0, tx * sx - frame.w, 0, ty * sy - frame.h))  # (P, c0, T*r, T'*r')
         valid = valid.reshape(self.n_pos, c0, ty, sy, tx, sx).permute(0, 2, 4, 1, 3, 5).contiguous()
-        return out.mul_(valid[:, None, None])  # (P, E, C2, T, T', c0, r, r')
+        return out * valid[:, None, None]  # (P, E, C2, T, T', c0, r, r')
 
     def _pass(self, row: Tensor, pos: Tensor, a: Tensor, const: Tensor, *, two_sided: bool
               ) -> tuple[Tensor, Tensor | None]:
@@ -395,6 +395,34 @@ class LocalBounds:
                 flat = graph[idx].op_as(_ConvLike).linear_t_window(flat)
             a = flat.reshape(p, s, *flat.shape[1:])
         return total, total_up
+
+
+class _PermuteRuns(torch.autograd.Function):
+    """``t.permute(perm).contiguous()`` for a ``perm`` that keeps t's last ``inner`` dims last and
+    in order, differentiable. Their contiguous runs (c0 * r * r' window pixels here) are moved as
+    whole complex128 values when they span a multiple of 16 bytes: a bit-exact copy that measured
+    3x faster than torch's element-wise one for float32 runs of 4 (4.8 -> 1.6 ms per 10 MB in
+    the backward's direction, 2.5 -> 1.2 ms in the forward's)."""
+
+    @staticmethod
+    def move(t: Tensor, perm: tuple[int, ...], inner: int) -> Tensor:
+        lead = t.dim() - inner
+        run = math.prod(t.shape[lead:])
+        if not (t.is_floating_point() and t.is_contiguous() and run * t.element_size() % 16 == 0):
+            return t.permute(perm).contiguous()
+        wide = t.reshape(*t.shape[:lead], run).view(torch.complex128)
+        moved = wide.permute(*perm[:lead], lead).contiguous().view(t.dtype)
+        return moved.reshape([t.shape[d] for d in perm])
+
+    @staticmethod
+    def forward(ctx, t: Tensor, perm: tuple[int, ...], inner: int) -> Tensor:  # type: ignore[override]
+        ctx.perm, ctx.inner = perm, inner
+        return _PermuteRuns.move(t, perm, inner)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        inverse = tuple(sorted(range(len(ctx.perm)), key=lambda d: ctx.perm[d]))
+        return _PermuteRuns.move(grad, inverse, ctx.inner), None, None
 
 
 def _tiles(win: Tensor, tiles: tuple[int, ...], e: int, n_pos: int) -> Tensor:
