@@ -118,10 +118,15 @@ class LocalBounds:
     """Bounds on (example, neuron) pairs of conv node k, with every window read once per batch."""
 
     def __init__(self, net: Network, pset: LpBall, k: int, plan: list[tuple[int, Frame]],
-                 relaxations: dict[int, ReluRelaxation], *, coefficients_only: bool = False) -> None:
+                 relaxations: dict[int, ReluRelaxation], *, coefficients_only: bool = False,
+                 kernels: dict[int, Tensor] | None = None) -> None:
         """``coefficients_only``: read only what :meth:`all_coefficients` needs (the ReLUs' upper
         slopes, the padding masks), not the set nor the other relaxation lines, which
-        :meth:`range` and :meth:`all_ranges` need (they refuse to run then)."""
+        :meth:`range` and :meth:`all_ranges` need (they refuse to run then).
+
+        ``kernels``: a dict shared by the instances of one network with unchanged parameters (the
+        passes of a batch), keyed by node: the conv pair's composed kernel is built once and read
+        by all of them (with live parameters, differentiated once)."""
         node = net.graph[k]
         self.conv = node.op_as(Conv2d)  # node k's layer
         self.net, self.k, self.plan = net, k, plan
@@ -134,6 +139,7 @@ class LocalBounds:
         self.valid: dict[int, Tensor] = {}
         self.window_t: dict[int, tuple[Tensor, tuple[int, ...]]] = {}
         self.relaxations = relaxations
+        self.kernels = kernels
         self.input_box: tuple[Tensor, Tensor] | None = None  # Linf: the box itself
         self.coefficients_only = coefficients_only
         window_t = not coefficients_only or self._conv_pair() is None  # the pair's product needs no window transposes
@@ -321,10 +327,14 @@ class LocalBounds:
         tx, ax, kx = _taps(kw2, kw1, op1.stride[1], frame.w, w2.device)
         jy, jx = ay.shape[1], ax.shape[1]
         sy, sx = op1.stride
-        # kernel: (t, t', C2, c0, r, r', C1, j, j'); an index of -1 (no such tap) reads the zero pad
-        w2g = F.pad(w2, (0, 1, 0, 1))[:, :, ay][:, :, :, :, ax]  # (C2, C1, T, J, T', J')
-        w1g = F.pad(w1, (0, 1, 0, 1))[:, :, ky][:, :, :, :, kx]  # (C1, c0, r, J, r', J')
-        kern = torch.einsum("dctjuk,cesjrk->tudesrjkc", w2g, w1g).reshape(ty * tx, c2 * c0 * sy * sx, jy * jx * c1)
+        kern = None if self.kernels is None else self.kernels.get(self.k)
+        if kern is None:
+            # kernel: (t, t', C2, c0, r, r', C1, j, j'); an index of -1 (no such tap) reads the zero pad
+            w2g = F.pad(w2, (0, 1, 0, 1))[:, :, ay][:, :, :, :, ax]  # (C2, C1, T, J, T', J')
+            w1g = F.pad(w1, (0, 1, 0, 1))[:, :, ky][:, :, :, :, kx]  # (C1, c0, r, J, r', J')
+            kern = torch.einsum("dctjuk,cesjrk->tudesrjkc", w2g, w1g).reshape(ty * tx, c2 * c0 * sy * sx, jy * jx * c1)
+            if self.kernels is not None:
+                self.kernels[self.k] = kern
         slope = self.slopes[relu_idx][rows]  # (E*P, C1, kh2, kw2): lam_up == lam_lo for fixed patterns
         # (kh2 + 1) * (kw2 + 1) taps (the last ones the zero pad) x (P, E, C1), position-major
         taps = F.pad(slope, (0, 1, 0, 1)).reshape(e, self.n_pos, c1, -1).permute(3, 1, 0, 2)
