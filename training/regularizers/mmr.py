@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from verify.bounds.backward import backward_coefficients, margin_spec
+from verify.bounds.backward import backward_rows, margin_spec
 from verify.bounds.intermediate import CHUNK_ELEMENTS
 from verify.bounds.local import Frame, LocalBounds, local_plan
 from verify.bounds.relax import ReluRelaxation
@@ -274,7 +274,7 @@ def region_grad_norms(net: Network, x: Tensor, labels: Tensor, q: float, *, defe
 
     The region's affine map is the network with each ReLU replaced by its 0/1 pattern, which is
     a relaxation of :mod:`verify.bounds` with both lines equal; gradients are pulled back with
-    verify's backward engine (:func:`verify.bounds.backward.backward_coefficients`), and for a
+    verify's backward engine (:func:`verify.bounds.backward.backward_rows`), and for a
     conv layer fed by a chain of convs on the receptive-field windows only
     (:class:`verify.bounds.local.LocalBounds`): a neuron of the second 4x4/stride-2 conv of
     cnn_lenet_small reads 100 of the 784 pixels. Layers after such a conv are pulled back to it
@@ -348,7 +348,7 @@ def region_grad_norms(net: Network, x: Tensor, labels: Tensor, q: float, *, defe
     if cut is not None and _separates(net, cut.node, last):
         margin_norms = _pulled_norms(net, last, spec, rels, cut, q)
     else:
-        coef, _ = backward_coefficients(net, last, spec, rels)
+        coef = backward_rows(net, last, spec, rels)
         margin_norms = torch.linalg.vector_norm(coef.reshape(n, kk, -1), ord=q, dim=2)
     return RegionGradNorms(tuple(pre), tuple(norms), lambda: margin_norms, logits, tuple(deferred))
 
@@ -438,10 +438,10 @@ def _cut_rows(net: Network, k: int, a: Tensor, rels: dict[int, ReluRelaxation], 
     s = a.shape[1]
     relu = _relu_after(net, cut.node, k) if a.shape[0] == 1 else None
     if relu is not None:
-        coef, _ = backward_coefficients(net, k, a, {}, stop=relu)  # (1, S, C, H, W), shared
+        coef = backward_rows(net, k, a, {}, stop=relu)  # (1, S, C, H, W), shared
         pattern = rels[cut.node].lam_up.reshape(n, 1, c, p_n)
         return (coef.reshape(1, s, c, p_n) * pattern).permute(3, 0, 1, 2)
-    coef, _ = backward_coefficients(net, k, a.expand(n, *a.shape[1:]), rels, stop=cut.node)  # (N, S, C, H, W)
+    coef = backward_rows(net, k, a.expand(n, *a.shape[1:]), rels, stop=cut.node)  # (N, S, C, H, W)
     return coef.reshape(n, s, c, p_n).permute(3, 0, 1, 2)
 
 
@@ -547,11 +547,11 @@ def _bounded_norms(net: Network, k: int, rels: dict[int, ReluRelaxation], cut: _
     eye = torch.eye(nk, dtype=cut.grads.dtype, device=cut.grads.device).reshape(1, nk, *shape)
     relu = _relu_after(net, cut.node, k)
     if relu is not None:  # a map shared by every point, times each point's pattern
-        coef, _ = backward_coefficients(net, k, eye, {}, stop=relu)  # (1, n_k, C, H, W)
+        coef = backward_rows(net, k, eye, {}, stop=relu)  # (1, n_k, C, H, W)
         w = cut_norms * rels[cut.node].lam_up.reshape(n, -1)  # (N, C*P)
         bound = w @ coef.reshape(nk, -1).abs().T
     else:
-        coef, _ = backward_coefficients(net, k, eye.expand(n, *eye.shape[1:]), rels, stop=cut.node)
+        coef = backward_rows(net, k, eye.expand(n, *eye.shape[1:]), rels, stop=cut.node)
         bound = torch.bmm(coef.reshape(n, nk, -1).abs(), cut_norms.unsqueeze(2)).squeeze(2)
     return bound * _BOUND_SLACK
 
@@ -585,7 +585,7 @@ def _node_grad_norms(net: Network, ball: LpBall, k: int, rels: dict[int, ReluRel
     out = []
     for r0 in range(0, nk, rows):
         a = eye[r0 : r0 + rows].reshape(1, -1, *shape).expand(n, -1, *shape)
-        coef, _ = backward_coefficients(net, k, a, rels)
+        coef = backward_rows(net, k, a, rels)
         out.append(torch.linalg.vector_norm(coef.reshape(n, a.shape[1], -1), ord=q, dim=2))
     return torch.cat(out, dim=1) if out else ball.center.new_zeros((n, 0))
 
