@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -342,7 +343,7 @@ class LocalBounds:
         sg = taps.index_select(0, tap.reshape(-1)).reshape(ty, tx, jy, jx, self.n_pos * e, c1)  # (T, T', J, J', P*E, C1)
         sg = sg.permute(0, 1, 4, 2, 3, 5).reshape(ty * tx, self.n_pos * e, jy * jx * c1)
         out = torch.bmm(sg, kern.transpose(1, 2))  # (T*T', P*E, C2*c0*r*r')
-        out = _PermuteRuns.apply(out.reshape(ty, tx, self.n_pos, e, c2, c0, sy, sx), (2, 3, 4, 0, 1, 5, 6, 7), 3)
+        out = _permute_runs(out.reshape(ty, tx, self.n_pos, e, c2, c0, sy, sx), (2, 3, 4, 0, 1, 5, 6, 7), 3)
         # nothing on the input window's padding (the mask's entries are the last, contiguous dims)
         valid = F.pad(self.valid[0], (0, tx * sx - frame.w, 0, ty * sy - frame.h))  # (P, c0, T*r, T'*r')
         valid = valid.reshape(self.n_pos, c0, ty, sy, tx, sx).permute(0, 2, 4, 1, 3, 5).contiguous()
@@ -425,14 +426,18 @@ class _PermuteRuns(torch.autograd.Function):
         return moved.reshape([t.shape[d] for d in perm])
 
     @staticmethod
-    def forward(ctx, t: Tensor, perm: tuple[int, ...], inner: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, t: Tensor, perm: tuple[int, ...], inner: int) -> Tensor:
         ctx.perm, ctx.inner = perm, inner
         return _PermuteRuns.move(t, perm, inner)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
         inverse = tuple(sorted(range(len(ctx.perm)), key=lambda d: ctx.perm[d]))
         return _PermuteRuns.move(grad, inverse, ctx.inner), None, None
+
+
+def _permute_runs(t: Tensor, perm: tuple[int, ...], inner: int) -> Tensor:
+    return cast(Tensor, _PermuteRuns.apply(t, perm, inner))  # type: ignore[no-untyped-call]
 
 
 def _tiles(win: Tensor, tiles: tuple[int, ...], e: int, n_pos: int) -> Tensor:
