@@ -5,7 +5,8 @@ trainer, and the per-batch time is EXTRAPOLATED to one epoch over the 10,000 tra
 (and to the 60,000 of a full MNIST / Fashion-MNIST epoch). KW runs at Wong & Kolter's batch
 size 50, at the full eps 0.1 from a fresh network (no warm-up: the most unstable neurons, so
 the slowest KW batches of a run); the others at MMR's 128. Ratios are against plain training
-in the same run.
+in the same run. ``cpu_seconds_per_batch``: this process's CPU time between the ends of the first
+and the last timed batch (wall time swings 2x on a shared machine; needs --batches >= 2).
 
     python benchmarks/training.py --data-dir ../shared/datasets --batches 2 --output bench_training.json
 """
@@ -16,6 +17,7 @@ import argparse
 import json
 import platform
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -32,7 +34,7 @@ METHODS = {  # method -> (batch size, extra config)
     "ibp": (128, {"eps": 0.1, "warmup_epochs": 0}),
     "crown-ibp": (128, {"eps": 0.1, "warmup_epochs": 0}),
     "mmr": (128, {"lmbd": 0.5, "gamma_rb": 0.2, "gamma_db": 0.2}),
-    "mmr+at": (128, {"lmbd": 0.5, "gamma_rb": 0.2, "gamma_db": 0.2, "eps": 0.1, "ae_frac": 0.5, "pgd_steps": 40}),
+    "mmr+at": (128, {"lmbd": 0.5, "gamma_rb": 0.2, "gamma_db": 0.2, "eps": 0.1, "ae_frac": 0.5, "pgd_steps": 40}),  # PGD-40
     # issue #28's yardstick: an MMR+at step against a plain PGD-10 adversarial-training step
     "at-pgd10": (128, {"eps": 0.1, "ae_frac": 0.5, "pgd_steps": 10}),
     "mmr+at-pgd10": (128, {"lmbd": 0.5, "gamma_rb": 0.2, "gamma_db": 0.2, "eps": 0.1, "ae_frac": 0.5, "pgd_steps": 10}),
@@ -40,15 +42,19 @@ METHODS = {  # method -> (batch size, extra config)
 METHOD_OF = {"at-pgd10": "at", "mmr+at-pgd10": "mmr+at"}  # benchmark name -> trainer method
 
 
-def seconds_per_batch(method: str, data: TrainData, batches: int, tmp: Path, device: str = "cpu") -> tuple[float, int]:
+def seconds_per_batch(method: str, data: TrainData, batches: int, tmp: Path, device: str = "cpu"
+                      ) -> tuple[float, int, float | None]:
     bs, extra = METHODS[method]
     base = dict(dataset="mnist", arch="cnn_lenet_small", method=METHOD_OF.get(method, method), batch_size=bs, epochs=1,
                 eval_test=False,
                 device=device, **extra)
     train(TrainConfig(**base, max_batches=1), run_dir=tmp / f"{method}-warm", data=data, progress=False)
-    res = train(TrainConfig(**base, max_batches=batches), run_dir=tmp / method, data=data, progress=False)
+    ends: list[float] = []  # CPU time at the end of each batch
+    res = train(TrainConfig(**base, max_batches=batches), run_dir=tmp / method, data=data, progress=False,
+                on_batch=lambda epoch, b: ends.append(time.process_time()))
+    cpu = (ends[-1] - ends[0]) / (len(ends) - 1) if len(ends) >= 2 else None
     # the epoch loop's own clock: batches only, without checkpoint, CSV and plot writing
-    return res.history[-1]["seconds"] / batches, bs
+    return res.history[-1]["seconds"] / batches, bs, cpu
 
 
 def main() -> None:
@@ -71,8 +77,9 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for m in args.methods.split(","):
-            spb, bs = seconds_per_batch(m, data, args.batches, Path(tmp), args.device)
-            results[m] = {"batch_size": bs, "seconds_per_batch": spb, "timed_batches": args.batches,
+            spb, bs, cpu = seconds_per_batch(m, data, args.batches, Path(tmp), args.device)
+            results[m] = {"batch_size": bs, "seconds_per_batch": spb, "cpu_seconds_per_batch": cpu,
+                          "timed_batches": args.batches,
                           "seconds_per_epoch_10k_extrapolated": spb * (10_000 / bs),
                           "seconds_per_epoch_60k_extrapolated": spb * (60_000 / bs)}
     if "plain" in results:
@@ -81,8 +88,11 @@ def main() -> None:
             r["ratio_vs_plain"] = r["seconds_per_epoch_10k_extrapolated"] / base
     if "at-pgd10" in results:  # per step (same batch size): issue #28's target is <= 3 for mmr+at-pgd10
         base = results["at-pgd10"]["seconds_per_batch"]
+        cpu_base = results["at-pgd10"]["cpu_seconds_per_batch"]
         for r in results.values():
             r["step_ratio_vs_at_pgd10"] = r["seconds_per_batch"] / base
+            if cpu_base and r["cpu_seconds_per_batch"] is not None:
+                r["cpu_step_ratio_vs_at_pgd10"] = r["cpu_seconds_per_batch"] / cpu_base
     out = {"benchmark": "training seconds per epoch, cnn_lenet_small, MNIST",
            "note": "measured on a fixed number of batches and extrapolated to a full epoch",
            "torch": torch.__version__, "device": args.device, "threads": torch.get_num_threads(), "machine": platform.machine(),

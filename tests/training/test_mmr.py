@@ -255,3 +255,49 @@ def test_deferred_rows_give_the_same_terms_and_gradients(p: float, k: int, monke
         results.append((rb.detach(), torch.cat([prm.grad.reshape(-1) for prm in module.parameters()])))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("p", [math.inf, 2.0])
+@pytest.mark.parametrize("prune", [False, True])
+def test_margins_composed_with_the_recomputed_rows(p: float, prune: bool, monkeypatch) -> None:
+    """With deferred rows, the margins' norms of a pass are composed in one product with the rows
+    closest() recomputes (or alone, when the decision distances are read first or no deferred row is
+    among the closest): both orders give the decision distances, the terms and the parameter
+    gradients of the undeferred computation."""
+    import training.regularizers.mmr as mmr
+    from training.regularizers.mmr import hinge_closest
+
+    monkeypatch.setattr(mmr, "EXAMPLES_PER_PASS", 3)
+    module = _two_conv_cnn()
+    net = to_network(module, (1, 16, 16), share_parameters=True)
+    x = torch.rand(8, 1, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    y = torch.randint(0, 5, (8,), generator=torch.Generator().manual_seed(6))
+    joined = []
+    original = mmr._Margins.along
+    monkeypatch.setattr(mmr._Margins, "along", lambda self, v: (joined.append(self.norms is None), original(self, v))[1])
+
+    def terms(order: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        module.zero_grad()
+        if order == "reference":
+            d = region_distances(net, x, y, p=p)
+            closest, dec = torch.topk(d.relu, 40, dim=1, largest=False).values, d.decision
+        else:
+            d = region_distances(net, x, y, p=p, defer=True, prune=prune)
+            if order == "decision first":
+                dec = d.decision
+                closest = d.closest(40)
+            else:
+                closest = d.closest(40)
+                dec = d.decision
+        rb, db = hinge_closest(closest, 40, 0.5).mean(), hinge_closest(dec, 5, 0.5).mean()
+        (rb + 2 * db).backward()
+        return dec.detach(), torch.stack([rb, db]).detach(), torch.cat([prm.grad.reshape(-1) for prm in module.parameters()])
+
+    ref = terms("reference")
+    for order in ("closest first", "decision first"):
+        joined.clear()
+        got = terms(order)
+        assert joined and all(joined) == (order == "closest first"), (order, joined)
+        torch.testing.assert_close(got[0], ref[0], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(got[1], ref[1], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(got[2], ref[2], rtol=1e-9, atol=1e-12)
