@@ -34,7 +34,7 @@ from torch import Tensor
 
 from verify.bounds.backward import backward_rows, margin_spec
 from verify.bounds.intermediate import CHUNK_ELEMENTS
-from verify.bounds.local import Frame, LocalBounds, local_plan
+from verify.bounds.local import Frame, LocalBounds, fold_windows, local_plan
 from verify.bounds.relax import ReluRelaxation
 from verify.errors import SpecError, UnsupportedLayerError
 from verify.network import AffineLayer, Add, Network, ReLU
@@ -425,7 +425,7 @@ def _pulled_norms(net: Network, k: int, a: Tensor, rels: dict[int, ReluRelaxatio
     The rows are pulled back to the cut, V (P, N, S, C) per position, and composed with the
     window gradients there: per (position, example) an (S x C) @ (C x window) product (rows
     first: ~2x faster than the transposed product when S is small, as for the margins), the
-    windows then summed into the image (:class:`_FoldWindows`). When ``a`` is the same for every
+    windows then summed into the image (:func:`verify.bounds.local.fold_windows`). When ``a`` is the same for every
     point (batch 1) and node k is affine in the ReLU after the cut, V is that shared map times
     each point's pattern, and needs no per-point backward pass.
     """
@@ -450,48 +450,12 @@ def _composed_norms(cut: _WindowCut, v: Tensor, q: float) -> Tensor:
     p_n, n, s, c = v.shape
     tiles = cut.grads.shape[3:]
     blocks = torch.bmm(v.reshape(p_n * n, s, c), cut.grads.reshape(p_n * n, c, -1))  # (P*N, S, K)
-    img = _FoldWindows.apply(blocks.reshape(p_n, n, s, *tiles), cut.grid, cut.frame)  # (N, S, c0, span_y, span_x)
+    img = fold_windows(blocks.reshape(p_n, n, s, *tiles), cut.grid, cut.frame)  # (N, S, c0, span_y, span_x)
     # canvas row r is input row r + oy: the norm over the part that lies on the image (the rest is padding)
     f, (_, hh, ww) = cut.frame, cut.input_shape
     y0, x0 = max(0, -f.oy), max(0, -f.ox)
     img = img[:, :, :, y0 : hh - f.oy, x0 : ww - f.ox]
     return torch.linalg.vector_norm(img, ord=q, dim=(2, 3, 4))
-
-
-class _FoldWindows(torch.autograd.Function):
-    """Sum per-position window blocks (P, N, S, T, T', c0, r, r'), tiled as the cut's gradients,
-    into one canvas (N, S, c0, span_y, span_x) with the frame's strides: F.fold's sum, in a layout
-    it cannot take (positions outermost). The sum is taken on a canvas in the same tiles
-    (N, S, Ty, Tx, c0, r, r'), where every window is a block of whole tiles (the frame's strides
-    are multiples of the tile: r = the first conv's stride), so blocks are added as contiguous
-    runs of T' * c0 * r * r' values; only the small canvas is then put in pixel order."""
-
-    @staticmethod
-    def _window(canvas: Tensor, p: int, grid: tuple[int, int], frame: Frame, tiles: tuple[int, ...]) -> Tensor:
-        """Position p's window of the tiled canvas, (N, S, T, T', c0, r, r'): a view."""
-        ty, tx, _, ry, rx = tiles
-        y, x = (p // grid[1]) * (frame.sy // ry), (p % grid[1]) * (frame.sx // rx)
-        return canvas[:, :, y : y + ty, x : x + tx]
-
-    @staticmethod
-    def forward(ctx, blocks: Tensor, grid: tuple[int, int], frame: Frame) -> Tensor:  # type: ignore[override]
-        ny, nx = grid
-        p_n, n, s, ty, tx, c0, ry, rx = blocks.shape
-        tiles = (ty, tx, c0, ry, rx)
-        assert frame.sy % ry == 0 and frame.sx % rx == 0, "windows must start on whole tiles"
-        canvas = blocks.new_zeros((n, s, (ny - 1) * (frame.sy // ry) + ty, (nx - 1) * (frame.sx // rx) + tx, c0, ry, rx))
-        for p in range(p_n):
-            _FoldWindows._window(canvas, p, grid, frame, tiles).add_(blocks[p])
-        ctx.geometry = (grid, frame, tiles)
-        return canvas.permute(0, 1, 4, 2, 5, 3, 6).reshape(n, s, c0, canvas.shape[2] * ry, canvas.shape[3] * rx)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
-        grid, frame, tiles = ctx.geometry
-        _, _, c0, ry, rx = tiles
-        n, s, _, hy, hx = grad.shape
-        tiled = grad.reshape(n, s, c0, hy // ry, ry, hx // rx, rx).permute(0, 1, 3, 5, 2, 4, 6).contiguous()
-        return torch.stack([_FoldWindows._window(tiled, p, grid, frame, tiles) for p in range(grid[0] * grid[1])]), None, None
 
 
 def _unit_norms(net: Network, k: int, rels: dict[int, ReluRelaxation], cut: _WindowCut, q: float,

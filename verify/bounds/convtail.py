@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..network import AffineLayer, ChannelAffine, Conv2d, Network, ReLU
 from ..spec import LpBall
-from .local import LocalBounds, local_plan, window_view
+from .local import LocalBounds, fold_windows, local_plan
 from .relax import ReluRelaxation, flat_sum, through_relu, wide_sum
 
 # elements of the largest per-chunk tensor of the tail (float32: 4 bytes each)
@@ -288,16 +288,14 @@ def _fold_linear(net: Network, plan: TailPlan, pset: LpBall, rel1: ReluRelaxatio
     b, s = a3.shape[:2]
     steps = local_plan(net, pset, plan.c2, any_size=True)
     assert steps is not None
-    local = LocalBounds(net, pset, plan.c2, steps, {plan.c1: rel1})
-    k = window_view(local.all_coefficients(0, b))  # (P, B, C2, c0, h, w)
-    p_n, _, c2, c0, h, w = k.shape
+    local = LocalBounds(net, pset, plan.c2, steps, {plan.c1: rel1}, coefficients_only=True)
+    k = local.all_coefficients(0, b)  # (P, B, C2, T, T', c0, r, r')
+    p_n, _, c2 = k.shape[:3]
     a3p = a3.reshape(b, s, c2, p_n).permute(3, 0, 1, 2)  # (P, B, S, C2)
-    win = torch.matmul(a3p, k.reshape(p_n, b, c2, c0 * h * w))  # (P, B, S, c0*h*w)
+    win = torch.matmul(a3p, k.reshape(p_n, b, c2, -1))  # (P, B, S, T*T'*c0*r*r')
     frame = steps[-1][1]
-    ny, nx = local.grid
-    span_y, span_x = (ny - 1) * frame.sy + h, (nx - 1) * frame.sx + w
-    cols = win.permute(1, 2, 3, 0).reshape(b * s, c0 * h * w, p_n)
-    full = F.fold(cols, (span_y, span_x), (h, w), stride=(frame.sy, frame.sx))
+    full = fold_windows(win.reshape(p_n, b, s, *k.shape[3:]), local.grid, frame)  # (B, S, c0, span_y, span_x)
     _, hh, ww = graph[0].shape
+    span_y, span_x = full.shape[-2:]
     full = F.pad(full, (frame.ox, ww - frame.ox - span_x, frame.oy, hh - frame.oy - span_y))
-    return full.reshape(b, s, c0, hh, ww)
+    return full.reshape(b, s, full.shape[2], hh, ww)

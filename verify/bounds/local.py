@@ -469,6 +469,49 @@ def _permute_runs(t: Tensor, perm: tuple[int, ...], inner: int) -> Tensor:
     return cast(Tensor, _PermuteRuns.apply(t, perm, inner))  # type: ignore[no-untyped-call]
 
 
+class FoldWindows(torch.autograd.Function):
+    """Sum per-position window blocks (P, N, S, T, T', c0, r, r'), tiled as the cut's gradients,
+    into one canvas (N, S, c0, span_y, span_x) with the frame's strides: F.fold's sum, in a layout
+    it cannot take (positions outermost). The sum is taken on a canvas in the same tiles
+    (N, S, Ty, Tx, c0, r, r'), where every window is a block of whole tiles (the frame's strides
+    are multiples of the tile: r = the first conv's stride), so blocks are added as contiguous
+    runs of T' * c0 * r * r' values; only the small canvas is then put in pixel order."""
+
+    @staticmethod
+    def _window(canvas: Tensor, p: int, grid: tuple[int, int], frame: Frame, tiles: tuple[int, ...]) -> Tensor:
+        """Position p's window of the tiled canvas, (N, S, T, T', c0, r, r'): a view."""
+        ty, tx, _, ry, rx = tiles
+        y, x = (p // grid[1]) * (frame.sy // ry), (p % grid[1]) * (frame.sx // rx)
+        return canvas[:, :, y : y + ty, x : x + tx]
+
+    @staticmethod
+    def forward(ctx: Any, blocks: Tensor, grid: tuple[int, int], frame: Frame) -> Tensor:
+        ny, nx = grid
+        p_n, n, s, ty, tx, c0, ry, rx = blocks.shape
+        tiles = (ty, tx, c0, ry, rx)
+        assert frame.sy % ry == 0 and frame.sx % rx == 0, "windows must start on whole tiles"
+        canvas = blocks.new_zeros((n, s, (ny - 1) * (frame.sy // ry) + ty, (nx - 1) * (frame.sx // rx) + tx, c0, ry, rx))
+        for p in range(p_n):
+            FoldWindows._window(canvas, p, grid, frame, tiles).add_(blocks[p])
+        ctx.geometry = (grid, frame, tiles)
+        return canvas.permute(0, 1, 4, 2, 5, 3, 6).reshape(n, s, c0, canvas.shape[2] * ry, canvas.shape[3] * rx)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        grid, frame, tiles = ctx.geometry
+        _, _, c0, ry, rx = tiles
+        n, s, _, hy, hx = grad.shape
+        tiled = grad.reshape(n, s, c0, hy // ry, ry, hx // rx, rx).permute(0, 1, 3, 5, 2, 4, 6).contiguous()
+        return torch.stack([FoldWindows._window(tiled, p, grid, frame, tiles) for p in range(grid[0] * grid[1])]), None, None
+
+
+def fold_windows(blocks: Tensor, grid: tuple[int, int], frame: Frame) -> Tensor:
+    """Per-position window blocks (P, N, S, T, T', c0, r, r') summed into (N, S, c0, Ty * r, Tx * r')
+    (:class:`FoldWindows`; canvas pixel (i, j) is the frame's node pixel (i + oy, j + ox))."""
+    return cast(Tensor, FoldWindows.apply(blocks, grid, frame))  # type: ignore[no-untyped-call]
+
+
+
 def _tiles(win: Tensor, tiles: tuple[int, ...], e: int, n_pos: int) -> Tensor:
     """Windows (E * P, c0, h, w), example-major, -> (P, E, T, T', c0, r, r') in the tiles of
     :meth:`LocalBounds.all_coefficients`, zero beyond h x w."""
