@@ -20,7 +20,7 @@ from .common import (chunked, data_options, load_examples, load_model, make_ball
 @spec_options
 @click.option("--method", type=click.Choice(list(METHODS)), default="crown", show_default=True,
               help="Bound method: ibp, kw (Wong & Kolter), crown, alpha-crown, lp (triangle LP, HiGHS).")
-@click.option("--alpha-steps", type=click.IntRange(min=0), default=20, show_default=True, help="alpha-crown: optimisation steps.")
+@click.option("--alpha-steps", type=click.IntRange(min=0), default=20, show_default=True, help="alpha-crown: optimisation steps on the margins (examples CROWN leaves uncertified; their intermediate layers get 10 steps of their own first).")
 @click.option("--alpha-lr", type=click.FloatRange(min=0, min_open=True), default=0.25, show_default=True, help="alpha-crown: Adam step size.")
 @click.option("--chunk", type=click.IntRange(min=1), default=250, show_default=True,
               help="Examples bounded at once: bounds memory, and the step of the progress bar.")
