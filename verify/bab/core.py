@@ -48,6 +48,8 @@ Progress = Callable[[dict[str, Any]], None]
 INPUT_SPLIT_MAX_DIM = 5
 # a search per disjunct (BabOptions.per_disjunct) splits up to this many times more parents per round
 MAX_BATCH_GROWTH = 4
+# a child "stalled": its value rose by at most this fraction of (1 + |parent's value|) over its parent's
+STALL_GAIN = 1e-3
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,10 @@ class BabOptions:
     # and where it does re-tighten the gain per child does not pay for the ~6x cost per child.
     retighten: int = 0
     fsb_candidates: int = 3
+    # children whose bound the split did not raise get this many more alpha / beta steps (_Search.unstall),
+    # at this beta learning rate
+    stall_steps: int = 50
+    stall_lr_beta: float = 0.2
     # a search per disjunct still open at the root (robustness: per target class), see _per_disjunct. Measured on the
     # zoo's 784-256x6 MLP at Linf 0.01, image #9: 1525 subdomains of one row each instead of 5829 of nine rows
     per_disjunct: bool = True
@@ -373,6 +379,13 @@ class _Search:
         lb = torch.maximum(plb, res.lb)
         proven = pprov | self.rows.decide(lb) | infeasible.unsqueeze(1)
         val = self.value(lb, proven)
+        if self.o.stall_steps > 0:
+            pval = torch.tensor([d.value for d in ps], dtype=torch.float64).repeat_interleave(2)
+            stalled = ~proven.all(1) & (val <= pval + STALL_GAIN * (1.0 + pval.abs()))
+            if bool(stalled.any()) and time.perf_counter() < self.deadline:
+                res, lb = self.unstall(stalled.nonzero().reshape(-1), res, lb, bounds, signs, pprov)
+                proven = pprov | self.rows.decide(lb) | infeasible.unsqueeze(1)
+                val = self.value(lb, proven)
         kids_out = []
         for c in range(n):
             if bool(proven[c].all()):
@@ -390,6 +403,39 @@ class _Search:
             kids_out.append(d)
             self.push(d)
         self.attack_children(kids_out, None, None)
+
+    def unstall(self, idx: Tensor, res: Bounded, lb: Tensor, bounds: NodeBounds, signs: dict[int, Tensor],
+                pprov: Tensor) -> tuple[Bounded, Tensor]:
+        """``stall_steps`` more alpha / beta steps on the children ``idx`` whose bound the split did not raise.
+
+        Deep in a stalled branch the children are often infeasible (their split constraints contradict
+        each other), which only a large beta shows; a few steps per round, warm-started or not, do not
+        get there (docs/bab.md, "Stalled subdomains"). Those children, and only those, get
+        more steps, from where the first pass left them; every row keeps the better of the two float64 bounds."""
+        def take(t: Tensor) -> Tensor:
+            return t.index_select(0, idx)
+
+        more = bound_rows(self.net, self.many({j: (take(b[0]), take(b[1])) for j, b in bounds.items()}), self.rows,
+                          {j: (take(b[0]), take(b[1])) for j, b in bounds.items()},
+                          {i: take(t) for i, t in res.alpha.items()}, {i: take(t) for i, t in res.beta.items()},
+                          {i: take(t) for i, t in signs.items()}, take(res.theta), self.weights(take(pprov)),
+                          steps=self.o.stall_steps, lr_alpha=self.o.lr_alpha, lr_beta=self.o.stall_lr_beta,
+                          deadline=self.deadline, step_dtype=self.step_dtype)
+        better = more.lb.amin(1) >= res.lb.index_select(0, idx).amin(1)  # per child: the whole parameter set
+
+        def merge(old: Tensor, new: Tensor) -> Tensor:
+            out = old.clone()
+            pick = better.reshape(-1, *([1] * (new.ndim - 1)))
+            out[idx] = torch.where(pick, new.to(old.dtype), old.index_select(0, idx))
+            return out
+
+        lb = lb.clone()
+        lb[idx] = torch.maximum(lb.index_select(0, idx), more.lb)
+        merged = Bounded(res.lb, {i: merge(t, more.alpha[i]) for i, t in res.alpha.items()},
+                         {i: merge(t, more.beta[i]) for i, t in res.beta.items()}, merge(res.theta, more.theta),
+                         None if res.a0 is None or more.a0 is None else merge(res.a0, more.a0),
+                         {i: merge(t, more.scores[i]) for i, t in res.scores.items() if i in more.scores})
+        return merged, lb
 
     def leaf(self, d: _Domain) -> None:
         """No unstable ReLU left: decide the open disjuncts by LP on the activation pattern."""
