@@ -79,7 +79,7 @@ def main() -> None:
             continue
         r = bab(net, ball, robustness_disjuncts(y, 10), confirm=robustness_confirm(net, ball, y),
                 options=BabOptions(timeout=args.bab_timeout, branching=args.branching))
-        row.update(bab=r.status, bab_reason=r.reason, bab_s=r.seconds, bab_domains=r.domains, bab_lb=r.lower_bound)
+        row.update(bab=r.status, bab_reason=r.reason, bab_s=r.total_seconds, bab_domains=r.domains, bab_lb=r.margin_lb)
         if not args.no_mip:
             t = time.perf_counter()
             m = solve_query(net, Query.robustness(ball, y, 10), deadline=t + args.mip_timeout, options=HighsOptions(threads=1))

@@ -132,7 +132,7 @@ def decide(net: Network, query: Query, *, engine: Engine, deadline: float, mip: 
     except UnsupportedLayerError:
         return first
     return replace(second, margin_lb=second.margin_lb if second.margin_lb is not None else first.margin_lb,
-                   domains=first.domains, seconds={**first.seconds, **second.seconds})
+                   domains=first.domains, max_queue=first.max_queue, seconds={**first.seconds, **second.seconds})
 
 
 def _bab(net: Network, query: Query, *, deadline: float, bounds: NodeBounds | None, options: Any,
@@ -144,14 +144,10 @@ def _bab(net: Network, query: Query, *, deadline: float, bounds: NodeBounds | No
     pairs = [(torch.as_tensor(dj.C, dtype=torch.float64), torch.as_tensor(dj.d, dtype=torch.float64))
              for dj in query.disjuncts]
     try:
-        r = bab(net, query.input_set.to(torch.float64), pairs, options=opts, deadline=deadline,
-                confirm=lambda x: confirm_point(net, query, x), initial_bounds=bounds, progress=progress)
+        return bab(net, query.input_set.to(torch.float64), pairs, options=opts, deadline=deadline,
+                   confirm=lambda x: confirm_point(net, query, x), initial_bounds=bounds, progress=progress)
     except UnsupportedLayerError as e:  # e.g. MaxPool: no ReLU splitting through it
         return Verdict("unknown", reason=f"branch and bound: {e}", seconds={"bab": 0.0})
-    return Verdict(r.status, "bab" if r.status != "unknown" else None, r.reason, r.counterexample,
-                   r.lower_bound if math.isfinite(r.lower_bound) else None, seconds={"bab": r.seconds},
-                   domains=r.domains, disjunct=r.disjunct)
-
 
 __all__ = ["AUTO_BAB_SHARE", "AUTO_MIP_MAX_UNSTABLE", "ENGINES", "Engine", "HighsBackend", "MipBackend",
            "MipVerifyBackend", "check_engine", "decide", "unstable_count"]

@@ -80,7 +80,7 @@ def _ball_case(seed: int, p: str) -> tuple[str, str, int]:
     r = bab(net, ball, robustness_disjuncts(y, k), confirm=robustness_confirm(net, ball, y),
             options=BabOptions(timeout=TIMEOUT, seed=seed))
     if r.status == "verified":
-        assert r.lower_bound > 0
+        assert r.margin_lb > 0
     return m.status, r.status, r.domains
 
 

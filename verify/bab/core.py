@@ -32,6 +32,7 @@ from ..bounds.slopes import crown_slopes
 from ..bounds.types import NodeBounds
 from ..errors import UnsupportedLayerError
 from ..network import MaxPool2d, Network
+from ..results import Verdict
 from ..spec import Box
 from .attack import linear_minimiser, pgd, set_projector
 from .bound import Bounded, bound_rows
@@ -86,16 +87,16 @@ class BabOptions:
     float32_steps: bool = True
 
 
-@dataclass(frozen=True)
-class BabResult:
-    status: Literal["verified", "falsified", "unknown"]
-    reason: str | None
-    counterexample: Tensor | None  # float64 (1, *input_shape), accepted by confirm
-    disjunct: int | None
-    lower_bound: float  # proven lower bound of min_k max_i (C_ki y - d_ki); > 0 iff verified
-    domains: int
-    max_queue: int
-    seconds: float
+def _verdict(status: Literal["verified", "falsified", "unknown"], reason: str | None,
+             found: tuple[Tensor, int] | None, lb: float, domains: int, max_queue: int, t0: float,
+             input_shape: tuple[int, ...]) -> Verdict:
+    """The search's answer as the one :class:`verify.results.Verdict`: ``margin_lb`` the proven lower bound
+    of min_k max_i (C_ki y - d_ki) (> 0 iff verified; None when -inf), ``counterexample`` float64
+    (1, *input_shape), accepted by confirm, ``disjunct`` the one it satisfies; ``seconds`` {"bab": wall time}."""
+    return Verdict(status, "bab" if status != "unknown" else None, reason,
+                   None if found is None else found[0].to(torch.float64).reshape(1, *input_shape),
+                   lb if math.isfinite(lb) else None, seconds={"bab": time.perf_counter() - t0},
+                   domains=domains, max_queue=max_queue, disjunct=None if found is None else found[1])
 
 
 @dataclass
@@ -497,7 +498,7 @@ def _input_mode(net: Network, pset: Any, option: str) -> bool:
 
 def bab(net: Network, input_set: Any, disjuncts: Sequence[tuple[Tensor, Tensor]], *, options: BabOptions = BabOptions(),
         deadline: float | None = None, confirm: Callable[[Tensor], tuple[Tensor, int] | None],
-        initial_bounds: NodeBounds | None = None, progress: Progress | None = None) -> BabResult:
+        initial_bounds: NodeBounds | None = None, progress: Progress | None = None) -> Verdict:
     """Decide whether some point of ``input_set`` (one example: an LpBall or a Box) reaches a
     disjunct C_k y <= d_k; see the module docstring. ``initial_bounds`` (valid intermediate bounds
     on the set, e.g. from a previous pass) are intersected with the root's."""
@@ -516,11 +517,10 @@ def bab(net: Network, input_set: Any, disjuncts: Sequence[tuple[Tensor, Tensor]]
     rows = make_rows(disjuncts, net.n_classes, scale)
 
     def result(status: Literal["verified", "falsified", "unknown"], reason: str | None, s: _Search | None,
-               lb: float) -> BabResult:
+               lb: float) -> Verdict:
         found = s.found if s is not None and status == "falsified" else None
-        return BabResult(status, reason, None if found is None else found[0].to(torch.float64).reshape(1, *net.input_shape),
-                         None if found is None else found[1], lb, 0 if s is None else s.domains,
-                         0 if s is None else s.max_queue, time.perf_counter() - t0)
+        return _verdict(status, reason, found, lb, 0 if s is None else s.domains, 0 if s is None else s.max_queue, t0,
+                        net.input_shape)
 
     if rows.n_disjuncts == 0:
         return result("verified", None, None, math.inf)
@@ -571,7 +571,7 @@ def bab(net: Network, input_set: Any, disjuncts: Sequence[tuple[Tensor, Tensor]]
 def _per_disjunct(net: Network, pset: Any, disjuncts: Sequence[tuple[Tensor, Tensor]], rows: Rows, scale: float,
                   bounds: NodeBounds, res: Bounded, proven: Tensor, root: _Domain, open_k: list[int], options: BabOptions, end: float,
                   confirm: Callable[[Tensor], tuple[Tensor, int] | None], progress: Progress | None, t0: float,
-                  s: _Search, input_mode: bool) -> BabResult:
+                  s: _Search, input_mode: bool) -> Verdict:
     """One search per disjunct still open at the root, hardest (lowest root bound) first, each on that
     disjunct's rows alone (``BabOptions.per_disjunct``), from the root's intermediate bounds and slopes.
 
@@ -616,10 +616,9 @@ def _per_disjunct(net: Network, pset: Any, disjuncts: Sequence[tuple[Tensor, Ten
         lb = min(best)
         if status != "verified":
             found = sub.found if status == "falsified" else None
-            return BabResult(status, reason, None if found is None else found[0].to(torch.float64).reshape(1, *net.input_shape),  # type: ignore[arg-type]
-                             None if found is None else found[1], min(lb, 0.0), domains, max_queue,
-                             time.perf_counter() - t0)
+            return _verdict(status, reason, found, min(lb, 0.0), domains, max_queue, t0,  # type: ignore[arg-type]
+                            net.input_shape)
     lb = min(best)
     if time.perf_counter() >= end:
-        return BabResult("unknown", "timeout", None, None, min(lb, 0.0), domains, max_queue, time.perf_counter() - t0)
-    return BabResult("verified", None, None, None, lb, domains, max_queue, time.perf_counter() - t0)
+        return _verdict("unknown", "timeout", None, min(lb, 0.0), domains, max_queue, t0, net.input_shape)
+    return _verdict("verified", None, None, lb, domains, max_queue, t0, net.input_shape)
