@@ -31,7 +31,7 @@ from torch import Tensor
 
 from .attacks import Leg, ascend
 from .errors import SpecError, UnsupportedLayerError
-from .complete import Engine, HighsBackend, check_engine, decide
+from .complete import Engine, HighsBackend, check_engine, decide, disjunct_bounds
 from .network import MaxPool2d, Network
 from .query import Disjunct, Query, confirm_point, outputs_f64
 from .results import Stage, Status, Verdict
@@ -158,51 +158,6 @@ def attack_property(
     return None, best
 
 
-# --------------------------------------------------------------------------- bounds
-
-
-@dataclass(frozen=True)
-class PropertyBounds:
-    """Per disjunct: a lower bound on its violation max_i (C_i y - d_i) and whether it is proven empty."""
-
-    violation_lb: np.ndarray  # (K,) float64
-    proven: np.ndarray  # (K,) bool: some row's float64 bound exceeds the safety margin
-    intermediate: dict[int, tuple[Tensor, Tensor]]  # float64 node bounds (1, *shape), for the MIP's big-M values
-    method: Literal["crown", "interval"]
-
-
-def property_bounds(net: Network, prop: OutputProperty, box: Box) -> PropertyBounds:
-    """Bounds on every row C_i y - d_i of every disjunct: :func:`verify.bounds.certify_rows` with
-    CROWN (interval bounds where the network has MaxPool, which the backward engine does not take).
-
-    Runs in float64 throughout (one instance, no float32 screen, and the complete stage needs
-    the float64 node bounds). A row is infeasible -- and with it its disjunct -- when its lower
-    bound exceeds ``d_i`` by more than :func:`verify.bounds.certify.row_threshold`, the margin
-    certificates use.
-    """
-    from .bounds import certify_rows
-
-    k = len(prop.disjuncts)
-    method: Literal["crown", "ibp"] = "ibp" if any(isinstance(n.op, MaxPool2d) for n in net.graph) else "crown"
-    dj = [x for x in prop.disjuncts if len(x.d)]
-    # no rows at all: one vacuous row (d = -inf), for the node bounds
-    C = np.concatenate([x.C for x in dj]) if dj else np.zeros((1, prop.n_outputs))
-    d = np.concatenate([x.d for x in dj]) if dj else np.full(1, -math.inf)
-    with torch.no_grad():  # a Box is an input set to the bound code, whose annotations name only LpBall
-        rows = certify_rows(net, box, torch.as_tensor(C, dtype=torch.float64).unsqueeze(0),  # type: ignore[arg-type]
-                            torch.as_tensor(d, dtype=torch.float64).unsqueeze(0), method=method, float64=True)
-    assert rows.intermediate is not None
-    margin, row_ok = rows.lower[0].numpy(), rows.proven[0].numpy()
-    viol, proven, pos = np.full(k, -math.inf), np.zeros(k, dtype=bool), 0
-    for i, dj_i in enumerate(prop.disjuncts):
-        m = len(dj_i.d)
-        if m:
-            viol[i] = margin[pos:pos + m].max()
-            proven[i] = bool(row_ok[pos:pos + m].any())
-        pos += m
-    return PropertyBounds(viol, proven, rows.intermediate, "interval" if method == "ibp" else "crown")
-
-
 # --------------------------------------------------------------------------- the pipeline
 
 
@@ -254,7 +209,7 @@ def verify_property(net: Network, prop: OutputProperty, options: VerifyOptions =
     if time.perf_counter() > deadline:
         return done("unknown", None, "timeout in the attack")
     t = time.perf_counter()
-    pb = property_bounds(net, prop, box)
+    pb = disjunct_bounds(net, Query(box, prop.disjuncts))
     sec["bounds"] = time.perf_counter() - t
     open_k = [i for i in range(k) if not pb.proven[i]]
     if not open_k:
@@ -295,5 +250,5 @@ def verify_property(net: Network, prop: OutputProperty, options: VerifyOptions =
     return done("unknown", None, res.reason, **extra)
 
 
-__all__ = ["Box", "Disjunct", "MIP_MODES", "OutputProperty", "PropertyBounds", "VerifyOptions",
-           "attack_property", "confirm", "outputs_f64", "property_bounds", "representable_point", "verify_property"]
+__all__ = ["Box", "Disjunct", "MIP_MODES", "OutputProperty", "VerifyOptions", "attack_property", "confirm",
+           "outputs_f64", "representable_point", "verify_property"]

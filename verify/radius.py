@@ -270,20 +270,21 @@ def _decide_stage(net: Network, c: Tensor, y: Tensor, o: _Open, p: float, config
 def _mip_stage(net: Network, c: Tensor, y: Tensor, o: _Open, p: float, config: RadiusConfig,
                deadline: float) -> tuple[str | None, int | None]:
     """The distance MIP for one item; returns (reason if undecided, binaries)."""
-    from .bounds import compute_bounds
+    from .complete import disjunct_bounds
     from .mip.closest import closest
+    from .query import Query
 
     t0 = time.perf_counter()
     i = o.pos
     radius = o.upper if o.upper is not None else o.reach
     ball = LpBall.make(c[i : i + 1], radius, p, net.input_range, check_inside=False)
     try:
-        br = compute_bounds(net, ball, y[i : i + 1], method="crown", dtype=torch.float64)
-        margin = br.margin_lb[0].detach().numpy()
+        query = Query.robustness(ball, int(y[i]), net.n_classes)
+        db = disjunct_bounds(net, query)
         # a target whose margin is provably positive over the ball cannot be reached inside it
-        targets = [j for j in range(net.n_classes) if j != int(y[i]) and not margin[j] > 1e-6 * max(1.0, abs(margin[j]))]
+        targets = [j for j, ok in zip(query.targets(), db.proven) if not ok]
         res = closest(net, c[i], int(y[i]), p, upper=radius, lower=o.lower, targets=targets,
-                      first_target=o.target, bounds=dict(br.intermediate), deadline=deadline, threads=config.threads,
+                      first_target=o.target, bounds=db.intermediate, deadline=deadline, threads=config.threads,
                       tol=config.tol * max(1.0, radius))
     except UnsupportedLayerError as e:  # e.g. MaxPool: the bracket of attacks and bounds stands
         o.seconds["mip"] = o.seconds.get("mip", 0.0) + time.perf_counter() - t0

@@ -15,9 +15,10 @@ import pytest
 import torch
 from scipy.optimize import linprog
 
+from verify.complete import disjunct_bounds
 from verify.mip.highs import HighsOptions, solve_query
 from verify.network import Linear, Network, ReLU
-from verify.properties import (Box, Disjunct, OutputProperty, VerifyOptions, attack_property, property_bounds,
+from verify.properties import (Box, Disjunct, OutputProperty, VerifyOptions, attack_property,
                                representable_point, verify_property)
 from verify.query import Query
 from verify.spec import LpBall
@@ -102,7 +103,7 @@ def test_bounds_lie_below_sampled_violations(seed: int) -> None:
     net = tiny_net(seed)
     prop = random_property(seed)
     box = prop.box(net)
-    pb = property_bounds(net, prop, box)
+    pb = disjunct_bounds(net, Query(box, prop.disjuncts))
     g = torch.Generator().manual_seed(seed)
     xs = box.lower + (box.upper - box.lower) * torch.rand((20000, 3), generator=g, dtype=torch.float64)
     corners = torch.tensor(list(itertools.product([0.0, 1.0], repeat=3)), dtype=torch.float64)
