@@ -34,7 +34,7 @@ from ..errors import UnsupportedLayerError
 from ..network import MaxPool2d, Network
 from ..results import Verdict
 from ..spec import Box
-from .attack import linear_minimiser, pgd, set_projector
+from .attack import linear_minimiser, pgd
 from .bound import Bounded, bound_rows
 from .leaf import leaf_lp
 from .retighten import retighten_after
@@ -165,7 +165,7 @@ class _Search:
                            "seconds": time.perf_counter() - self.t0, "rounds": self.rounds})
 
     # ---- attacks
-    def attack_children(self, doms: list[_Domain], lo: Tensor | None, hi: Tensor | None, steps: int = 20) -> None:
+    def attack_children(self, doms: list[_Domain], steps: int = 20) -> None:
         """PGD from the input minimisers of the worst open rows of the worst few subdomains."""
         if not self.o.attack or not doms or self.found is not None:
             return
@@ -199,8 +199,9 @@ class _Search:
         if not starts:
             return
         x0 = torch.cat(starts)
-        found, _ = pgd(self.net, set_projector(self.pset, x0.shape[0]), torch.cat(los), torch.cat(his), x0,
-                       torch.tensor(which), self.rows, self.confirm, steps=steps, deadline=self.deadline)
+        pset = Box(torch.cat(los), torch.cat(his)) if doms[0].lo is not None else self.pset.select([0] * x0.shape[0])
+        found = pgd(self.net, pset, x0, torch.tensor(which), self.rows, self.confirm, steps=steps,
+                    deadline=self.deadline)
         if found is not None:
             self.found = found
 
@@ -224,8 +225,7 @@ class _Search:
         x0 = lo + (hi - lo) * torch.rand((m, *lo.shape[1:]), generator=g, dtype=torch.float64)
         x0[::restarts] = c
         which = torch.tensor(ks).repeat_interleave(restarts)
-        found, _ = pgd(self.net, set_projector(self.pset, m), lo.expand_as(x0), hi.expand_as(x0), x0, which, self.rows,
-                       self.confirm, steps=50, deadline=self.deadline)
+        found = pgd(self.net, self.pset.select([0] * m), x0, which, self.rows, self.confirm, steps=50, deadline=self.deadline)
         if found is not None:
             self.found = found
 
@@ -390,7 +390,7 @@ class _Search:
                         stale=int(stale[c]))
             kids_out.append(d)
             self.push(d)
-        self.attack_children(kids_out, None, None)
+        self.attack_children(kids_out)
 
     def leaf(self, d: _Domain) -> None:
         """No unstable ReLU left: decide the open disjuncts by LP on the activation pattern."""
@@ -457,7 +457,7 @@ class _Search:
                         None if res.a0 is None else res.a0[c : c + 1].to(torch.float32), lo=lo[c : c + 1], hi=hi[c : c + 1])
             kids.append(d)
             self.push(d)
-        self.attack_children(kids, None, None)
+        self.attack_children(kids)
 
     # ---- the loop
     def run(self, root: _Domain, input_mode: bool) -> tuple[str, str | None]:
@@ -556,7 +556,7 @@ def bab(net: Network, input_set: Any, disjuncts: Sequence[tuple[Tensor, Tensor]]
     else:
         root.bounds = {j: bounds[j] for j in s.srcs}
         root.scores = {i: t.to(torch.float32) for i, t in res.scores.items()}
-    s.attack_children([root], None, None, steps=50)
+    s.attack_children([root], steps=50)
     open_k = [k for k in range(rows.n_disjuncts) if not bool(proven[0, k])]
     if options.per_disjunct and len(open_k) >= 2 and s.found is None:
         return _per_disjunct(net, pset, disjuncts, rows, scale, bounds, res, proven, root, open_k, options, end,
