@@ -17,8 +17,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .attacks import pgd_attack
 from .complete import Engine, HighsBackend, MipBackend, MipVerifyBackend, check_engine, decide, disjunct_bounds
 from .errors import SolverUnavailableError, SpecError
+from .mip.lp_bound import certify_with_method
 from .network import Network
 from .query import Query
 from .results import BOUND_METHODS, ROW_FIELDS, Stage, Status, Summary, Verdict, order_row, summarize
@@ -145,9 +147,6 @@ def certify(
     add up to this call's wall time (see :class:`_Clock` for how batched stages are split).
     """
     clock = _Clock()
-    from .attacks import pgd_attack
-    from .mip.lp_bound import certify_with_method
-
     labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
     n = pset.n
     if len(indices) != n or labels.numel() != n:

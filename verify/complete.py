@@ -29,17 +29,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .bab import BabOptions, bab
 from .bounds import alpha_intermediate, certify_rows
 from .bounds.certify import proven_rows
 from .bounds.final import alpha_rows
+from .bounds.types import NodeBounds
 from .errors import SpecError, UnsupportedLayerError
+from .mip.highs import HighsOptions, solve_query
 from .network import MaxPool2d, Network
 from .query import Query, confirm_point
 from .results import Verdict
 
 Engine = Literal["auto", "bab", "mip"]
 ENGINES: tuple[str, ...] = ("auto", "bab", "mip")
-NodeBounds = dict[int, tuple[Tensor, Tensor]]
 
 # auto: the MIP alone when the bounds leave at most this many unstable ReLUs (its model then has
 # at most that many binaries and HiGHS decides it in well under a second), else BaB first
@@ -76,8 +78,6 @@ class HighsBackend:
 
     def __call__(self, net: Network, query: Query, *, deadline: float, bounds: NodeBounds | None,
                  row_lb: np.ndarray | None, warm: Tensor | None) -> Verdict:
-        from .mip.highs import HighsOptions, solve_query
-
         return solve_query(net, query, deadline=deadline, bounds=bounds, row_lb=row_lb, warm=warm,
                            options=HighsOptions(threads=self.threads, mode=self.mode))
 
@@ -159,7 +159,7 @@ def unstable_count(bounds: NodeBounds | None, net: Network) -> int | None:
 
 def decide(net: Network, query: Query, *, engine: Engine, deadline: float, mip: MipBackend,
            bounds: NodeBounds | None = None, row_lb: np.ndarray | None = None, warm: Tensor | None = None,
-           bab_options: Any = None, progress: Callable[[dict[str, Any]], None] | None = None) -> Verdict:
+           bab_options: BabOptions | None = None, progress: Callable[[dict[str, Any]], None] | None = None) -> Verdict:
     """Decide ``query`` with ``engine`` before ``deadline`` (see the module docstring)."""
     check_engine(engine)
     if engine == "mip":
@@ -184,10 +184,8 @@ def decide(net: Network, query: Query, *, engine: Engine, deadline: float, mip: 
                    domains=first.domains, max_queue=first.max_queue, seconds={**first.seconds, **second.seconds})
 
 
-def _bab(net: Network, query: Query, *, deadline: float, bounds: NodeBounds | None, options: Any,
+def _bab(net: Network, query: Query, *, deadline: float, bounds: NodeBounds | None, options: BabOptions | None,
          progress: Callable[[dict[str, Any]], None] | None) -> Verdict:
-    from .bab import BabOptions, bab
-
     # the deadline is the limit: an options object's own timeout must not cut it shorter
     opts = replace(options if options is not None else BabOptions(), timeout=math.inf)
     pairs = [(torch.as_tensor(dj.C, dtype=torch.float64), torch.as_tensor(dj.d, dtype=torch.float64))

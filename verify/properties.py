@@ -32,7 +32,7 @@ from torch import Tensor
 from .attacks import confirm_best, descend
 from .errors import SpecError, UnsupportedLayerError
 from .complete import Engine, HighsBackend, check_engine, decide, disjunct_bounds
-from .network import MaxPool2d, Network
+from .network import Network
 from .query import Disjunct, Query, confirm_point, outputs_f64
 from .results import Stage, Status, Verdict
 from .spec import Box, LpBall, representable_point
