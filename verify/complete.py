@@ -37,7 +37,7 @@ from .bounds.types import NodeBounds
 from .errors import SpecError, UnsupportedLayerError
 from .mip.highs import HighsOptions, solve_query
 from .network import MaxPool2d, Network
-from .query import Query, confirm_point
+from .query import Query
 from .results import Verdict
 
 Engine = Literal["auto", "bab", "mip"]
@@ -188,11 +188,8 @@ def _bab(net: Network, query: Query, *, deadline: float, bounds: NodeBounds | No
          progress: Callable[[dict[str, Any]], None] | None) -> Verdict:
     # the deadline is the limit: an options object's own timeout must not cut it shorter
     opts = replace(options if options is not None else BabOptions(), timeout=math.inf)
-    pairs = [(torch.as_tensor(dj.C, dtype=torch.float64), torch.as_tensor(dj.d, dtype=torch.float64))
-             for dj in query.disjuncts]
     try:
-        return bab(net, query.input_set.to(torch.float64), pairs, options=opts, deadline=deadline,
-                   confirm=lambda x: confirm_point(net, query, x), initial_bounds=bounds, progress=progress)
+        return bab(net, query, options=opts, deadline=deadline, initial_bounds=bounds, progress=progress)
     except UnsupportedLayerError as e:  # e.g. MaxPool: no ReLU splitting through it
         return Verdict("unknown", reason=f"branch and bound: {e}", seconds={"bab": 0.0})
 

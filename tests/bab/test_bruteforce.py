@@ -35,8 +35,8 @@ def test_decides_like_the_exact_minimum(split: str, attack: bool, branching: str
     branched = 0
     for seed in range(10):
         net, lo, hi, dis, true = _instance(seed)
-        box, conf = box_confirm(net, torch.tensor(lo), torch.tensor(hi), dis)
-        r = bab(net, box, [(torch.tensor(C), torch.tensor(d)) for C, d in dis], confirm=conf,
+        q, conf = box_confirm(net, torch.tensor(lo), torch.tensor(hi), dis)
+        r = bab(net, q,
                 options=BabOptions(timeout=8, input_split=split, attack=attack, branching=branching,  # type: ignore[arg-type]
                                    **extra))  # type: ignore[arg-type]
         assert r.status != "unknown", (seed, r)
@@ -88,8 +88,8 @@ def test_a_search_per_disjunct_decides_like_the_exact_minimum(monkeypatch: pytes
     monkeypatch.setattr(core, "_per_disjunct", counting)
     for seed in range(12):
         net, lo, hi, dis, true = _every_disjunct_near(seed)
-        box, conf = box_confirm(net, torch.tensor(lo), torch.tensor(hi), dis)
-        r = bab(net, box, [(torch.tensor(C), torch.tensor(d)) for C, d in dis], confirm=conf,
+        q, conf = box_confirm(net, torch.tensor(lo), torch.tensor(hi), dis)
+        r = bab(net, q,
                 options=BabOptions(timeout=8, input_split="off"))
         assert r.status == ("verified" if true > 0 else "falsified"), (seed, true, r)
         if r.status == "verified":

@@ -32,6 +32,7 @@ from ..bounds.slopes import crown_slopes
 from ..bounds.types import NodeBounds
 from ..errors import UnsupportedLayerError
 from ..network import MaxPool2d, Network
+from ..query import Disjunct, Query, confirm_point
 from ..results import Verdict
 from ..spec import Box
 from .attack import linear_minimiser, pgd
@@ -496,12 +497,15 @@ def _input_mode(net: Network, pset: Any, option: str) -> bool:
     return boxy and net.input_dim <= INPUT_SPLIT_MAX_DIM
 
 
-def bab(net: Network, input_set: Any, disjuncts: Sequence[tuple[Tensor, Tensor]], *, options: BabOptions = BabOptions(),
-        deadline: float | None = None, confirm: Callable[[Tensor], tuple[Tensor, int] | None],
-        initial_bounds: NodeBounds | None = None, progress: Progress | None = None) -> Verdict:
-    """Decide whether some point of ``input_set`` (one example: an LpBall or a Box) reaches a
-    disjunct C_k y <= d_k; see the module docstring. ``initial_bounds`` (valid intermediate bounds
-    on the set, e.g. from a previous pass) are intersected with the root's."""
+def bab(net: Network, query: Query, *, options: BabOptions = BabOptions(), deadline: float | None = None,
+        confirm: Callable[[Tensor], tuple[Tensor, int] | None] | None = None, initial_bounds: NodeBounds | None = None,
+        progress: Progress | None = None) -> Verdict:
+    """Decide whether some point of the query's input set (one example: an LpBall or a Box) reaches a
+    disjunct C_k y <= d_k; see the module docstring. ``confirm``: the re-check of candidate points
+    (default :func:`verify.query.confirm_point` on the query). ``initial_bounds`` (valid intermediate
+    bounds on the set, e.g. from a previous pass) are intersected with the root's."""
+    input_set, disjuncts = query.input_set, query.disjuncts
+    check = confirm if confirm is not None else (lambda x: confirm_point(net, query, x))
     t0 = time.perf_counter()
     end = t0 + options.timeout
     if deadline is not None:
@@ -510,7 +514,7 @@ def bab(net: Network, input_set: Any, disjuncts: Sequence[tuple[Tensor, Tensor]]
         raise ValueError(f"bab() takes one example, got {input_set.n}")
     if any(isinstance(n.op, MaxPool2d) for n in net.graph):
         raise UnsupportedLayerError("branch and bound does not split through MaxPool2d; use --complete mip")
-    pset = input_set.to(torch.float64)
+    pset: Any = input_set.to(torch.float64)  # LpBall | Box: the bound code names only LpBall
     with torch.no_grad():
         y0 = net.forward(pset.center.to(torch.float64).reshape(1, *net.input_shape))
     scale = max(1.0, float(y0.abs().max()))
@@ -524,7 +528,7 @@ def bab(net: Network, input_set: Any, disjuncts: Sequence[tuple[Tensor, Tensor]]
 
     if rows.n_disjuncts == 0:
         return result("verified", None, None, math.inf)
-    s = _Search(net, pset, rows, options, end, confirm, progress, t0)
+    s = _Search(net, pset, rows, options, end, check, progress, t0)
     s.attack_root()
     if s.found is not None:
         return result("falsified", None, s, -math.inf)
@@ -560,7 +564,7 @@ def bab(net: Network, input_set: Any, disjuncts: Sequence[tuple[Tensor, Tensor]]
     open_k = [k for k in range(rows.n_disjuncts) if not bool(proven[0, k])]
     if options.per_disjunct and len(open_k) >= 2 and s.found is None:
         return _per_disjunct(net, pset, disjuncts, rows, scale, bounds, res, proven, root, open_k, options, end,
-                             confirm, progress, t0, s, input_mode)
+                             check, progress, t0, s, input_mode)
     status, reason = s.run(root, input_mode)
     lb = s.global_lb() if status != "falsified" else min(s.global_lb(), 0.0)
     if status != "verified":
@@ -568,7 +572,7 @@ def bab(net: Network, input_set: Any, disjuncts: Sequence[tuple[Tensor, Tensor]]
     return result(status, reason, s, lb)  # type: ignore[arg-type]
 
 
-def _per_disjunct(net: Network, pset: Any, disjuncts: Sequence[tuple[Tensor, Tensor]], rows: Rows, scale: float,
+def _per_disjunct(net: Network, pset: Any, disjuncts: Sequence[Disjunct], rows: Rows, scale: float,
                   bounds: NodeBounds, res: Bounded, proven: Tensor, root: _Domain, open_k: list[int], options: BabOptions, end: float,
                   confirm: Callable[[Tensor], tuple[Tensor, int] | None], progress: Progress | None, t0: float,
                   s: _Search, input_mode: bool) -> Verdict:
