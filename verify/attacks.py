@@ -1,5 +1,5 @@
-"""Adversarial attacks: :func:`ascend`, the one projected-gradient loop (also behind
-:func:`verify.properties.attack_property`), PGD for L1, L2 and Linf balls intersected with the input box, and FGSM.
+"""Adversarial attacks: :func:`ascend`, the one projected-gradient loop (also behind :func:`descend`, the
+descent on disjunct violations of :func:`verify.properties.attack_property` and of branch and bound), PGD for L1, L2 and Linf balls intersected with the input box, and FGSM.
 
 As in Foolbox 3, :class:`Attack.__call__` validates the inputs, calls the subclass's
 ``run`` (which searches in float32), moves the points into the set in float64 arithmetic
@@ -256,8 +256,9 @@ class Leg(NamedTuple):
 
 def ascend(n: int, leg: Callable[[int, Tensor], Leg], success: Callable[[Tensor], Tensor], best_x: Tensor, *,
            steps: int, restarts: int = 1, l1_coordinates: int = 1, stop_on_success: bool = False,
-           deadline: float = math.inf) -> tuple[Tensor, Tensor, Tensor]:
-    """The one projected-gradient loop: :func:`ascent_direction` steps projected into the set, keeping
+           sign_steps: bool = False, deadline: float = math.inf) -> tuple[Tensor, Tensor, Tensor]:
+    """The one projected-gradient loop: :func:`ascent_direction` steps (``sign_steps``: the gradient's sign
+    whatever the set) projected into the set, keeping
     per row the point of largest objective over all steps and restarts (from ``best_x``). ``leg(r, rows)``
     sets up restart r (all rows, then those whose best value is no ``success``); ``stop_on_success``
     ends at the first. ``success`` sees values only: callers re-check reported points in float64.
@@ -281,9 +282,43 @@ def ascend(n: int, leg: Callable[[int, Tensor], Leg], success: Callable[[Tensor]
             if t == steps or (stop_on_success and bool(success(v.detach()).any())):
                 break
             (g,) = torch.autograd.grad(loss, x)
-            x = project(run.pset, x.detach() + run.size(t) * ascent_direction(g, x.detach(), run.pset, l1_coordinates))
+            step = g.sign() if sign_steps else ascent_direction(g, x.detach(), run.pset, l1_coordinates)
+            x = project(run.pset, x.detach() + run.size(t) * step)
             ran[idx.cpu()] += 1
     return best_x, best_v, ran
+
+
+def descend(net: Classifier, pset: LpBall | Box, x0: Tensor, violation: Callable[[Tensor], Tensor], width: Tensor, *,
+            steps: int, deadline: float = math.inf) -> tuple[Tensor, Tensor]:
+    """Projected sign-gradient descent on ``violation`` of the flattened outputs (B,) -- per start a disjunct's
+    max_i (C_i y - d_i) -- from ``x0`` (B, *input_shape) inside ``pset`` (its rows, or a box that broadcasts):
+    :func:`ascend` on minus it, stopping at the first point where it is <= 0, with sign steps whatever the set
+    and the usual PGD step (2.5 * half-width / steps: 1.25 * ``width`` / steps), halved for the last quarter.
+    Returns the best point and its violation per start; :func:`confirm_best` re-checks them."""
+    def leg(_: int, rows: Tensor) -> Leg:  # one leg: every start in one batch
+        def objective(z: Tensor) -> tuple[Tensor, Tensor]:
+            neg = -violation(net.forward(z).reshape(z.shape[0], -1))
+            return neg, neg.sum()
+        return Leg(x0, pset, objective, lambda t: 1.25 * width / max(1, steps) * (0.5 if t > 0.75 * steps else 1.0))
+
+    with torch.enable_grad():
+        best_x, neg, _ = ascend(x0.shape[0], leg, lambda v: v >= 0, x0.clone(), steps=steps, stop_on_success=True,
+                                sign_steps=True, deadline=deadline)
+    return best_x, -neg
+
+
+def confirm_best(x: Tensor, v: Tensor, confirm: Callable[[Tensor], tuple[Tensor, int] | None], *,
+                 limit: int | None = None, scale: Tensor | None = None) -> tuple[Tensor, int] | None:
+    """The first of the points ``x`` (B, *input_shape), in order of violation ``v`` (B,), that ``confirm``
+    (:func:`verify.query.confirm_point` on the caller's query) accepts, trying at most ``limit`` and only
+    those whose violation is (nearly) non-positive: <= 1e-9 (1 + ``scale``), ``scale`` |v| by default."""
+    tol = 1e-9 * (1.0 + (v.abs() if scale is None else scale))
+    for i in torch.argsort(v)[:limit].tolist():
+        if float(v[i]) <= float(tol[i]):
+            found = confirm(x[i : i + 1].detach().clone())
+            if found is not None:
+                return found
+    return None
 
 
 @dataclass(frozen=True)

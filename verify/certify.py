@@ -17,8 +17,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .complete import Engine, HighsBackend, MipBackend, MipVerifyBackend, check_engine, decide
+from .attacks import pgd_attack
+from .complete import Engine, HighsBackend, MipBackend, MipVerifyBackend, check_engine, decide, disjunct_bounds
 from .errors import SolverUnavailableError, SpecError
+from .mip.lp_bound import certify_with_method
 from .network import Network
 from .query import Query
 from .results import BOUND_METHODS, ROW_FIELDS, Stage, Status, Summary, Verdict, order_row, summarize
@@ -145,9 +147,6 @@ def certify(
     add up to this call's wall time (see :class:`_Clock` for how batched stages are split).
     """
     clock = _Clock()
-    from .attacks import pgd_attack
-    from .mip.lp_bound import certify_with_method
-
     labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
     n = pset.n
     if len(indices) != n or labels.numel() != n:
@@ -244,32 +243,19 @@ def certify(
 
 
 def complete_inputs(net: Network, query: Query, config: CertifyConfig, deadline: float
-                     ) -> tuple[dict[int, tuple[Tensor, Tensor]] | None, np.ndarray | None]:
-    """Starting bounds (float64) and per-target margin bounds for the complete stage of one example.
+                    ) -> tuple[dict[int, tuple[Tensor, Tensor]] | None, np.ndarray | None]:
+    """Starting bounds (float64) and per-target margin bounds (``row_lb``) for the complete stage of one
+    example: :func:`verify.complete.disjunct_bounds` on its robustness query (CROWN; with
+    ``mip_bounds="alpha-crown"`` refined by alpha-CROWN within ``mip_alpha_share`` of the time limit).
 
     The time spent here counts against the example's time limit. MIPVerify.jl tightens its own.
     """
     if config.solver != "highs" and config.complete == "mip":
         return None, None
-    from .bounds import alpha_intermediate, compute_bounds
-    from .bounds.final import alpha_margins
-
-    t0 = time.perf_counter()
-    sub = query.input_set
-    assert query.label is not None
-    y = torch.tensor([query.label])
-    br = compute_bounds(net, sub, y, method="crown", dtype=torch.float64)  # type: ignore[arg-type]
-    bounds, margin_t = dict(br.intermediate), br.margin_lb
-    if config.mip_bounds == "alpha-crown":
-        stop = min(deadline, t0 + config.mip_alpha_share * config.timeout)
-        bounds = alpha_intermediate(net, sub, bounds, steps=config.mip_alpha_steps, deadline=stop)  # type: ignore[arg-type]
-        alpha_m, _ = alpha_margins(net, sub, y, bounds, steps=config.mip_alpha_steps, deadline=stop)  # type: ignore[arg-type]
-        margin_t = torch.maximum(margin_t, alpha_m)  # both sound
-    margin = margin_t[0].detach().numpy().astype(np.float64)
-    # keep a safety margin so that float64 rounding in the bound cannot skip a violated target
-    finite = np.isfinite(margin)
-    margin[finite] -= 1e-6 * np.maximum(1.0, np.abs(margin[finite]))
-    return bounds, margin[query.targets()]
+    stop = min(deadline, time.perf_counter() + config.mip_alpha_share * config.timeout)
+    db = disjunct_bounds(net, query, alpha_steps=config.mip_alpha_steps if config.mip_bounds == "alpha-crown" else 0,
+                         deadline=stop)
+    return db.intermediate, db.row_lb()
 
 
 class _Bar:

@@ -29,14 +29,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .bab import BabOptions, bab
+from .bounds import alpha_intermediate, certify_rows
+from .bounds.certify import proven_rows
+from .bounds.final import alpha_rows
+from .bounds.types import NodeBounds
 from .errors import SpecError, UnsupportedLayerError
+from .mip.highs import HighsOptions, solve_query
 from .network import MaxPool2d, Network
-from .query import Query, confirm_point
+from .query import Query
 from .results import Verdict
 
 Engine = Literal["auto", "bab", "mip"]
 ENGINES: tuple[str, ...] = ("auto", "bab", "mip")
-NodeBounds = dict[int, tuple[Tensor, Tensor]]
 
 # auto: the MIP alone when the bounds leave at most this many unstable ReLUs (its model then has
 # at most that many binaries and HiGHS decides it in well under a second), else BaB first
@@ -73,8 +78,6 @@ class HighsBackend:
 
     def __call__(self, net: Network, query: Query, *, deadline: float, bounds: NodeBounds | None,
                  row_lb: np.ndarray | None, warm: Tensor | None) -> Verdict:
-        from .mip.highs import HighsOptions, solve_query
-
         return solve_query(net, query, deadline=deadline, bounds=bounds, row_lb=row_lb, warm=warm,
                            options=HighsOptions(threads=self.threads, mode=self.mode))
 
@@ -95,6 +98,52 @@ class MipVerifyBackend:
         return mipverify.solve(net, query.input_set, query.label, 0, time_limit=left, threads=self.threads)  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class DisjunctBounds:
+    """The bound stage on a query, per disjunct: a lower bound on its violation max_i (C_i y - d_i)
+    over the set (-inf for a disjunct without rows) and whether it is proven empty (some row's float64
+    bound above :func:`verify.bounds.certify.row_threshold`); the float64 node bounds (1, *shape) the
+    bounds used (the MIP's big-M values, branch and bound's start) and the method that gave them."""
+
+    violation_lb: np.ndarray  # (K,) float64
+    proven: np.ndarray  # (K,) bool
+    intermediate: NodeBounds
+    method: Literal["crown", "interval"]
+
+    def row_lb(self) -> np.ndarray:
+        """``row_lb`` for a :class:`MipBackend`: the bound where proven (> 0: skipped), else at most 0."""
+        return np.where(self.proven, self.violation_lb, np.minimum(self.violation_lb, 0.0))
+
+
+def disjunct_bounds(net: Network, query: Query, *, alpha_steps: int = 0, deadline: float = math.inf) -> DisjunctBounds:
+    """Bounds on every row C_i y - d_i of every disjunct: :func:`verify.bounds.certify_rows` with CROWN
+    (interval bounds where the network has MaxPool, which the backward engine does not take), in float64
+    throughout (one input set, no float32 screen, and the complete stage needs the float64 node bounds).
+    A disjunct is proven empty when one of its rows is. ``alpha_steps`` > 0 (CROWN only): the node bounds
+    and then the rows tightened by alpha-CROWN until ``deadline``, each row keeping the better of the two
+    sound bounds, decided again by the same rule (:func:`verify.bounds.certify.proven_rows`)."""
+    method: Literal["crown", "ibp"] = "ibp" if any(isinstance(n.op, MaxPool2d) for n in net.graph) else "crown"
+    s = query.input_set.to(torch.float64)
+    C, d, owner = query.rows()
+    if not len(d):  # no rows at all: one vacuous row (d = -inf), for the node bounds
+        C, d = torch.zeros((1, net.n_classes), dtype=torch.float64), torch.full((1,), -math.inf, dtype=torch.float64)
+    C, d = C.unsqueeze(0), d.unsqueeze(0)
+    with torch.no_grad():  # a Box is an input set to the bound code, whose annotations name only LpBall
+        rows = certify_rows(net, s, C, d, method=method, float64=True)  # type: ignore[arg-type]
+    assert rows.intermediate is not None
+    low, proven, bounds = rows.lower, rows.proven, rows.intermediate
+    if alpha_steps > 0 and method == "crown":
+        bounds = alpha_intermediate(net, s, bounds, steps=alpha_steps, deadline=deadline)  # type: ignore[arg-type]
+        alpha, _ = alpha_rows(net, s, C, bounds, steps=alpha_steps, deadline=deadline)  # type: ignore[arg-type]
+        low = torch.maximum(low, alpha.detach() - d)  # both sound
+        proven = proven_rows(net, s, C, d, low)  # type: ignore[arg-type]
+    k, own = len(query.disjuncts), owner.numpy()
+    viol, ok = np.full(k, -math.inf), np.zeros(k, dtype=bool)
+    np.maximum.at(viol, own, low[0, :len(own)].numpy())
+    np.logical_or.at(ok, own, proven[0, :len(own)].numpy())
+    return DisjunctBounds(viol, ok, bounds, "interval" if method == "ibp" else "crown")
+
+
 def unstable_count(bounds: NodeBounds | None, net: Network) -> int | None:
     """ReLU inputs whose bounds straddle zero (the MIP's binaries before its own tightening)."""
     if bounds is None:
@@ -110,7 +159,7 @@ def unstable_count(bounds: NodeBounds | None, net: Network) -> int | None:
 
 def decide(net: Network, query: Query, *, engine: Engine, deadline: float, mip: MipBackend,
            bounds: NodeBounds | None = None, row_lb: np.ndarray | None = None, warm: Tensor | None = None,
-           bab_options: Any = None, progress: Callable[[dict[str, Any]], None] | None = None) -> Verdict:
+           bab_options: BabOptions | None = None, progress: Callable[[dict[str, Any]], None] | None = None) -> Verdict:
     """Decide ``query`` with ``engine`` before ``deadline`` (see the module docstring)."""
     check_engine(engine)
     if engine == "mip":
@@ -132,26 +181,17 @@ def decide(net: Network, query: Query, *, engine: Engine, deadline: float, mip: 
     except UnsupportedLayerError:
         return first
     return replace(second, margin_lb=second.margin_lb if second.margin_lb is not None else first.margin_lb,
-                   domains=first.domains, seconds={**first.seconds, **second.seconds})
+                   domains=first.domains, max_queue=first.max_queue, seconds={**first.seconds, **second.seconds})
 
 
-def _bab(net: Network, query: Query, *, deadline: float, bounds: NodeBounds | None, options: Any,
+def _bab(net: Network, query: Query, *, deadline: float, bounds: NodeBounds | None, options: BabOptions | None,
          progress: Callable[[dict[str, Any]], None] | None) -> Verdict:
-    from .bab import BabOptions, bab
-
     # the deadline is the limit: an options object's own timeout must not cut it shorter
     opts = replace(options if options is not None else BabOptions(), timeout=math.inf)
-    pairs = [(torch.as_tensor(dj.C, dtype=torch.float64), torch.as_tensor(dj.d, dtype=torch.float64))
-             for dj in query.disjuncts]
     try:
-        r = bab(net, query.input_set.to(torch.float64), pairs, options=opts, deadline=deadline,
-                confirm=lambda x: confirm_point(net, query, x), initial_bounds=bounds, progress=progress)
+        return bab(net, query, options=opts, deadline=deadline, initial_bounds=bounds, progress=progress)
     except UnsupportedLayerError as e:  # e.g. MaxPool: no ReLU splitting through it
         return Verdict("unknown", reason=f"branch and bound: {e}", seconds={"bab": 0.0})
-    return Verdict(r.status, "bab" if r.status != "unknown" else None, r.reason, r.counterexample,
-                   r.lower_bound if math.isfinite(r.lower_bound) else None, seconds={"bab": r.seconds},
-                   domains=r.domains, disjunct=r.disjunct)
 
-
-__all__ = ["AUTO_BAB_SHARE", "AUTO_MIP_MAX_UNSTABLE", "ENGINES", "Engine", "HighsBackend", "MipBackend",
-           "MipVerifyBackend", "check_engine", "decide", "unstable_count"]
+__all__ = ["AUTO_BAB_SHARE", "AUTO_MIP_MAX_UNSTABLE", "DisjunctBounds", "ENGINES", "Engine", "HighsBackend",
+           "MipBackend", "MipVerifyBackend", "check_engine", "decide", "disjunct_bounds", "unstable_count"]

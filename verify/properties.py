@@ -29,13 +29,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .attacks import Leg, ascend
+from .attacks import confirm_best, descend
 from .errors import SpecError, UnsupportedLayerError
-from .complete import Engine, HighsBackend, check_engine, decide
-from .network import MaxPool2d, Network
+from .complete import Engine, HighsBackend, check_engine, decide, disjunct_bounds
+from .network import Network
 from .query import Disjunct, Query, confirm_point, outputs_f64
 from .results import Stage, Status, Verdict
-from .spec import Box, representable_point
+from .spec import Box, LpBall, representable_point
 
 MipMode = Literal["per-disjunct", "indicator"]
 MIP_MODES: tuple[str, ...] = ("per-disjunct", "indicator")
@@ -77,130 +77,66 @@ class OutputProperty:
         return next((k for k, dj in enumerate(self.disjuncts) if dj.holds(y)), None)
 
 
-def confirm(net: Network, prop: OutputProperty, box: Box, x: Tensor) -> tuple[Tensor, np.ndarray, int] | None:
-    """(point, outputs, disjunct) for a counterexample near x that :func:`verify.query.confirm_point`
-    confirms (inside the box exactly, float32-representable where possible, a disjunct satisfied in
-    a float64 forward pass), else None."""
-    found = confirm_point(net, Query(box, prop.disjuncts), x)
-    return None if found is None else (found[0], outputs_f64(net, found[0]), found[1])
-
-
 # --------------------------------------------------------------------------- attack
 
 
 def attack_property(
     net: Network,
-    prop: OutputProperty,
-    box: Box,
+    query: Query,
     *,
     steps: int = 50,
     restarts: int = 3,
     seed: int = 0,
     starts: Tensor | None = None,
     deadline: float = math.inf,
-) -> tuple[tuple[Tensor, np.ndarray, int] | None, Tensor]:
+) -> tuple[tuple[Tensor, int] | None, Tensor]:
     """Projected sign-gradient descent on each disjunct's violation max_i (C_i y - d_i), in float64
-    (:func:`verify.attacks.ascend` on minus the violation, stopping at the first row that reaches 0).
+    (:func:`verify.attacks.descend`, stopping at the first row that reaches 0), re-checked by
+    :func:`verify.query.confirm_point` (:func:`verify.attacks.confirm_best`).
 
-    Every disjunct gets ``restarts`` runs (the first from the box centre, or from ``starts``
-    when given; the rest from uniform random points). Returns (a confirmed counterexample or
-    None, the best point found for each disjunct (K, *input_shape), complete when there is no
-    counterexample) -- the best points warm start the MIP.
+    Every disjunct gets ``restarts`` runs (the first from the set's centre, or from ``starts``
+    when given; the rest from uniform random points of its box). Returns (a confirmed counterexample
+    and its disjunct, or None; the best point found for each disjunct (K, *input_shape), complete when
+    there is no counterexample) -- the best points warm start the MIP.
     """
-    k = len(prop.disjuncts)
+    k = len(query.disjuncts)
     shape = tuple(net.input_shape)
-    lo, hi = box.lower[0], box.upper[0]
+    s = query.input_set.to(torch.float64)
+    lo, hi = (t[0] for t in s.box())
     if k == 0:
         return None, torch.zeros((0, *shape), dtype=torch.float64)
     if k > ATTACK_CHUNK:  # many disjuncts: a chunk at a time keeps the batch (and memory) bounded
         bests = []
         for c0 in range(0, k, ATTACK_CHUNK):
-            sub = OutputProperty(prop.lower, prop.upper, prop.disjuncts[c0:c0 + ATTACK_CHUNK], prop.n_outputs)
-            found, best = attack_property(net, sub, box, steps=steps, restarts=restarts, seed=seed, starts=starts,
-                                          deadline=deadline)
+            found, best = attack_property(net, Query(s, query.disjuncts[c0:c0 + ATTACK_CHUNK]), steps=steps,
+                                          restarts=restarts, seed=seed, starts=starts, deadline=deadline)
             if found is not None:
-                return (found[0], found[1], found[2] + c0), best
+                return (found[0], found[1] + c0), best
             bests.append(best)
         return None, torch.cat(bests)
-    if any(len(dj.d) == 0 for dj in prop.disjuncts):  # a disjunct without rows holds everywhere
-        return confirm(net, prop, box, box.center[0]), box.center.expand(k, *shape).clone()
-    C = torch.zeros((k, max(len(dj.d) for dj in prop.disjuncts), prop.n_outputs), dtype=torch.float64)
+    if any(len(dj.d) == 0 for dj in query.disjuncts):  # a disjunct without rows holds everywhere
+        return confirm_point(net, query, s.center), s.center.expand(k, *shape).clone()
+    C = torch.zeros((k, max(len(dj.d) for dj in query.disjuncts), query.disjuncts[0].C.shape[1]), dtype=torch.float64)
     d, mask = C.new_zeros(C.shape[:2]), torch.zeros(C.shape[:2], dtype=torch.bool)  # disjuncts padded to M rows
-    for i, dj in enumerate(prop.disjuncts):
+    for i, dj in enumerate(query.disjuncts):
         C[i, :len(dj.d)], d[i, :len(dj.d)], mask[i, :len(dj.d)] = torch.as_tensor(dj.C), torch.as_tensor(dj.d), True
     gen = torch.Generator().manual_seed(seed)
     r = max(1, restarts)
     x = lo + (hi - lo) * torch.rand((k, r, *shape), generator=gen, dtype=torch.float64)
-    x[:, 0] = box.center[0] if starts is None else box.project(starts.reshape(-1, *shape)).expand(k, *shape)
+    x[:, 0] = s.center[0] if starts is None else s.project(starts.reshape(-1, *shape)).expand(k, *shape)
     x = x.reshape(k * r, *shape)
     Cr, dr, mr = (t.repeat_interleave(r, 0) for t in (C, d, mask))
-    width = (hi - lo).expand_as(x)
 
-    def leg(_: int, rows: Tensor) -> Leg:  # one leg: all disjuncts x restarts in one batch
-        def objective(z: Tensor) -> tuple[Tensor, Tensor]:
-            y = net.forward(z).reshape(z.shape[0], -1)
-            v = torch.einsum("rmo,ro->rm", Cr, y) - dr
-            neg = -torch.where(mr, v, torch.full_like(v, -math.inf)).amax(1)
-            return neg, neg.sum()
-        # 2.5 * half-width / steps, halved for the last quarter (the usual PGD step)
-        return Leg(x, box, objective, lambda t: 1.25 * width / max(1, steps) * (0.5 if t > 0.75 * steps else 1.0))
+    def violation(y: Tensor) -> Tensor:
+        v = torch.einsum("rmo,ro->rm", Cr, y) - dr
+        return torch.where(mr, v, torch.full_like(v, -math.inf)).amax(1)
 
-    best_x, neg_v, _ = ascend(k * r, leg, lambda v: v >= 0, x.clone(), steps=steps, stop_on_success=True,
-                              deadline=deadline)
-    per = -neg_v.reshape(k, r)
-    pick = per.argmin(1)
-    best = best_x.reshape(k, r, *shape)[torch.arange(k), pick]
-    for i in torch.argsort(per.min(1).values).tolist():
-        if per[i].min() <= 1e-9 * (1 + float(d[i].abs().max())):
-            found = confirm(net, prop, box, best[i])
-            if found is not None:
-                return found, best
-    return None, best
-
-
-# --------------------------------------------------------------------------- bounds
-
-
-@dataclass(frozen=True)
-class PropertyBounds:
-    """Per disjunct: a lower bound on its violation max_i (C_i y - d_i) and whether it is proven empty."""
-
-    violation_lb: np.ndarray  # (K,) float64
-    proven: np.ndarray  # (K,) bool: some row's float64 bound exceeds the safety margin
-    intermediate: dict[int, tuple[Tensor, Tensor]]  # float64 node bounds (1, *shape), for the MIP's big-M values
-    method: Literal["crown", "interval"]
-
-
-def property_bounds(net: Network, prop: OutputProperty, box: Box) -> PropertyBounds:
-    """Bounds on every row C_i y - d_i of every disjunct: :func:`verify.bounds.certify_rows` with
-    CROWN (interval bounds where the network has MaxPool, which the backward engine does not take).
-
-    Runs in float64 throughout (one instance, no float32 screen, and the complete stage needs
-    the float64 node bounds). A row is infeasible -- and with it its disjunct -- when its lower
-    bound exceeds ``d_i`` by more than :func:`verify.bounds.certify.row_threshold`, the margin
-    certificates use.
-    """
-    from .bounds import certify_rows
-
-    k = len(prop.disjuncts)
-    method: Literal["crown", "ibp"] = "ibp" if any(isinstance(n.op, MaxPool2d) for n in net.graph) else "crown"
-    dj = [x for x in prop.disjuncts if len(x.d)]
-    # no rows at all: one vacuous row (d = -inf), for the node bounds
-    C = np.concatenate([x.C for x in dj]) if dj else np.zeros((1, prop.n_outputs))
-    d = np.concatenate([x.d for x in dj]) if dj else np.full(1, -math.inf)
-    with torch.no_grad():  # a Box is an input set to the bound code, whose annotations name only LpBall
-        rows = certify_rows(net, box, torch.as_tensor(C, dtype=torch.float64).unsqueeze(0),  # type: ignore[arg-type]
-                            torch.as_tensor(d, dtype=torch.float64).unsqueeze(0), method=method, float64=True)
-    assert rows.intermediate is not None
-    margin, row_ok = rows.lower[0].numpy(), rows.proven[0].numpy()
-    viol, proven, pos = np.full(k, -math.inf), np.zeros(k, dtype=bool), 0
-    for i, dj_i in enumerate(prop.disjuncts):
-        m = len(dj_i.d)
-        if m:
-            viol[i] = margin[pos:pos + m].max()
-            proven[i] = bool(row_ok[pos:pos + m].any())
-        pos += m
-    return PropertyBounds(viol, proven, rows.intermediate, "interval" if method == "ibp" else "crown")
+    pset = s.select([0] * (k * r)) if isinstance(s, LpBall) else s
+    best_x, viol = descend(net, pset, x, violation, (hi - lo).expand_as(x), steps=steps, deadline=deadline)
+    per = viol.reshape(k, r)
+    best = best_x.reshape(k, r, *shape)[torch.arange(k), per.argmin(1)]
+    found = confirm_best(best, per.min(1).values, lambda z: confirm_point(net, query, z), scale=d.abs().amax(1))
+    return found, best
 
 
 # --------------------------------------------------------------------------- the pipeline
@@ -234,19 +170,20 @@ def verify_property(net: Network, prop: OutputProperty, options: VerifyOptions =
     t0 = time.perf_counter()
     deadline = t0 + options.timeout
     box = prop.box(net)
+    query = Query(box, prop.disjuncts)
     k = len(prop.disjuncts)
     sec: dict[str, float] = {}
 
     def done(status: Status, by: Stage | None, reason: str | None = None,
-             found: tuple[Tensor, np.ndarray, int] | None = None, open_disjuncts: int = 0, **kw: Any) -> Verdict:
-        x, y, j = found if found is not None else (None, None, None)
-        return Verdict(status, by, reason, x, seconds=sec, disjunct=j, outputs=y, n_disjuncts=k,
-                       open_disjuncts=open_disjuncts, **kw)
+             found: tuple[Tensor, int] | None = None, open_disjuncts: int = 0, **kw: Any) -> Verdict:
+        x, j = found if found is not None else (None, None)
+        return Verdict(status, by, reason, x, seconds=sec, disjunct=j, outputs=None if x is None else outputs_f64(net, x),
+                       n_disjuncts=k, open_disjuncts=open_disjuncts, **kw)
 
     if k == 0:
         return done("verified", "trivial", "no disjunct can hold (a constant comparison is false in each)")
     t = time.perf_counter()
-    found, best = attack_property(net, prop, box, steps=options.attack_steps, restarts=options.attack_restarts,
+    found, best = attack_property(net, query, steps=options.attack_steps, restarts=options.attack_restarts,
                                   seed=options.seed, deadline=deadline)
     sec["attack"] = time.perf_counter() - t
     if found is not None:
@@ -254,7 +191,7 @@ def verify_property(net: Network, prop: OutputProperty, options: VerifyOptions =
     if time.perf_counter() > deadline:
         return done("unknown", None, "timeout in the attack")
     t = time.perf_counter()
-    pb = property_bounds(net, prop, box)
+    pb = disjunct_bounds(net, query)
     sec["bounds"] = time.perf_counter() - t
     open_k = [i for i in range(k) if not pb.proven[i]]
     if not open_k:
@@ -280,13 +217,12 @@ def verify_property(net: Network, prop: OutputProperty, options: VerifyOptions =
     if res.status == "falsified" and res.counterexample is not None:
         # polish: a few descent steps from the engine's point move it away from the boundary
         t = time.perf_counter()
-        polished, _ = attack_property(net, prop, box, steps=20, restarts=1, starts=res.counterexample,
-                                      deadline=math.inf)
+        polished, _ = attack_property(net, query, steps=20, restarts=1, starts=res.counterexample, deadline=math.inf)
         sec["polish"] = time.perf_counter() - t
-        x0 = confirm(net, prop, box, res.counterexample)
+        x0 = confirm_point(net, query, res.counterexample)
         pick = polished or x0
         if polished is not None and x0 is not None:
-            pick = min((polished, x0), key=lambda f: prop.disjuncts[f[2]].violation(f[1]))
+            pick = min((polished, x0), key=lambda f: prop.disjuncts[f[1]].violation(outputs_f64(net, f[0])))
         if pick is not None:
             return done("falsified", res.decided_by, found=pick, **extra)
         return done("unknown", None, "numerics: the counterexample fails the float64 check", **extra)
@@ -295,5 +231,5 @@ def verify_property(net: Network, prop: OutputProperty, options: VerifyOptions =
     return done("unknown", None, res.reason, **extra)
 
 
-__all__ = ["Box", "Disjunct", "MIP_MODES", "OutputProperty", "PropertyBounds", "VerifyOptions",
-           "attack_property", "confirm", "outputs_f64", "property_bounds", "representable_point", "verify_property"]
+__all__ = ["Box", "Disjunct", "MIP_MODES", "OutputProperty", "VerifyOptions", "attack_property", "outputs_f64",
+           "representable_point", "verify_property"]

@@ -26,12 +26,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from .attacks import pgd_attack
+from .bounds import certify_with_bounds
+from .certify import CertifyConfig, complete_inputs
+from .complete import HighsBackend, decide, disjunct_bounds
 from .errors import SpecError, UnsupportedLayerError
-from .network import Network
+from .mip.closest import closest, sound_lower
+from .network import Linear, Network
+from .query import Query
 from .spec import LpBall, distances, margins_f64, p_name
 
 RadiusStatus = Literal["exact", "bracketed", "beyond", "misclassified"]
@@ -155,8 +160,6 @@ def _confirmed(net: Network, c: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, T
 def _attack_stage(net: Network, c: Tensor, y: Tensor, items: list[_Open], eps: Tensor, p: float,
                   config: RadiusConfig, keys: Sequence[int]) -> None:
     """PGD at radius eps (per item); confirmed points become upper ends (after a ray search)."""
-    from .attacks import pgd_attack
-
     if not items or config.attack_steps <= 0:
         return
     pos = [o.pos for o in items]
@@ -205,8 +208,6 @@ def _ray_search(net: Network, c: Tensor, y: Tensor, x: Tensor, steps: int = 30) 
 
 def _bound_stage(net: Network, c: Tensor, y: Tensor, items: list[_Open], p: float, config: RadiusConfig) -> None:
     """Bisection of the certified radius between 0 and each item's upper end (or reach)."""
-    from .bounds import certify_with_bounds
-
     if not items:
         return
     pos = [o.pos for o in items]
@@ -244,10 +245,6 @@ def _decide_stage(net: Network, c: Tensor, y: Tensor, o: _Open, p: float, config
     (:func:`verify.complete.decide`, auto: branch and bound and/or the MIP) before any distance MIP.
     Verified: the example is beyond max_eps (a closed-ball proof); falsified: its counterexample,
     moved along its ray as close as it stays misclassified, is the first upper end."""
-    from .certify import CertifyConfig, complete_inputs
-    from .complete import HighsBackend, decide
-    from .query import Query
-
     t0 = time.perf_counter()
     i = o.pos
     query = Query.robustness(LpBall.make(c[i : i + 1], o.reach, p, net.input_range, check_inside=False), int(y[i]),
@@ -270,20 +267,17 @@ def _decide_stage(net: Network, c: Tensor, y: Tensor, o: _Open, p: float, config
 def _mip_stage(net: Network, c: Tensor, y: Tensor, o: _Open, p: float, config: RadiusConfig,
                deadline: float) -> tuple[str | None, int | None]:
     """The distance MIP for one item; returns (reason if undecided, binaries)."""
-    from .bounds import compute_bounds
-    from .mip.closest import closest
-
     t0 = time.perf_counter()
     i = o.pos
     radius = o.upper if o.upper is not None else o.reach
     ball = LpBall.make(c[i : i + 1], radius, p, net.input_range, check_inside=False)
     try:
-        br = compute_bounds(net, ball, y[i : i + 1], method="crown", dtype=torch.float64)
-        margin = br.margin_lb[0].detach().numpy()
+        query = Query.robustness(ball, int(y[i]), net.n_classes)
+        db = disjunct_bounds(net, query)
         # a target whose margin is provably positive over the ball cannot be reached inside it
-        targets = [j for j in range(net.n_classes) if j != int(y[i]) and not margin[j] > 1e-6 * max(1.0, abs(margin[j]))]
+        targets = [j for j, ok in zip(query.targets(), db.proven) if not ok]
         res = closest(net, c[i], int(y[i]), p, upper=radius, lower=o.lower, targets=targets,
-                      first_target=o.target, bounds=dict(br.intermediate), deadline=deadline, threads=config.threads,
+                      first_target=o.target, bounds=db.intermediate, deadline=deadline, threads=config.threads,
                       tol=config.tol * max(1.0, radius))
     except UnsupportedLayerError as e:  # e.g. MaxPool: the bracket of attacks and bounds stands
         o.seconds["mip"] = o.seconds.get("mip", 0.0) + time.perf_counter() - t0
@@ -362,8 +356,6 @@ def minimum_distortion(
         _attack_stage(net, c, y, todo, eps, p, config, [int(indices[o.pos]) for o in todo])
     t = _charge(open_, "pgd", t)
 
-    from .mip.closest import sound_lower
-
     bar = _bar(len(open_), progress)
     for o in open_:
         reason, n_bin = None, None
@@ -396,8 +388,6 @@ def minimum_distortion(
 def two_class(net: Network, label: int, target: int) -> Network:
     """The network with one more affine layer: outputs (f_label, f_target). Its robustness for label 0
     is robustness against the target alone, so every stage runs on it unchanged."""
-    from .network import Linear
-
     sel = torch.zeros(2, net.n_classes, dtype=torch.float64)
     sel[0, label] = sel[1, target] = 1.0
     return Network(net.layers + (Linear(sel, torch.zeros(2, dtype=torch.float64)),), net.input_shape, net.input_range,

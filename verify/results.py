@@ -52,6 +52,7 @@ class Verdict:
     solver_status: str | None = None
     n_binaries: int | None = None  # after tightening, for queries that reached the MIP
     domains: int | None = None  # subdomains branch and bound bounded, for queries that reached it
+    max_queue: int | None = None  # branch and bound: the most subdomains open at once (not a row column)
     # an example (certify): its position in the data set, its label and the predicted class
     index: int | None = None
     label: int | None = None

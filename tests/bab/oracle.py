@@ -89,7 +89,7 @@ def exact_min(net: Network, lo: np.ndarray, hi: np.ndarray, disjuncts: list[tupl
 def box_confirm(net: Network, lo: torch.Tensor, hi: torch.Tensor, disjuncts: list[tuple[np.ndarray, np.ndarray]]):
     box = Box.make(lo.reshape(1, -1).numpy(), hi.reshape(1, -1).numpy())
     q = Query(box, tuple(Disjunct(np.asarray(C), np.asarray(d)) for C, d in disjuncts))
-    return box, lambda x: confirm_point(net, q, x)
+    return q, lambda x: confirm_point(net, q, x)
 
 
 def random_disjuncts(g: np.random.Generator, n_out: int, k: int, m_max: int, shift: float) -> list[tuple[np.ndarray, np.ndarray]]:

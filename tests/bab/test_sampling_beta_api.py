@@ -11,13 +11,13 @@ import torch
 
 from tests.bab.oracle import box_confirm, exact_min, random_disjuncts, random_net
 from tests.bounds.sampling import sample_set
-from verify.bab import BabOptions, bab, robustness_disjuncts
+from verify.bab import BabOptions, bab
 from verify.bab.bound import bound_rows
-from verify.bab.robust import robustness_confirm
 from verify.bab.spec import make_rows
 from verify.bounds import linear_intermediate
 from verify.bounds.backward import relu_inputs
 from verify.bounds.slopes import crown_slopes
+from verify.query import Query
 from verify.spec import LpBall
 
 
@@ -37,7 +37,7 @@ def test_sampled_points_never_violate_verified_sets() -> None:
         net, x, y = _hard_ball(seed)
         for p, eps in (("inf", 0.1), ("2", 0.25), ("1", 0.4)):
             ball = LpBall.make(x, eps, p)
-            r = bab(net, ball, robustness_disjuncts(y, 3), confirm=robustness_confirm(net, ball, y),
+            r = bab(net, Query.robustness(ball, y, 3),
                     options=BabOptions(timeout=10, input_split="off"))
             if r.status != "verified":
                 continue
@@ -47,7 +47,7 @@ def test_sampled_points_never_violate_verified_sets() -> None:
             other = logits.clone()
             other[:, y] = -math.inf
             margin = logits[:, y] - other.amax(1)
-            assert bool((margin >= r.lower_bound - 1e-9).all())
+            assert bool((margin >= r.margin_lb - 1e-9).all())
     assert seen >= 10
 
 
@@ -69,7 +69,7 @@ def test_beta_raises_the_bound_of_a_split_domain() -> None:
     for seed in range(6):
         net, x, y = _hard_ball(seed)
         ball = LpBall.make(x, 0.15, "inf")
-        rows = make_rows(robustness_disjuncts(y, 3), 3, 1.0)
+        rows = make_rows(Query.robustness(ball, y, 3).disjuncts, 3, 1.0)
         bounds = linear_intermediate(net, ball, rule="crown", dtype=torch.float64)
         b2, signs, j = _split_domain(net, ball, rows, bounds, 4)
         alpha = crown_slopes(net, b2, rows.n_all)
@@ -98,7 +98,7 @@ def test_beta_saves_subdomains() -> None:
         ball = LpBall.make(x, eps, "inf")
         res = {}
         for steps in (0, 10):
-            r = bab(net, ball, robustness_disjuncts(y, 3), confirm=robustness_confirm(net, ball, y),
+            r = bab(net, Query.robustness(ball, y, 3),
                     options=BabOptions(timeout=10, beta_steps=steps, input_split="off", attack=False, batch=4))
             res[steps] = r
         if res[0].status == res[10].status != "unknown" and res[10].domains < res[0].domains:
@@ -109,18 +109,15 @@ def test_beta_saves_subdomains() -> None:
 def test_limits_and_progress() -> None:
     net, x, y = _hard_ball(3)
     ball = LpBall.make(x, 0.3, "inf")
-    conf = robustness_confirm(net, ball, y)
     seen: list[dict] = []
-    r = bab(net, ball, robustness_disjuncts(y, 3), confirm=lambda z: None,
+    r = bab(net, Query.robustness(ball, y, 3), confirm=lambda z: None,
             options=BabOptions(timeout=0.5, attack=False, input_split="off", batch=1), progress=seen.append)
-    assert r.status == "unknown" and r.reason in ("timeout", "numerics") and r.lower_bound <= 0
-    r = bab(net, ball, robustness_disjuncts(y, 3), confirm=lambda z: None,
+    assert r.status == "unknown" and r.reason in ("timeout", "numerics") and (r.margin_lb is None or r.margin_lb <= 0)
+    r = bab(net, Query.robustness(ball, y, 3), confirm=lambda z: None,
             options=BabOptions(max_domains=2, attack=False, input_split="off", batch=1))
     assert r.status != "verified" or r.domains >= 1
-    r = bab(net, ball, robustness_disjuncts(y, 3), confirm=conf, deadline=time.perf_counter() - 1.0)
+    r = bab(net, Query.robustness(ball, y, 3), deadline=time.perf_counter() - 1.0)
     assert r.status != "verified"
-    C, d = robustness_disjuncts(1, 3)[0]
-    assert C.tolist() == [[-1.0, 1.0, 0.0]] and d.tolist() == [0.0]
 
 
 def test_progress_is_reported() -> None:
@@ -130,10 +127,9 @@ def test_progress_is_reported() -> None:
     dis = random_disjuncts(rg, 3, 2, 2, 0.0)
     t0 = exact_min(net, lo, hi, dis)
     dis = [(C, d + t0 - 0.01) for C, d in dis]
-    box, conf = box_confirm(net, torch.tensor(lo), torch.tensor(hi), dis)
+    q, conf = box_confirm(net, torch.tensor(lo), torch.tensor(hi), dis)
     seen: list[dict] = []
-    r = bab(net, box, [(torch.tensor(C), torch.tensor(d)) for C, d in dis], confirm=conf,
-            options=BabOptions(timeout=10, input_split="on", batch=2), progress=seen.append)
+    r = bab(net, q, options=BabOptions(timeout=10, input_split="on", batch=2), progress=seen.append)
     assert r.status == "verified"
     assert seen and {"domains", "open", "lower_bound"} <= set(seen[-1])
     assert seen[-1]["domains"] == r.domains and r.max_queue >= 1

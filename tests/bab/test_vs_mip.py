@@ -17,10 +17,8 @@ import torch
 from tests.bab.oracle import box_confirm, near_boundary_property, random_net
 from verify.attacks import pgd_attack
 from verify.bounds import compute_bounds
-from verify.bab import BabOptions, bab, robustness_disjuncts
-from verify.bab.robust import robustness_confirm
+from verify.bab import BabOptions, bab
 from verify.mip.highs import solve_query
-from verify.properties import Disjunct
 from verify.query import Query
 from verify.spec import LpBall
 
@@ -54,11 +52,10 @@ def _gap_eps(net, x: torch.Tensor, y: int, p: str, rg: np.random.Generator) -> f
 def _property_case(seed: int) -> tuple[str, str, int]:
     # the boundary moved close to the instance: the exact minimum becomes -u
     net, lo, hi, dis, _ = near_boundary_property(1000 + seed, (0.1, 0.4), 4)
-    box, conf = box_confirm(net, torch.tensor(lo), torch.tensor(hi), dis)
-    mip = solve_query(net, Query(box, tuple(Disjunct(C, d) for C, d in dis)), deadline=time.perf_counter() + TIMEOUT)
+    q, conf = box_confirm(net, torch.tensor(lo), torch.tensor(hi), dis)
+    mip = solve_query(net, q, deadline=time.perf_counter() + TIMEOUT)
     mode = ["auto", "off"][seed % 2]
-    r = bab(net, box, [(torch.tensor(C), torch.tensor(d)) for C, d in dis], confirm=conf,
-            options=BabOptions(timeout=TIMEOUT, input_split=mode, seed=seed))  # type: ignore[arg-type]
+    r = bab(net, q, options=BabOptions(timeout=TIMEOUT, input_split=mode, seed=seed))  # type: ignore[arg-type]
     if r.status == "falsified":
         assert r.counterexample is not None and r.counterexample.dtype == torch.float64
         assert conf(r.counterexample) is not None
@@ -77,10 +74,9 @@ def _ball_case(seed: int, p: str) -> tuple[str, str, int]:
     eps = _gap_eps(net, x, y, p, rg)
     ball = LpBall.make(x, eps, p)
     m = solve_query(net, Query.robustness(ball, y, k), deadline=time.perf_counter() + TIMEOUT)
-    r = bab(net, ball, robustness_disjuncts(y, k), confirm=robustness_confirm(net, ball, y),
-            options=BabOptions(timeout=TIMEOUT, seed=seed))
+    r = bab(net, Query.robustness(ball, y, k), options=BabOptions(timeout=TIMEOUT, seed=seed))
     if r.status == "verified":
-        assert r.lower_bound > 0
+        assert r.margin_lb > 0
     return m.status, r.status, r.domains
 
 

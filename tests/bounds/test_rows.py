@@ -130,13 +130,14 @@ def test_certify_with_bounds_is_the_margin_rows(method) -> None:
         assert bool((res.margin_lb[res.certified] <= worst.amin((0, 2))[res.certified]).all())
 
 
-def test_property_bounds_are_the_rows_of_its_disjuncts() -> None:
-    """property_bounds = certify_rows(float64) on the rows of all disjuncts: a disjunct is proven when
+def test_disjunct_bounds_are_the_rows_of_its_disjuncts() -> None:
+    """disjunct_bounds = certify_rows(float64) on the rows of all disjuncts: a disjunct is proven when
     one of its rows is; a disjunct without rows is never proven (and the node bounds still come back)."""
     import numpy as np
 
-    from verify.properties import OutputProperty, property_bounds
-    from verify.query import Disjunct
+    from verify.complete import disjunct_bounds
+    from verify.properties import OutputProperty
+    from verify.query import Disjunct, Query
 
     net = conv_net(0)
     x = torch.rand(49, generator=torch.Generator().manual_seed(1), dtype=torch.float64).numpy()
@@ -146,7 +147,7 @@ def test_property_bounds_are_the_rows_of_its_disjuncts() -> None:
     djs = (Disjunct(np.zeros((0, 3)), np.zeros(0)), Disjunct(row, far), Disjunct(np.concatenate([row, -row]), np.concatenate([near, far])),
            Disjunct(row, near))
     prop = OutputProperty(np.clip(x - 0.01, 0, 1), np.clip(x + 0.01, 0, 1), djs, 3)
-    pb = property_bounds(net, prop, prop.box(net))
+    pb = disjunct_bounds(net, Query(prop.box(net), djs))
     assert pb.proven.tolist() == [False, True, True, False] and pb.method == "crown"  # 2: its second row
     rows = certify_rows(net, prop.box(net), torch.as_tensor(np.concatenate([row, row, -row, row])),  # type: ignore[arg-type]
                         torch.as_tensor(np.concatenate([far, near, far, near])), method="crown", float64=True)

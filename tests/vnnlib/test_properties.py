@@ -15,11 +15,12 @@ import pytest
 import torch
 from scipy.optimize import linprog
 
+from verify.complete import disjunct_bounds
 from verify.mip.highs import HighsOptions, solve_query
 from verify.network import Linear, Network, ReLU
-from verify.properties import (Box, Disjunct, OutputProperty, VerifyOptions, attack_property, property_bounds,
+from verify.properties import (Box, Disjunct, OutputProperty, VerifyOptions, attack_property,
                                representable_point, verify_property)
-from verify.query import Query
+from verify.query import Query, outputs_f64
 from verify.spec import LpBall
 
 
@@ -102,7 +103,7 @@ def test_bounds_lie_below_sampled_violations(seed: int) -> None:
     net = tiny_net(seed)
     prop = random_property(seed)
     box = prop.box(net)
-    pb = property_bounds(net, prop, box)
+    pb = disjunct_bounds(net, Query(box, prop.disjuncts))
     g = torch.Generator().manual_seed(seed)
     xs = box.lower + (box.upper - box.lower) * torch.rand((20000, 3), generator=g, dtype=torch.float64)
     corners = torch.tensor(list(itertools.product([0.0, 1.0], repeat=3)), dtype=torch.float64)
@@ -155,10 +156,10 @@ def test_attack_finds_a_point_and_respects_the_box() -> None:
     x0 = torch.tensor((lo + hi) / 2 + 0.3 * (hi - lo))[None]
     y0 = float(net.forward(x0)[0, 0])
     prop = OutputProperty(lo, hi, (Disjunct(np.array([[-1.0, 0.0, 0.0]]), np.array([-y0])),), 3)
-    found, best = attack_property(net, prop, prop.box(net), steps=50, restarts=3)
+    found, best = attack_property(net, Query(prop.box(net), prop.disjuncts), steps=50, restarts=3)
     assert found is not None
-    x, y, k = found
-    assert bool(prop.box(net).contains(x).all()) and y[0] >= y0 and k == 0
+    x, k = found
+    assert bool(prop.box(net).contains(x).all()) and outputs_f64(net, x)[0] >= y0 and k == 0
     assert best.shape == (1, 3)
 
 
@@ -168,10 +169,10 @@ def test_attack_over_many_disjuncts_in_chunks() -> None:
     never = [Disjunct(np.array([[1.0, 0.0, 0.0]]), np.array([-1e6])) for _ in range(149)]
     always = Disjunct(np.array([[0.0, 0.0, 1.0]]), np.array([1e6]))
     prop = OutputProperty(np.zeros(3), np.ones(3), tuple(never + [always]), 3)
-    found, _ = attack_property(net, prop, prop.box(net), steps=5)
-    assert found is not None and found[2] == 149
+    found, _ = attack_property(net, Query(prop.box(net), prop.disjuncts), steps=5)
+    assert found is not None and found[1] == 149
     prop = OutputProperty(np.zeros(3), np.ones(3), tuple(never), 3)
-    found, best = attack_property(net, prop, prop.box(net), steps=5)
+    found, best = attack_property(net, Query(prop.box(net), prop.disjuncts), steps=5)
     assert found is None and best.shape == (149, 3)
 
 

@@ -32,8 +32,10 @@ from ..bounds.slopes import crown_slopes
 from ..bounds.types import NodeBounds
 from ..errors import UnsupportedLayerError
 from ..network import MaxPool2d, Network
+from ..query import Disjunct, Query, confirm_point
+from ..results import Verdict
 from ..spec import Box
-from .attack import linear_minimiser, pgd, set_projector
+from .attack import linear_minimiser, pgd
 from .bound import Bounded, bound_rows
 from .leaf import leaf_lp
 from .retighten import retighten_after
@@ -92,16 +94,16 @@ class BabOptions:
     float32_steps: bool = True
 
 
-@dataclass(frozen=True)
-class BabResult:
-    status: Literal["verified", "falsified", "unknown"]
-    reason: str | None
-    counterexample: Tensor | None  # float64 (1, *input_shape), accepted by confirm
-    disjunct: int | None
-    lower_bound: float  # proven lower bound of min_k max_i (C_ki y - d_ki); > 0 iff verified
-    domains: int
-    max_queue: int
-    seconds: float
+def _verdict(status: Literal["verified", "falsified", "unknown"], reason: str | None,
+             found: tuple[Tensor, int] | None, lb: float, domains: int, max_queue: int, t0: float,
+             input_shape: tuple[int, ...]) -> Verdict:
+    """The search's answer as the one :class:`verify.results.Verdict`: ``margin_lb`` the proven lower bound
+    of min_k max_i (C_ki y - d_ki) (> 0 iff verified; None when -inf), ``counterexample`` float64
+    (1, *input_shape), accepted by confirm, ``disjunct`` the one it satisfies; ``seconds`` {"bab": wall time}."""
+    return Verdict(status, "bab" if status != "unknown" else None, reason,
+                   None if found is None else found[0].to(torch.float64).reshape(1, *input_shape),
+                   lb if math.isfinite(lb) else None, seconds={"bab": time.perf_counter() - t0},
+                   domains=domains, max_queue=max_queue, disjunct=None if found is None else found[1])
 
 
 @dataclass
@@ -170,7 +172,7 @@ class _Search:
                            "seconds": time.perf_counter() - self.t0, "rounds": self.rounds})
 
     # ---- attacks
-    def attack_children(self, doms: list[_Domain], lo: Tensor | None, hi: Tensor | None, steps: int = 20) -> None:
+    def attack_children(self, doms: list[_Domain], steps: int = 20) -> None:
         """PGD from the input minimisers of the worst open rows of the worst few subdomains."""
         if not self.o.attack or not doms or self.found is not None:
             return
@@ -204,8 +206,9 @@ class _Search:
         if not starts:
             return
         x0 = torch.cat(starts)
-        found, _ = pgd(self.net, set_projector(self.pset, x0.shape[0]), torch.cat(los), torch.cat(his), x0,
-                       torch.tensor(which), self.rows, self.confirm, steps=steps, deadline=self.deadline)
+        pset = Box(torch.cat(los), torch.cat(his)) if doms[0].lo is not None else self.pset.select([0] * x0.shape[0])
+        found = pgd(self.net, pset, x0, torch.tensor(which), self.rows, self.confirm, steps=steps,
+                    deadline=self.deadline)
         if found is not None:
             self.found = found
 
@@ -229,8 +232,7 @@ class _Search:
         x0 = lo + (hi - lo) * torch.rand((m, *lo.shape[1:]), generator=g, dtype=torch.float64)
         x0[::restarts] = c
         which = torch.tensor(ks).repeat_interleave(restarts)
-        found, _ = pgd(self.net, set_projector(self.pset, m), lo.expand_as(x0), hi.expand_as(x0), x0, which, self.rows,
-                       self.confirm, steps=50, deadline=self.deadline)
+        found = pgd(self.net, self.pset.select([0] * m), x0, which, self.rows, self.confirm, steps=50, deadline=self.deadline)
         if found is not None:
             self.found = found
 
@@ -402,7 +404,7 @@ class _Search:
                         stale=int(stale[c]))
             kids_out.append(d)
             self.push(d)
-        self.attack_children(kids_out, None, None)
+        self.attack_children(kids_out)
 
     def unstall(self, idx: Tensor, res: Bounded, lb: Tensor, bounds: NodeBounds, signs: dict[int, Tensor],
                 pprov: Tensor) -> tuple[Bounded, Tensor]:
@@ -502,7 +504,7 @@ class _Search:
                         None if res.a0 is None else res.a0[c : c + 1].to(torch.float32), lo=lo[c : c + 1], hi=hi[c : c + 1])
             kids.append(d)
             self.push(d)
-        self.attack_children(kids, None, None)
+        self.attack_children(kids)
 
     # ---- the loop
     def run(self, root: _Domain, input_mode: bool) -> tuple[str, str | None]:
@@ -541,12 +543,15 @@ def _input_mode(net: Network, pset: Any, option: str) -> bool:
     return boxy and net.input_dim <= INPUT_SPLIT_MAX_DIM
 
 
-def bab(net: Network, input_set: Any, disjuncts: Sequence[tuple[Tensor, Tensor]], *, options: BabOptions = BabOptions(),
-        deadline: float | None = None, confirm: Callable[[Tensor], tuple[Tensor, int] | None],
-        initial_bounds: NodeBounds | None = None, progress: Progress | None = None) -> BabResult:
-    """Decide whether some point of ``input_set`` (one example: an LpBall or a Box) reaches a
-    disjunct C_k y <= d_k; see the module docstring. ``initial_bounds`` (valid intermediate bounds
-    on the set, e.g. from a previous pass) are intersected with the root's."""
+def bab(net: Network, query: Query, *, options: BabOptions = BabOptions(), deadline: float | None = None,
+        confirm: Callable[[Tensor], tuple[Tensor, int] | None] | None = None, initial_bounds: NodeBounds | None = None,
+        progress: Progress | None = None) -> Verdict:
+    """Decide whether some point of the query's input set (one example: an LpBall or a Box) reaches a
+    disjunct C_k y <= d_k; see the module docstring. ``confirm``: the re-check of candidate points
+    (default :func:`verify.query.confirm_point` on the query). ``initial_bounds`` (valid intermediate
+    bounds on the set, e.g. from a previous pass) are intersected with the root's."""
+    input_set, disjuncts = query.input_set, query.disjuncts
+    check = confirm if confirm is not None else (lambda x: confirm_point(net, query, x))
     t0 = time.perf_counter()
     end = t0 + options.timeout
     if deadline is not None:
@@ -555,22 +560,21 @@ def bab(net: Network, input_set: Any, disjuncts: Sequence[tuple[Tensor, Tensor]]
         raise ValueError(f"bab() takes one example, got {input_set.n}")
     if any(isinstance(n.op, MaxPool2d) for n in net.graph):
         raise UnsupportedLayerError("branch and bound does not split through MaxPool2d; use --complete mip")
-    pset = input_set.to(torch.float64)
+    pset: Any = input_set.to(torch.float64)  # LpBall | Box: the bound code names only LpBall
     with torch.no_grad():
         y0 = net.forward(pset.center.to(torch.float64).reshape(1, *net.input_shape))
     scale = max(1.0, float(y0.abs().max()))
     rows = make_rows(disjuncts, net.n_classes, scale)
 
     def result(status: Literal["verified", "falsified", "unknown"], reason: str | None, s: _Search | None,
-               lb: float) -> BabResult:
+               lb: float) -> Verdict:
         found = s.found if s is not None and status == "falsified" else None
-        return BabResult(status, reason, None if found is None else found[0].to(torch.float64).reshape(1, *net.input_shape),
-                         None if found is None else found[1], lb, 0 if s is None else s.domains,
-                         0 if s is None else s.max_queue, time.perf_counter() - t0)
+        return _verdict(status, reason, found, lb, 0 if s is None else s.domains, 0 if s is None else s.max_queue, t0,
+                        net.input_shape)
 
     if rows.n_disjuncts == 0:
         return result("verified", None, None, math.inf)
-    s = _Search(net, pset, rows, options, end, confirm, progress, t0)
+    s = _Search(net, pset, rows, options, end, check, progress, t0)
     s.attack_root()
     if s.found is not None:
         return result("falsified", None, s, -math.inf)
@@ -602,11 +606,11 @@ def bab(net: Network, input_set: Any, disjuncts: Sequence[tuple[Tensor, Tensor]]
     else:
         root.bounds = {j: bounds[j] for j in s.srcs}
         root.scores = {i: t.to(torch.float32) for i, t in res.scores.items()}
-    s.attack_children([root], None, None, steps=50)
+    s.attack_children([root], steps=50)
     open_k = [k for k in range(rows.n_disjuncts) if not bool(proven[0, k])]
     if options.per_disjunct and len(open_k) >= 2 and s.found is None:
         return _per_disjunct(net, pset, disjuncts, rows, scale, bounds, res, proven, root, open_k, options, end,
-                             confirm, progress, t0, s, input_mode)
+                             check, progress, t0, s, input_mode)
     status, reason = s.run(root, input_mode)
     lb = s.global_lb() if status != "falsified" else min(s.global_lb(), 0.0)
     if status != "verified":
@@ -614,10 +618,10 @@ def bab(net: Network, input_set: Any, disjuncts: Sequence[tuple[Tensor, Tensor]]
     return result(status, reason, s, lb)  # type: ignore[arg-type]
 
 
-def _per_disjunct(net: Network, pset: Any, disjuncts: Sequence[tuple[Tensor, Tensor]], rows: Rows, scale: float,
+def _per_disjunct(net: Network, pset: Any, disjuncts: Sequence[Disjunct], rows: Rows, scale: float,
                   bounds: NodeBounds, res: Bounded, proven: Tensor, root: _Domain, open_k: list[int], options: BabOptions, end: float,
                   confirm: Callable[[Tensor], tuple[Tensor, int] | None], progress: Progress | None, t0: float,
-                  s: _Search, input_mode: bool) -> BabResult:
+                  s: _Search, input_mode: bool) -> Verdict:
     """One search per disjunct still open at the root, hardest (lowest root bound) first, each on that
     disjunct's rows alone (``BabOptions.per_disjunct``), from the root's intermediate bounds and slopes.
 
@@ -662,10 +666,9 @@ def _per_disjunct(net: Network, pset: Any, disjuncts: Sequence[tuple[Tensor, Ten
         lb = min(best)
         if status != "verified":
             found = sub.found if status == "falsified" else None
-            return BabResult(status, reason, None if found is None else found[0].to(torch.float64).reshape(1, *net.input_shape),  # type: ignore[arg-type]
-                             None if found is None else found[1], min(lb, 0.0), domains, max_queue,
-                             time.perf_counter() - t0)
+            return _verdict(status, reason, found, min(lb, 0.0), domains, max_queue, t0,  # type: ignore[arg-type]
+                            net.input_shape)
     lb = min(best)
     if time.perf_counter() >= end:
-        return BabResult("unknown", "timeout", None, None, min(lb, 0.0), domains, max_queue, time.perf_counter() - t0)
-    return BabResult("verified", None, None, None, lb, domains, max_queue, time.perf_counter() - t0)
+        return _verdict("unknown", "timeout", None, min(lb, 0.0), domains, max_queue, t0, net.input_shape)
+    return _verdict("verified", None, None, lb, domains, max_queue, t0, net.input_shape)

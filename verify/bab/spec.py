@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..bounds.certify import row_threshold
+from ..query import Disjunct
 
 
 @dataclass(frozen=True)
@@ -78,15 +79,15 @@ def _any_by_owner(ok: Tensor, owner: Tensor, k: int) -> Tensor:
     return _max_by_owner(ok.to(torch.float64), owner, k) > 0
 
 
-def make_rows(disjuncts: Sequence[tuple[Tensor, Tensor]], n_out: int, logit_scale: float) -> Rows:
+def make_rows(disjuncts: Sequence[Disjunct], n_out: int, logit_scale: float) -> Rows:
     """Rows, combination rows and thresholds: :func:`verify.bounds.certify.row_threshold`, the rule
     of the bound stage (:func:`verify.bounds.certify_rows`)."""
     Cs, ds, owners = [], [], []
     cC, cd, cm, co = [], [], [], []
-    m_max = max([1] + [int(torch.as_tensor(d).numel()) for _, d in disjuncts])
-    for k, (C, d) in enumerate(disjuncts):
-        C64 = torch.as_tensor(C, dtype=torch.float64).reshape(-1, n_out)
-        d64 = torch.as_tensor(d, dtype=torch.float64).reshape(-1)
+    m_max = max([1] + [len(dj.d) for dj in disjuncts])
+    for k, dj in enumerate(disjuncts):
+        C64 = torch.as_tensor(dj.C, dtype=torch.float64).reshape(-1, n_out)
+        d64 = torch.as_tensor(dj.d, dtype=torch.float64).reshape(-1)
         if C64.shape[0] != d64.shape[0]:
             raise ValueError(f"disjunct {k}: C has {C64.shape[0]} rows, d has {d64.shape[0]}")
         if not (torch.isfinite(C64).all() and torch.isfinite(d64).all()):
@@ -122,19 +123,3 @@ def make_rows(disjuncts: Sequence[tuple[Tensor, Tensor]], n_out: int, logit_scal
         combo_owner = torch.zeros(0, dtype=torch.long)
         cthr = torch.zeros(0, dtype=torch.float64)
     return Rows(C_all, d_all, owner, combo_C, combo_d, combo_mask, combo_owner, torch.cat([thr, cthr]), len(disjuncts))
-
-
-def robustness_disjuncts(label: int, n_classes: int) -> list[tuple[Tensor, Tensor]]:
-    """The unsafe region of robustness of ``label``: for each j != label, one row e_y - e_j <= 0
-    (f_j >= f_y, the boundary included)."""
-    if not 0 <= label < n_classes:
-        raise ValueError(f"label {label} outside [0, {n_classes})")
-    out = []
-    for j in range(n_classes):
-        if j == label:
-            continue
-        C = torch.zeros((1, n_classes), dtype=torch.float64)
-        C[0, label] = 1.0
-        C[0, j] = -1.0
-        out.append((C, torch.zeros(1, dtype=torch.float64)))
-    return out

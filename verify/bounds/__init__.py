@@ -7,7 +7,7 @@ HiGHS), is the MIP's model relaxed and lives with it (:mod:`verify.mip.lp_bound`
   bounds used (:class:`BoundResult`);
 * :func:`certify_rows` -- which rows c . f(x) - d > 0 hold over the set, soundly under rounding
   (:class:`RowBounds`); :func:`certify_with_bounds` -- robustness's use of it, the margin rows
-  (:class:`CertifiedBounds`); :func:`verify.properties.property_bounds` -- VNNLIB's;
+  (:class:`CertifiedBounds`); :func:`verify.complete.disjunct_bounds` -- a query's;
 * :func:`backward_bound` -- the generic backward linear-relaxation engine.
 
 Intermediate bounds are ``NodeBounds = {node index: (lower, upper)}`` over ``net.graph``,

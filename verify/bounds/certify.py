@@ -54,6 +54,12 @@ def row_threshold(scale: Tensor, spec: Tensor, d: Tensor) -> Tensor:
     return SAFETY_REL * torch.maximum(torch.maximum(one, spec.abs().sum(-1) / 2 * scale.reshape(-1, 1)), dd)
 
 
+def proven_rows(net: Network, pset: LpBall, spec: Tensor, d: Tensor, low: Tensor) -> Tensor:
+    """(N, R): the decision on float64 row bounds ``low`` (on spec[n, r] . f - d[n, r]): proven when
+    strictly above :func:`row_threshold`; rows with d = -inf are vacuous (proven)."""
+    return (low > row_threshold(logit_scale(net, pset), spec, d)) | torch.isneginf(d)
+
+
 def certify_with_bounds(
     net: Network,
     pset: LpBall,
@@ -118,7 +124,7 @@ def certify_rows(
         sub = pset.to(torch.float64)
         m64, b64 = _rows64(net, sub, spec, method, None, alpha_lr, alpha_steps)
         low = m64 - d
-        return RowBounds(low, (low > row_threshold(logit_scale(net, sub), spec, d)) | vacuous, method, b64)
+        return RowBounds(low, proven_rows(net, sub, spec, d, low), method, b64)
     if not spec.shape[1]:
         return RowBounds(d.clone(), vacuous, method)
     chunk = CERTIFY_CHUNK_ALPHA if method == "alpha-crown" else CERTIFY_CHUNK
@@ -151,7 +157,7 @@ def certify_rows(
     alpha = None if best_alpha is None else {i: t[cand] for i, t in best_alpha.items()}
     m64, _ = _rows64(net, sub, spec[cand], method, alpha, alpha_lr, alpha_steps)
     low[cand] = m64 - d[cand]
-    proven[cand] = (low[cand] > row_threshold(logit_scale(net, sub), spec[cand], d[cand])) | vacuous[cand]
+    proven[cand] = proven_rows(net, sub, spec[cand], d[cand], low[cand])
     return RowBounds(low, proven, method)
 
 

@@ -53,13 +53,6 @@ class _Builder:
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value, dtype=np.float32), n))
         return n
 
-    def int_const(self, base: str, value: list[int]) -> str:
-        from onnx import numpy_helper
-
-        n = self.name(base)
-        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=np.int64), n))
-        return n
-
     def op(self, op_type: str, inputs: list[str], base: str, **attrs: Any) -> str:
         from onnx import helper
 
