@@ -34,6 +34,13 @@ onnx2pytorch imports torchvision.ops for NMS/RoI operators that these nets lack;
 loudly), (2) drops onnx2pytorch's ``quirks`` keyword when empty (PyPI's onnx2pytorch 0.4.1 lacks
 it; abCROWN's fork has it), (3) sets torch to one thread, then runs abcrown.py unchanged. When
 abcrown.py or its imports are missing, the peer is skipped and the JSON says why.
+
+Setting up the peer (what docs/bab.md's numbers used): clone alpha-beta-CROWN, check out its auto_LiRPA
+submodule at the commit it pins; make a venv with --system-site-packages (it then sees our torch, CPU
+build) and add only what is missing with ``pip install --no-deps`` (pandas, onnxoptimizer, skl2onnx,
+scikit-learn, narwhals, threadpoolctl, termcolor, pytz, tzdata, onnx2pytorch==0.4.1), never letting pip
+pull another torch. No Gurobi: the config's complete verifier is ``bab``, not ``bab-refine``.
+Results and their reading: docs/bab.md, "Against alpha-beta-CROWN on a CPU".
 """
 
 from __future__ import annotations
@@ -272,7 +279,8 @@ def run_abcrown(python: str, launcher: Path, cv: Path, config: Path, onnx: Path,
     row["wall_seconds"] = time.perf_counter() - t0
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
-        (log_dir / f"abcrown__{onnx.stem}__{vnnlib.name}.log").write_text(log)
+        # the net's folder too: built instances share the name net.onnx
+        (log_dir / f"abcrown__{onnx.parent.name}__{onnx.stem}__{vnnlib.name}.log").write_text(log)
     row.update(parse_abcrown_log(log))
     text = res_file.read_text().strip() if res_file.is_file() else ""
     result = text.split("\n", 1)[0].strip() if text else None
@@ -357,8 +365,11 @@ def build_instances(nets: list[str], eps_list: list[float], n: int, data_dir: st
 def read_csv_instances(path: str) -> list[dict]:
     from verify.vnncomp import read_instances
 
-    return [{"id": f"{i.onnx.name}/{i.vnnlib.name}", "onnx": i.onnx, "vnnlib": i.vnnlib, "csv_timeout": i.timeout}
-            for i in read_instances(path)]
+    rows = read_instances(path)
+    ids = [f"{i.onnx.name}/{i.vnnlib.name}" for i in rows]
+    if len(set(ids)) < len(ids):  # the same file names in several folders: name the folders too
+        ids = [f"{i.onnx.parent.name}/{i.onnx.name}/{i.vnnlib.parent.name}/{i.vnnlib.name}" for i in rows]
+    return [{"id": k, "onnx": i.onnx, "vnnlib": i.vnnlib, "csv_timeout": i.timeout} for k, i in zip(ids, rows)]
 
 
 # ---------------------------------------------------------------- summary
@@ -414,7 +425,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--nets", default="fc_256x2", help="zoo nets (benchmarks/complete.py's names), comma-separated")
     ap.add_argument("--eps", default="0.02", help="Linf radii, comma-separated (every net)")
     ap.add_argument("--n", type=int, default=10, help="the first N MNIST test points")
-    ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "datasets"))
+    ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "datasets"), help="where MNIST is (verify.data)")
     ap.add_argument("--instances-dir", default=None, help="keep the built ONNX / VNNLIB / instances.csv here")
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds per instance, every tool (the CSV's ignored)")
     ap.add_argument("--grace", type=float, default=60.0, help="extra seconds before a process is killed")
@@ -428,7 +439,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-root-bounds", dest="root_bounds", action="store_false",
                     help="skip our untimed CROWN / alpha-CROWN root bounds per instance")
     ap.add_argument("--limit", type=int, default=None, help="only the first K instances")
-    ap.add_argument("--output", default="peers_complete.json")
+    ap.add_argument("--output", default="peers_complete.json", help="the JSON (rewritten after every instance)")
     a = ap.parse_args(argv)
     import torch
 
