@@ -91,6 +91,33 @@ def test_beta_raises_the_bound_of_a_split_domain() -> None:
     assert gains >= 2
 
 
+def test_beta_alone_holds_the_slopes_and_stays_sound() -> None:
+    """lr_alpha = 0 (the stall escalation's option): the slopes come back as given, beta still raises
+    the bound over no steps, and no sampled point of the split domain is below it."""
+    for seed in range(4):
+        net, x, y = _hard_ball(seed)
+        ball = LpBall.make(x, 0.15, "inf")
+        rows = make_rows(Query.robustness(ball, y, 3).disjuncts, 3, 1.0)
+        bounds = linear_intermediate(net, ball, rule="crown", dtype=torch.float64)
+        b2, signs, j = _split_domain(net, ball, rows, bounds, 4)
+        alpha = crown_slopes(net, b2, rows.n_all)
+        beta = {j: torch.zeros(1, rows.n_all, *net.graph[j].shape, dtype=torch.float64)}
+        w = torch.ones(1, rows.n_all, dtype=torch.float64)
+        start = bound_rows(net, ball, rows, b2, alpha, beta, signs, rows.theta0(1), w, steps=0, lr_alpha=0.0,
+                           lr_beta=0.0, scores=False)
+        held = bound_rows(net, ball, rows, b2, alpha, beta, signs, rows.theta0(1), w, steps=30, lr_alpha=0.0,
+                          lr_beta=0.5, scores=False)
+        for i, t in alpha.items():
+            assert torch.equal(held.alpha[i], t.clamp(0, 1))
+        assert bool((held.lb >= start.lb - 1e-12).all())
+        pts = sample_set(ball, 0, 20000, torch.Generator().manual_seed(seed))
+        vals = net.forward(pts, all_nodes=True)
+        keep = (vals[j].reshape(len(pts), -1)[:, signs[j].reshape(-1) < 0] <= 0).all(1)
+        if bool(keep.any()):
+            true = vals[-1][keep] @ rows.C.T - rows.d
+            assert bool((true.amin(0) >= held.lb[0, : rows.n_rows] - 1e-9).all())
+
+
 def test_beta_saves_subdomains() -> None:
     fewer = 0
     for seed, eps in ((3, 0.2), (4, 0.2)):

@@ -130,7 +130,7 @@ def bound_rows(
     best_theta = theta.detach().clone()
     groups: list[tuple[list[Tensor], float]] = []
     if steps > 0:
-        a_list = [t.requires_grad_() for t in alpha.values()]
+        a_list = [t.requires_grad_() for t in alpha.values()] if lr_alpha > 0 else []  # lr 0: alpha held, no gradient
         if a_list:
             groups.append((a_list, lr_alpha))
         b_list = [t.requires_grad_() for t in beta.values()]

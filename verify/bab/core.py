@@ -80,9 +80,10 @@ class BabOptions:
     # and where it does re-tighten the gain per child does not pay for the ~6x cost per child.
     retighten: int = 0
     fsb_candidates: int = 3
-    # children whose bound the split did not raise get this many more alpha / beta steps (_Search.unstall),
-    # at this beta learning rate
+    # children whose bound the split did not raise get this many more steps (_Search.unstall) at these learning
+    # rates (measured on a VNN-COMP mnistfc instance, docs/bab.md "Stalled subdomains")
     stall_steps: int = 50
+    stall_lr_alpha: float = 0.1
     stall_lr_beta: float = 0.2
     # a search per disjunct still open at the root (robustness: per target class), see _per_disjunct. Measured on the
     # zoo's 784-256x6 MLP at Linf 0.01, image #9: 1525 subdomains of one row each instead of 5829 of nine rows
@@ -421,7 +422,7 @@ class _Search:
                           {j: (take(b[0]), take(b[1])) for j, b in bounds.items()},
                           {i: take(t) for i, t in res.alpha.items()}, {i: take(t) for i, t in res.beta.items()},
                           {i: take(t) for i, t in signs.items()}, take(res.theta), self.weights(take(pprov)),
-                          steps=self.o.stall_steps, lr_alpha=self.o.lr_alpha, lr_beta=self.o.stall_lr_beta,
+                          steps=self.o.stall_steps, lr_alpha=self.o.stall_lr_alpha, lr_beta=self.o.stall_lr_beta,
                           deadline=self.deadline, step_dtype=self.step_dtype)
         better = more.lb.amin(1) >= res.lb.index_select(0, idx).amin(1)  # per child: the whole parameter set
 
