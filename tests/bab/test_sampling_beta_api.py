@@ -64,30 +64,40 @@ def _split_domain(net, ball, rows, bounds, n_splits: int):
     return b2, {j: sign}, j
 
 
+def _split_case(seed: int):
+    """A hard ball's robustness rows on a domain with 4 neurons split inactive, CROWN's slopes, zero beta
+    and unit row weights: (net, ball, rows, bounds, signs, split node, alpha, beta, weights)."""
+    net, x, y = _hard_ball(seed)
+    ball = LpBall.make(x, 0.15, "inf")
+    rows = make_rows(Query.robustness(ball, y, 3).disjuncts, 3, 1.0)
+    bounds = linear_intermediate(net, ball, rule="crown", dtype=torch.float64)
+    b2, signs, j = _split_domain(net, ball, rows, bounds, 4)
+    alpha = crown_slopes(net, b2, rows.n_all)
+    beta = {j: torch.zeros(1, rows.n_all, *net.graph[j].shape, dtype=torch.float64)}
+    return net, ball, rows, b2, signs, j, alpha, beta, torch.ones(1, rows.n_all, dtype=torch.float64)
+
+
+def _assert_sound_on_split(net, ball, rows, signs, j, lb, seed: int) -> None:  # type: ignore[no-untyped-def]
+    """No sampled point of the ball with the split signs has a row value below ``lb``."""
+    pts = sample_set(ball, 0, 20000, torch.Generator().manual_seed(seed))
+    vals = net.forward(pts, all_nodes=True)
+    keep = (vals[j].reshape(len(pts), -1)[:, signs[j].reshape(-1) < 0] <= 0).all(1)
+    if bool(keep.any()):
+        true = vals[-1][keep] @ rows.C.T - rows.d
+        assert bool((true.amin(0) >= lb[0, : rows.n_rows] - 1e-9).all())
+
+
 def test_beta_raises_the_bound_of_a_split_domain() -> None:
     gains = 0
     for seed in range(6):
-        net, x, y = _hard_ball(seed)
-        ball = LpBall.make(x, 0.15, "inf")
-        rows = make_rows(Query.robustness(ball, y, 3).disjuncts, 3, 1.0)
-        bounds = linear_intermediate(net, ball, rule="crown", dtype=torch.float64)
-        b2, signs, j = _split_domain(net, ball, rows, bounds, 4)
-        alpha = crown_slopes(net, b2, rows.n_all)
-        beta = {j: torch.zeros(1, rows.n_all, *net.graph[j].shape, dtype=torch.float64)}
-        w = torch.ones(1, rows.n_all, dtype=torch.float64)
+        net, ball, rows, b2, signs, j, alpha, beta, w = _split_case(seed)
         kw = dict(steps=30, lr_alpha=0.1, scores=False)
         no_beta = bound_rows(net, ball, rows, b2, alpha, beta, signs, rows.theta0(1), w, lr_beta=0.0, **kw)
         with_beta = bound_rows(net, ball, rows, b2, alpha, beta, signs, rows.theta0(1), w, lr_beta=0.1, **kw)
         assert bool((with_beta.lb >= no_beta.lb - 1e-12).all())
         gains += bool((with_beta.lb > no_beta.lb + 1e-6).any())
         # every bound is sound on the split domain: sampled points with the split signs
-        g = torch.Generator().manual_seed(seed)
-        pts = sample_set(ball, 0, 20000, g)
-        vals = net.forward(pts, all_nodes=True)
-        keep = (vals[j].reshape(len(pts), -1)[:, signs[j].reshape(-1) < 0] <= 0).all(1)
-        if bool(keep.any()):
-            true = vals[-1][keep] @ rows.C.T - rows.d
-            assert bool((true.amin(0) >= with_beta.lb[0, : rows.n_rows] - 1e-9).all())
+        _assert_sound_on_split(net, ball, rows, signs, j, with_beta.lb, seed)
     assert gains >= 2
 
 
@@ -95,14 +105,7 @@ def test_beta_alone_holds_the_slopes_and_stays_sound() -> None:
     """lr_alpha = 0 (the stall escalation's option): the slopes come back as given, beta still raises
     the bound over no steps, and no sampled point of the split domain is below it."""
     for seed in range(4):
-        net, x, y = _hard_ball(seed)
-        ball = LpBall.make(x, 0.15, "inf")
-        rows = make_rows(Query.robustness(ball, y, 3).disjuncts, 3, 1.0)
-        bounds = linear_intermediate(net, ball, rule="crown", dtype=torch.float64)
-        b2, signs, j = _split_domain(net, ball, rows, bounds, 4)
-        alpha = crown_slopes(net, b2, rows.n_all)
-        beta = {j: torch.zeros(1, rows.n_all, *net.graph[j].shape, dtype=torch.float64)}
-        w = torch.ones(1, rows.n_all, dtype=torch.float64)
+        net, ball, rows, b2, signs, j, alpha, beta, w = _split_case(seed)
         start = bound_rows(net, ball, rows, b2, alpha, beta, signs, rows.theta0(1), w, steps=0, lr_alpha=0.0,
                            lr_beta=0.0, scores=False)
         held = bound_rows(net, ball, rows, b2, alpha, beta, signs, rows.theta0(1), w, steps=30, lr_alpha=0.0,
@@ -110,12 +113,7 @@ def test_beta_alone_holds_the_slopes_and_stays_sound() -> None:
         for i, t in alpha.items():
             assert torch.equal(held.alpha[i], t.clamp(0, 1))
         assert bool((held.lb >= start.lb - 1e-12).all())
-        pts = sample_set(ball, 0, 20000, torch.Generator().manual_seed(seed))
-        vals = net.forward(pts, all_nodes=True)
-        keep = (vals[j].reshape(len(pts), -1)[:, signs[j].reshape(-1) < 0] <= 0).all(1)
-        if bool(keep.any()):
-            true = vals[-1][keep] @ rows.C.T - rows.d
-            assert bool((true.amin(0) >= held.lb[0, : rows.n_rows] - 1e-9).all())
+        _assert_sound_on_split(net, ball, rows, signs, j, held.lb, seed)
 
 
 def test_beta_saves_subdomains() -> None:

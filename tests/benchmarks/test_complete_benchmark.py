@@ -6,23 +6,13 @@ An engine this checkout does not offer (here a made-up one) is skipped with a no
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("bench_complete", REPO / "benchmarks" / "complete.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.benchmarks.load import load_benchmark
 
 
 def test_quick_run_counts_are_consistent(tmp_path, shared_data) -> None:
-    bench = _load_benchmark()
+    bench = load_benchmark("complete")
     out = tmp_path / "complete.json"
     bench.main(["--quick", "--n", "3", "--timeout", "2", "--nets", "fc_256x2", "--eps", "0.02",
                 "--engines", "mip,no-such-engine", "--data-dir", str(shared_data), "--out", str(out)])
@@ -46,7 +36,7 @@ def test_quick_run_counts_are_consistent(tmp_path, shared_data) -> None:
 
 def test_pairwise_numbers_on_made_up_rows() -> None:
     """The cross-engine numbers, on rows whose answers are known (no solver runs)."""
-    bench = _load_benchmark()
+    bench = load_benchmark("complete")
 
     def rows(statuses: list[str], seconds: list[float], by: str) -> dict:
         return {"examples": [{"index": i, "status": s, "decided_by": None if s == "unknown" else by, "seconds": t}

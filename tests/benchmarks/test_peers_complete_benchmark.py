@@ -3,21 +3,12 @@ are what `verify vnnlib` decides on the same instance files (the oracle: run_ins
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("bench_peers_complete", REPO / "benchmarks" / "peers_complete.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.benchmarks.load import REPO, load_benchmark
 
 
 def test_ours_only_run_matches_verify_vnnlib(tmp_path: Path, shared_data: Path) -> None:
@@ -53,7 +44,7 @@ def test_ours_only_run_matches_verify_vnnlib(tmp_path: Path, shared_data: Path) 
 
 
 def test_parse_abcrown_log_on_a_made_up_log() -> None:
-    bench = _load_benchmark()
+    bench = load_benchmark("peers_complete")
     log = """Attack finished in 6.4425 seconds.
 PGD attack failed
 initial CROWN bounds (first 10 items): [-3.5, -4.25]
@@ -79,7 +70,7 @@ Time: 10.1
 
 
 def test_summary_flags_disagreements_and_ratios() -> None:
-    bench = _load_benchmark()
+    bench = load_benchmark("peers_complete")
 
     def run(result: str, wall: float) -> dict:
         return {"result": result, "wall_seconds": wall, "seconds": wall - 1}

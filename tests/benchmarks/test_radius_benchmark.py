@@ -3,18 +3,13 @@ with certify at every grid eps (the consistency check is an oracle; no wall-cloc
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.benchmarks.load import load_benchmark
 
 
 def test_quick_run_is_consistent_with_certify(tmp_path, shared_data) -> None:
-    spec = importlib.util.spec_from_file_location("bench_radius", REPO / "benchmarks" / "radius.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("radius")
     out = tmp_path / "radius.json"
     bench.main(["--quick", "--n", "4", "--timeout", "5", "--grid", "0.02,0.1", "--data-dir", str(shared_data),
                 "--out", str(out)])

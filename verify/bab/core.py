@@ -434,7 +434,7 @@ class _Search:
 
         lb = lb.clone()
         lb[idx] = torch.maximum(lb.index_select(0, idx), more.lb)
-        merged = Bounded(res.lb, {i: merge(t, more.alpha[i]) for i, t in res.alpha.items()},
+        merged = Bounded(lb, {i: merge(t, more.alpha[i]) for i, t in res.alpha.items()},
                          {i: merge(t, more.beta[i]) for i, t in res.beta.items()}, merge(res.theta, more.theta),
                          None if res.a0 is None or more.a0 is None else merge(res.a0, more.a0),
                          {i: merge(t, more.scores[i]) for i, t in res.scores.items() if i in more.scores})
